@@ -1,0 +1,35 @@
+//! The taphost framework: everything between a tap file and running services, and nothing
+//! about any particular plugin.
+//!
+//! # Layout
+//!
+//! - [`app`]: the *Application*, the data a tap file holds (envelope version 1).
+//! - [`tapfile`]: reading and writing taps: JSON (`.tap`) and RON (`.tas`), format detection,
+//!   version checks, errors with file, line and column, atomic writes.
+//! - [`endpoint`]: Twisted's strports strings (`tcp:8080:interface=127.0.0.1`, `unix:/run/x.sock`)
+//!   and binding them to listening sockets before any thread exists.
+//! - [`net`]: bound listeners handed to services, and the stream type they accept.
+//! - [`plugin`]: the plugin contract ([`Plugin`] for typed built-ins, [`Maker`] erased) and the
+//!   [`Registry`] that binaries are given.
+//! - [`service`]: the running side: [`Service`], its [`ServiceContext`] (graceful and hard stop,
+//!   connection tracking), and [`Runner`], which starts services in order and stops them in
+//!   reverse with a drain deadline.
+//! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
+//!   `twistd` so both parse a plugin's options with the same code.
+//! - [`exit`]: the process exit codes every binary uses.
+
+pub mod app;
+pub mod cli;
+pub mod endpoint;
+pub mod exit;
+pub mod net;
+pub mod plugin;
+pub mod service;
+pub mod tapfile;
+
+pub use app::{Application, Principal, ServiceSpec, TAP_VERSION};
+pub use endpoint::Endpoint;
+pub use net::{Listener, Stream};
+pub use plugin::{Maker, Plugin, PluginError, Registry};
+pub use service::{Runner, Service, ServiceContext};
+pub use tapfile::{Format, TapError};

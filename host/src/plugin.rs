@@ -1,0 +1,244 @@
+//! The plugin contract.
+//!
+//! A built-in plugin implements [`Plugin`]: a name, a description, one config type that clap
+//! reads from the command line and serde reads from and writes to the tap, `validate`, and
+//! `build`. The host only sees plugins through the object-safe [`Maker`], so plugins loaded from
+//! shared libraries can stand beside the built-ins in one [`Registry`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::app::{Application, ServiceSpec};
+use crate::endpoint::Endpoint;
+use crate::service::Service;
+
+/// A typed plugin, as built-ins write them.
+pub trait Plugin: Send + Sync + 'static {
+    /// The subcommand of mktap and twistd, the tap's `plugin` field and the tracing field.
+    const NAME: &'static str;
+    /// One line for `mktap --help`.
+    const DESCRIPTION: &'static str;
+    /// The only definition of the plugin's options. Unknown fields must be refused
+    /// (`#[serde(deny_unknown_fields)]`); fields missing from a tap take their defaults.
+    type Config: Args + Serialize + DeserializeOwned + Default + Send + Sync + 'static;
+
+    /// Endpoints the command-line options asked for (`--port`, `--listen`). They move into the
+    /// tap's `listen` list; the config keeps none of them.
+    fn take_listen(_config: &mut Self::Config) -> Vec<Endpoint> {
+        Vec::new()
+    }
+
+    /// Where the service listens when the command line names no endpoint.
+    fn default_listen() -> Vec<Endpoint> {
+        Vec::new()
+    }
+
+    /// Every problem with a config, each a line naming the option. Pure: touches no socket.
+    fn validate(config: &Self::Config, listen: &[Endpoint]) -> Vec<String>;
+
+    /// Makes the service. `state` is what the service reported at the last shutdown.
+    fn build(
+        config: Self::Config,
+        state: Option<serde_json::Value>,
+    ) -> Result<Arc<dyn Service>, String>;
+
+    /// Whether a tap holding this config must be private (mode 0600).
+    fn holds_secrets(_config: &Self::Config) -> bool {
+        false
+    }
+}
+
+/// A plugin as the host sees it.
+pub trait Maker: Send + Sync {
+    fn name(&self) -> &str;
+    fn description(&self) -> &str;
+    /// The clap subcommand with the plugin's options.
+    fn command(&self) -> Command;
+    /// The service the parsed options describe, named after the plugin; the caller makes the
+    /// name unique. Returns every problem if the options do not validate.
+    fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>>;
+    /// Decodes a service's config strictly and validates it; every problem, each naming the field.
+    fn check(&self, spec: &ServiceSpec) -> Result<(), Vec<String>>;
+    fn build(&self, spec: &ServiceSpec) -> Result<Arc<dyn Service>, String>;
+    fn holds_secrets(&self, spec: &ServiceSpec) -> bool;
+}
+
+/// The [`Maker`] of a typed [`Plugin`].
+pub struct PluginMaker<P>(PhantomData<fn() -> P>);
+
+impl<P> Default for PluginMaker<P> {
+    fn default() -> Self {
+        PluginMaker(PhantomData)
+    }
+}
+
+impl<P: Plugin> PluginMaker<P> {
+    fn decode(spec: &ServiceSpec) -> Result<P::Config, String> {
+        serde_path_to_error::deserialize(&spec.config).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("config: {}", e.inner())
+            } else {
+                format!("config.{path}: {}", e.inner())
+            }
+        })
+    }
+}
+
+impl<P: Plugin> Maker for PluginMaker<P> {
+    fn name(&self) -> &str {
+        P::NAME
+    }
+
+    fn description(&self) -> &str {
+        P::DESCRIPTION
+    }
+
+    fn command(&self) -> Command {
+        P::Config::augment_args(Command::new(P::NAME).about(P::DESCRIPTION))
+    }
+
+    fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {
+        let mut config = P::Config::from_arg_matches(matches).map_err(|e| vec![e.to_string()])?;
+        let mut listen = P::take_listen(&mut config);
+        if listen.is_empty() {
+            listen = P::default_listen();
+        }
+        let problems = P::validate(&config, &listen);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let config = serde_json::to_value(&config)
+            .map_err(|e| vec![format!("cannot encode the config: {e}")])?;
+        Ok(ServiceSpec {
+            name: P::NAME.to_string(),
+            plugin: P::NAME.to_string(),
+            listen,
+            config,
+            state: None,
+        })
+    }
+
+    fn check(&self, spec: &ServiceSpec) -> Result<(), Vec<String>> {
+        let config = Self::decode(spec).map_err(|e| vec![e])?;
+        let problems = P::validate(&config, &spec.listen);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn build(&self, spec: &ServiceSpec) -> Result<Arc<dyn Service>, String> {
+        P::build(Self::decode(spec)?, spec.state.clone())
+    }
+
+    fn holds_secrets(&self, spec: &ServiceSpec) -> bool {
+        Self::decode(spec).is_ok_and(|c| P::holds_secrets(&c))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown plugin '{name}' (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("service '{service}' (plugin {plugin}): {}", problems.join("; "))]
+    Invalid {
+        service: String,
+        plugin: String,
+        problems: Vec<String>,
+    },
+    #[error("a plugin named '{0}' is already registered")]
+    Duplicate(String),
+}
+
+/// The plugins a binary knows, in the order `--help` lists them.
+#[derive(Clone, Default)]
+pub struct Registry {
+    makers: Vec<Arc<dyn Maker>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.makers.iter().map(|m| m.name()))
+            .finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Adds a plugin; a name already taken is refused.
+    pub fn add(&mut self, maker: Arc<dyn Maker>) -> Result<(), PluginError> {
+        if self.makers.iter().any(|m| m.name() == maker.name()) {
+            return Err(PluginError::Duplicate(maker.name().to_string()));
+        }
+        self.makers.push(maker);
+        Ok(())
+    }
+
+    /// Adds a typed built-in plugin.
+    pub fn with<P: Plugin>(mut self) -> Self {
+        self.add(Arc::new(PluginMaker::<P>::default()))
+            .expect("built-in plugin names are unique");
+        self
+    }
+
+    pub fn makers(&self) -> impl Iterator<Item = &Arc<dyn Maker>> {
+        self.makers.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Maker>, PluginError> {
+        self.makers
+            .iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| PluginError::Unknown {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.makers.iter().map(|m| m.name()).collect()
+    }
+
+    /// Checks every service of an application against its plugin; all problems, not the first.
+    pub fn check(&self, app: &Application) -> Result<(), Vec<PluginError>> {
+        let errors: Vec<PluginError> = app
+            .services
+            .iter()
+            .filter_map(|spec| match self.get(&spec.plugin) {
+                Err(e) => Some(e),
+                Ok(maker) => maker
+                    .check(spec)
+                    .err()
+                    .map(|problems| PluginError::Invalid {
+                        service: spec.name.clone(),
+                        plugin: spec.plugin.clone(),
+                        problems,
+                    }),
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether any service of the application holds secrets, making its tap private.
+    pub fn holds_secrets(&self, app: &Application) -> bool {
+        app.services.iter().any(|spec| {
+            self.get(&spec.plugin)
+                .is_ok_and(|maker| maker.holds_secrets(spec))
+        })
+    }
+}

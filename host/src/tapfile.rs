@@ -1,0 +1,412 @@
+//! Reading and writing tap files.
+//!
+//! A tap is data only: loading one never runs code. JSON (`.tap`) is for machines, RON (`.tas`)
+//! for hand editing. The format comes from the content when it is clear (`{` opens JSON, `(` or a
+//! comment opens RON) and from the extension otherwise. Every error names the file, and syntax
+//! or type errors also the line, the column and the field path.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::app::{Application, TAP_VERSION};
+
+/// Taps are small; anything larger is not one, and is refused before it is read whole.
+pub const MAX_TAP_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `.tap`: JSON.
+    Json,
+    /// `.tas`: RON ("source"), for hand editing.
+    Ron,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "tap",
+            Format::Ron => "tas",
+        }
+    }
+
+    pub fn from_extension(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "tap" | "json" => Some(Format::Json),
+            "tas" | "ron" => Some(Format::Ron),
+            _ => None,
+        }
+    }
+
+    /// Parses `mktap --type` values: Twisted's `tap` and `source`, or `json` and `ron`.
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "tap" | "json" => Some(Format::Json),
+            "source" | "ron" => Some(Format::Ron),
+            _ => None,
+        }
+    }
+
+    /// The content decides when its first character is unambiguous; otherwise the extension,
+    /// and JSON when there is neither.
+    pub fn detect(path: &Path, text: &str) -> Format {
+        match text.trim_start().chars().next() {
+            Some('{') => Format::Json,
+            Some('(' | '/' | '#') => Format::Ron,
+            _ => Format::from_extension(path).unwrap_or(Format::Json),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Json => "JSON",
+            Format::Ron => "RON",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: not a tap file: {reason}", path.display())]
+    NotATap { path: PathBuf, reason: String },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: tap format version {found} is newer than this taphost reads (up to {TAP_VERSION}); upgrade taphost", path.display())]
+    TooNew { path: PathBuf, found: u64 },
+    #[error("{}: tap format version {found} is unknown (this taphost reads 1 to {TAP_VERSION})", path.display())]
+    UnknownVersion { path: PathBuf, found: u64 },
+    #[error("{}: {}", path.display(), problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot encode the application as {format}: {message}")]
+    Encode { format: Format, message: String },
+}
+
+/// Only the version, read leniently first, so that a tap from a newer taphost gets a message
+/// about versions rather than about whichever new field the strict decoder meets first.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u64,
+}
+
+/// Reads, decodes and checks the envelope of a tap file. Plugin configs are checked by the
+/// [`crate::Registry`], which knows the plugins.
+pub fn load(path: &Path) -> Result<(Application, Format), TapError> {
+    let read_err = |source| TapError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(TapError::NotATap {
+            path: path.to_path_buf(),
+            reason: "it is a directory".into(),
+        });
+    }
+    if meta.len() > MAX_TAP_SIZE {
+        return Err(TapError::NotATap {
+            path: path.to_path_buf(),
+            reason: format!("it is larger than {} MiB", MAX_TAP_SIZE >> 20),
+        });
+    }
+    let bytes = fs::read(path).map_err(read_err)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+        TapError::NotATap {
+            path: path.to_path_buf(),
+            reason: format!("line {line} is not UTF-8 text"),
+        }
+    })?;
+    let format = Format::detect(path, &text);
+    let app = parse(&text, format, path)?;
+    Ok((app, format))
+}
+
+/// Decodes tap text; `path` is only used in error messages.
+pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, TapError> {
+    let probe = match format {
+        Format::Json => serde_json::from_str::<VersionProbe>(text).ok(),
+        Format::Ron => ron::from_str::<VersionProbe>(text).ok(),
+    };
+    if let Some(found) = probe.map(|p| p.version) {
+        if found > u64::from(TAP_VERSION) {
+            return Err(TapError::TooNew {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        if found == 0 {
+            return Err(TapError::UnknownVersion {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+    }
+    let app = match format {
+        Format::Json => parse_json(text, path)?,
+        Format::Ron => parse_ron(text, path)?,
+    };
+    // Version 1 is the only one so far; an upgrade from older versions would go here.
+    let problems = app.envelope_problems();
+    if !problems.is_empty() {
+        return Err(TapError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        });
+    }
+    Ok(app)
+}
+
+fn with_field(field: &serde_path_to_error::Path, message: String) -> String {
+    let field = field.to_string();
+    if field == "." || field.is_empty() {
+        message
+    } else {
+        format!("{field}: {message}")
+    }
+}
+
+fn parse_json(text: &str, path: &Path) -> Result<Application, TapError> {
+    let syntax = |e: &serde_json::Error, field: Option<&serde_path_to_error::Path>| {
+        let (line, column) = (e.line(), e.column());
+        let full = e.to_string();
+        let suffix = format!(" at line {line} column {column}");
+        let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        TapError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: match field {
+                Some(field) => with_field(field, message),
+                None => message,
+            },
+        }
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let app =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| syntax(e.inner(), Some(e.path())))?;
+    de.end().map_err(|e| syntax(&e, None))?;
+    Ok(app)
+}
+
+fn parse_ron(text: &str, path: &Path) -> Result<Application, TapError> {
+    let syntax = |e: ron::error::SpannedError, field: Option<&serde_path_to_error::Path>| {
+        let message = e.code.to_string();
+        TapError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: match field {
+                Some(field) => with_field(field, message),
+                None => message,
+            },
+        }
+    };
+    let mut de = ron::Deserializer::from_str(text).map_err(|e| syntax(e, None))?;
+    let app = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().clone();
+        syntax(de.span_error(e.into_inner()), Some(&field))
+    })?;
+    de.end().map_err(|e| syntax(de.span_error(e), None))?;
+    Ok(app)
+}
+
+/// Encodes an application: pretty JSON, or RON laid out for hand editing.
+pub fn to_string(app: &Application, format: Format) -> Result<String, TapError> {
+    let encode = |message: String| TapError::Encode { format, message };
+    let mut text = match format {
+        Format::Json => serde_json::to_string_pretty(app).map_err(|e| encode(e.to_string()))?,
+        Format::Ron => {
+            let pretty = ron::ser::PrettyConfig::new()
+                .struct_names(false)
+                .indentor("    ")
+                .compact_arrays(true);
+            ron::ser::to_string_pretty(app, pretty).map_err(|e| encode(e.to_string()))?
+        }
+    };
+    text.push('\n');
+    Ok(text)
+}
+
+/// Writes an application atomically. `private` taps (those holding secrets) are mode 0600,
+/// others 0644.
+pub fn save(app: &Application, path: &Path, format: Format, private: bool) -> Result<(), TapError> {
+    let text = to_string(app, format)?;
+    write_atomic(path, text.as_bytes(), if private { 0o600 } else { 0o644 }).map_err(|source| {
+        TapError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Temp file in the same directory, fsync, rename over the target, fsync the directory: a
+/// reader sees the old file or the new one, never a mix, even across a power cut.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::ServiceSpec;
+
+    fn sample() -> Application {
+        let mut app = Application::new("web");
+        app.uid = Some(crate::Principal::Name("www-data".into()));
+        app.gid = Some(crate::Principal::Id(33));
+        app.services.push(ServiceSpec {
+            name: "web".into(),
+            plugin: "web".into(),
+            listen: vec!["tcp:7777:interface=127.0.0.1".parse().expect("endpoint")],
+            config: serde_json::json!({
+                "path": "/var/www", "index": ["index.html", "index.htm"],
+                "n": 3, "neg": -4, "f": 1.5, "t": true, "nothing": null, "nested": {"a": [1, {"b": "c"}]}
+            }),
+            state: Some(serde_json::json!({"hits": [1, 2]})),
+        });
+        app
+    }
+
+    #[test]
+    fn round_trips_in_both_formats() {
+        let app = sample();
+        for format in [Format::Json, Format::Ron] {
+            let text = to_string(&app, format).expect("encode");
+            let back = parse(&text, format, Path::new("x")).expect("decode");
+            assert_eq!(back, app, "{format} round trip of:\n{text}");
+            assert_eq!(Format::detect(Path::new("x.bin"), &text), format);
+        }
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let bad_json = "{\n  \"version\": 1,\n  \"name\": \"web\",,\n}";
+        match parse(bad_json, Format::Json, Path::new("web.tap")) {
+            Err(e @ TapError::Syntax { line: 3, .. }) => {
+                assert!(e.to_string().starts_with("web.tap:3:"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_ron = "(\n    version: 1,\n    name: \"web\"\n    services: [],\n)";
+        match parse(bad_ron, Format::Ron, Path::new("web.tas")) {
+            Err(e @ TapError::Syntax { line: 4, .. }) => {
+                assert!(e.to_string().starts_with("web.tas:4:"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let text = r#"{"version": 1, "name": "web", "services": [{"name": "web", "plugin": "web", "listen": ["tcp:http"]}]}"#;
+        let e = parse(text, Format::Json, Path::new("a.tap")).expect_err("bad endpoint");
+        let msg = e.to_string();
+        assert!(msg.contains("services[0].listen[0]"), "{msg}");
+        assert!(msg.contains("port 'http'"), "{msg}");
+
+        let text = "(version: 1, name: \"web\", colour: \"blue\")";
+        let msg = parse(text, Format::Ron, Path::new("a.tas"))
+            .expect_err("unknown")
+            .to_string();
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(msg.starts_with("a.tas:1:"), "{msg}");
+    }
+
+    #[test]
+    fn versions() {
+        let newer = r#"{"version": 2, "name": "web", "services": [], "future": true}"#;
+        let msg = parse(newer, Format::Json, Path::new("n.tap"))
+            .expect_err("newer")
+            .to_string();
+        assert!(msg.contains("version 2 is newer"), "{msg}");
+        let zero = "(version: 0, name: \"web\")";
+        assert!(matches!(
+            parse(zero, Format::Ron, Path::new("z.tas")),
+            Err(TapError::UnknownVersion { found: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_garbage_is_an_error() {
+        let text = to_string(&sample(), Format::Json).expect("encode") + "}";
+        assert!(parse(&text, Format::Json, Path::new("t.tap")).is_err());
+        let text = to_string(&sample(), Format::Ron).expect("encode") + ")";
+        assert!(parse(&text, Format::Ron, Path::new("t.tas")).is_err());
+    }
+
+    #[test]
+    fn atomic_save_sets_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.tap");
+        save(&sample(), &path, Format::Json, true).expect("save");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        save(&sample(), &path, Format::Json, false).expect("save again");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("web.tap")]);
+        let (app, format) = load(&path).expect("load");
+        assert_eq!((app, format), (sample(), Format::Json));
+    }
+
+    #[test]
+    fn non_text_and_directories_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin.tap");
+        fs::write(&bin, b"{\n\xff\xfe").expect("write");
+        let msg = load(&bin).expect_err("binary").to_string();
+        assert!(msg.contains("line 2 is not UTF-8"), "{msg}");
+        assert!(load(dir.path())
+            .expect_err("dir")
+            .to_string()
+            .contains("directory"));
+        let missing = load(&dir.path().join("missing.tap"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            msg.contains("bin.tap") && missing.contains("missing.tap"),
+            "{missing}"
+        );
+    }
+}
