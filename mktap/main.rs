@@ -1,1 +1,148 @@
-fn main() {}
+//! `mktap PLUGIN [options]`: turns one plugin's options into a tap file, or with `--append`
+//! adds a service to an existing one. It never runs a service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use host::exit::{parse_args, Failure};
+use host::{app, cli, tapfile, Application, Format, Principal, Registry};
+
+fn command(registry: &Registry) -> Command {
+    let cmd = Command::new("mktap")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Make an application (tap) file from a plugin's options")
+        .after_help("Run 'mktap PLUGIN --help' for a plugin's options.")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand_value_name("PLUGIN")
+        .subcommand_help_heading("Plugins")
+        .arg(
+            Arg::new("type")
+                .short('t')
+                .long("type")
+                .value_name("TYPE")
+                .value_parser(["tap", "source", "json", "ron"])
+                .help("Output format: tap (JSON, .tap) or source (RON, .tas) [default: tap]"),
+        )
+        .arg(
+            Arg::new("append")
+                .short('a')
+                .long("append")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Add the service to this existing tap file"),
+        )
+        .arg(
+            Arg::new("uid")
+                .short('u')
+                .long("uid")
+                .value_name("USER")
+                .value_parser(Principal::parse)
+                .help("User (name or number) that twistd runs the application as"),
+        )
+        .arg(
+            Arg::new("gid")
+                .short('g')
+                .long("gid")
+                .value_name("GROUP")
+                .value_parser(Principal::parse)
+                .help("Group (name or number) that twistd runs the application as"),
+        )
+        .arg(
+            Arg::new("appname")
+                .short('n')
+                .long("appname")
+                .value_name("NAME")
+                .help("Application name, which names its files [default: the plugin's name]"),
+        )
+        .arg(
+            Arg::new("output")
+                .short('o')
+                .long("output")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .action(ArgAction::Set)
+                .help("Write here instead of <appname>.tap / .tas"),
+        );
+    cli::with_plugins(cmd, registry)
+}
+
+fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
+    let mut spec = cli::spec_from_subcommand(registry, matches)
+        .expect("clap requires a subcommand")
+        .map_err(Failure::config)?;
+    let requested = matches
+        .get_one::<String>("type")
+        .map(|t| Format::from_name(t).expect("clap restricts --type"));
+    let output = matches.get_one::<PathBuf>("output");
+
+    let (mut app, format, path) = match matches.get_one::<PathBuf>("append") {
+        Some(existing) => {
+            let (app, format) = tapfile::load(existing).map_err(Failure::config)?;
+            if let Some(requested) = requested.filter(|r| *r != format) {
+                return Err(Failure::usage(format!(
+                    "--type {requested} does not match {}, which is {format}; convert it with tapconvert",
+                    existing.display()
+                )));
+            }
+            (app, format, output.unwrap_or(existing).clone())
+        }
+        None => {
+            let name = matches
+                .get_one::<String>("appname")
+                .cloned()
+                .unwrap_or_else(|| spec.plugin.clone());
+            let format = requested
+                .or_else(|| output.and_then(|o| Format::from_extension(o)))
+                .unwrap_or(Format::Json);
+            let path = output
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(format!("{name}.{}", format.extension())));
+            (Application::new(name), format, path)
+        }
+    };
+    if let Some(name) = matches.get_one::<String>("appname") {
+        if !app::valid_name(name) {
+            return Err(Failure::usage(format!(
+                "--appname '{name}': use only letters, digits, '.', '-' and '_'"
+            )));
+        }
+        app.name = name.clone();
+    }
+    if let Some(uid) = matches.get_one::<Principal>("uid") {
+        app.uid = Some(uid.clone());
+    }
+    if let Some(gid) = matches.get_one::<Principal>("gid") {
+        app.gid = Some(gid.clone());
+    }
+    spec.name = app.unique_service_name(&spec.plugin);
+    let summary = format!("service '{}' (plugin {})", spec.name, spec.plugin);
+    app.services.push(spec);
+
+    let problems = app.envelope_problems();
+    if !problems.is_empty() {
+        return Err(Failure::config(format!(
+            "{}: {}",
+            path.display(),
+            problems.join("; ")
+        )));
+    }
+    tapfile::save(&app, &path, format, registry.holds_secrets(&app)).map_err(Failure::internal)?;
+    Ok(format!("wrote {} with {summary}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let registry = builtin::registry();
+    let matches = parse_args(command(&registry));
+    match run(&registry, &matches) {
+        Ok(line) => {
+            println!("mktap: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("mktap: {failure}");
+            ExitCode::from(failure.code as u8)
+        }
+    }
+}

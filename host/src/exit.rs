@@ -11,3 +11,65 @@ pub const INTERNAL: i32 = 70;
 pub const NOPERM: i32 = 77;
 /// A tap file or plugin configuration is wrong (EX_CONFIG).
 pub const CONFIG: i32 = 78;
+/// A file the server must write (log, pid) cannot be created (EX_CANTCREAT).
+pub const CANTCREAT: i32 = 73;
+
+/// An error on its way to becoming one line on stderr and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl std::fmt::Display) -> Self {
+        Failure {
+            code,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Failure::new(USAGE, message)
+    }
+
+    pub fn config(message: impl std::fmt::Display) -> Self {
+        Failure::new(CONFIG, message)
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Failure::new(INTERNAL, message)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Parses the command line; `--help` and `--version` print and exit 0, anything else that clap
+/// refuses prints clap's message and exits [`USAGE`]. An unknown subcommand is reported as an
+/// unknown plugin, with the list of the known ones.
+pub fn parse_args(cmd: clap::Command) -> clap::ArgMatches {
+    let bin = cmd.get_name().to_string();
+    let plugins: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    cmd.try_get_matches().unwrap_or_else(|e| {
+        if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+            if let Some(name) = e.get(clap::error::ContextKind::InvalidSubcommand) {
+                eprintln!(
+                    "{bin}: unknown plugin '{name}' (known: {})",
+                    plugins.join(", ")
+                );
+                std::process::exit(USAGE);
+            }
+        }
+        let code = if e.use_stderr() { USAGE } else { 0 };
+        // Printing can only fail when stdout/stderr is gone; the exit code still tells.
+        let _ = e.print();
+        std::process::exit(code)
+    })
+}
