@@ -11,6 +11,8 @@ use host::{app, cli, tapfile, Application, Format, Principal, Registry};
 fn command(registry: &Registry) -> Command {
     let cmd = Command::new("mktap")
         .version(env!("CARGO_PKG_VERSION"))
+        // As with most Unix tools, a later option overrides an earlier one.
+        .args_override_self(true)
         .about("Make an application (tap) file from a plugin's options")
         .after_help("Run 'mktap PLUGIN --help' for a plugin's options.")
         .subcommand_required(true)

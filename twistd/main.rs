@@ -27,6 +27,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 fn command(registry: &Registry) -> Command {
     let cmd = Command::new("twistd")
         .version(env!("CARGO_PKG_VERSION"))
+        // As with most Unix tools, a later option overrides an earlier one.
+        .args_override_self(true)
         .about("Run an application from a tap file, or a plugin directly")
         .after_help("Run 'twistd PLUGIN --help' for a plugin's options; a plugin run directly is never saved.")
         .subcommand_value_name("PLUGIN")

@@ -100,7 +100,8 @@ impl<P: Plugin> Maker for PluginMaker<P> {
     }
 
     fn command(&self) -> Command {
-        P::Config::augment_args(Command::new(P::NAME).about(P::DESCRIPTION))
+        // After augment_args: the config type's doc comment would otherwise replace the description.
+        P::Config::augment_args(Command::new(P::NAME)).about(P::DESCRIPTION)
     }
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {

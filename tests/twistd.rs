@@ -1,0 +1,280 @@
+//! `twistd -n`: serving taps, the shutdown save and restart, the pidfile, and start-up failures.
+
+mod util;
+
+use std::net::TcpListener;
+
+use host::{tapfile, Format};
+use util::{curl, stderr, Sandbox, Twistd};
+
+const LOOPBACK0: &str = "tcp:0:interface=127.0.0.1";
+
+fn site(sb: &Sandbox) {
+    sb.write("www/index.html", "<h1>home</h1>\n");
+    sb.write("other/index.html", "<h1>other</h1>\n");
+}
+
+#[test]
+fn serves_a_tap_and_saves_a_loadable_shutdown_tap_on_sigterm() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    sb.mktap_ok(&[
+        "--append", "web.tap", "web", "--path", "other", "--listen", LOOPBACK0,
+    ]);
+
+    let twistd = sb.twistd(&["-f", "web.tap"]);
+    assert_eq!(twistd.addrs.len(), 2);
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>home</h1>\n");
+    assert_eq!(curl(&twistd.url(1, "/"), &[]).text(), "<h1>other</h1>\n");
+    let (status, log) = twistd.stop();
+    assert!(status.success(), "{status}: {log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("saved web-shutdown.tap")),
+        "{log:?}"
+    );
+
+    let (saved, format) = tapfile::load(&sb.join("web-shutdown.tap")).expect("shutdown tap loads");
+    let (original, _) = tapfile::load(&sb.join("web.tap")).expect("tap loads");
+    assert_eq!(format, Format::Json);
+    assert_eq!(
+        saved, original,
+        "a stateless web service saves what it loaded"
+    );
+
+    // And the same application starts again from it.
+    let again = sb.twistd(&["-f", "web-shutdown.tap"]);
+    assert_eq!(curl(&again.url(1, "/"), &[]).text(), "<h1>other</h1>\n");
+    assert!(again.stop().0.success());
+}
+
+#[test]
+fn source_taps_run_with_s_and_save_as_source() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&[
+        "-t", "source", "-n", "demo", "web", "--path", "www", "--port", LOOPBACK0,
+    ]);
+    let twistd = sb.twistd(&["-s", "demo.tas"]);
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).status, 200);
+    assert!(twistd.stop().0.success());
+    let (_, format) = tapfile::load(&sb.join("demo-shutdown.tas")).expect("saved as source");
+    assert_eq!(format, Format::Ron);
+}
+
+#[test]
+fn no_save_and_sigint() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    for flag in ["-o", "--no-save", "--no_save"] {
+        let twistd = sb.twistd(&[flag, "-f", "web.tap"]);
+        twistd.signal(nix::sys::signal::Signal::SIGINT);
+        let (status, _) = twistd.stop();
+        assert!(status.success());
+        assert!(!sb.join("web-shutdown.tap").exists(), "{flag} saved anyway");
+    }
+}
+
+#[test]
+fn a_plugin_subcommand_runs_without_a_file_and_never_saves() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let twistd = sb.twistd(&["web", "--path", "www", "--port", LOOPBACK0]);
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>home</h1>\n");
+    assert!(twistd.stop().0.success());
+    let left: Vec<_> = std::fs::read_dir(sb.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "only www and other remain: {left:?}");
+}
+
+#[test]
+fn unix_socket_endpoints_serve() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let sock = sb.join("web.sock");
+    let endpoint = format!("unix:{}:mode=600", sock.display());
+    let twistd = sb.twistd(&["web", "--path", "www", "--listen", &endpoint]);
+    let page = curl(
+        "http://localhost/",
+        &["--unix-socket", sock.to_str().expect("utf-8")],
+    );
+    assert_eq!(page.text(), "<h1>home</h1>\n");
+    assert!(twistd.stop().0.success());
+}
+
+#[test]
+fn the_pidfile_holds_the_pid_and_refuses_a_second_server() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    // Twistd::start passes --pidfile '' first; a later --pidfile overrides it.
+    let first = sb.twistd(&["-o", "--pidfile", "web.pid", "-f", "web.tap"]);
+    assert_eq!(sb.read("web.pid").trim(), first.child.id().to_string());
+
+    let second = sb.twistd_output(&["-n", "-o", "--pidfile", "web.pid", "-f", "web.tap"]);
+    assert_eq!(second.status.code(), Some(69));
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "Another twistd server is running, PID {}",
+            first.child.id()
+        )),
+        "{err}"
+    );
+
+    assert!(first.stop().0.success());
+    assert!(!sb.join("web.pid").exists(), "pidfile removed at exit");
+
+    // A pidfile nobody holds is stale, whatever PID it names.
+    sb.write("web.pid", "1\n");
+    let third = sb.twistd(&["-o", "--pidfile", "web.pid", "-f", "web.tap"]);
+    assert_eq!(sb.read("web.pid").trim(), third.child.id().to_string());
+    assert!(
+        third.log.iter().any(|l| l.contains("stale pidfile")),
+        "{:?}",
+        third.log
+    );
+    assert!(third.stop().0.success());
+}
+
+#[test]
+fn a_port_in_use_exits_69_naming_the_address() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let busy = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let port = busy.local_addr().expect("addr").port();
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let endpoint = format!("tcp:{port}:interface=127.0.0.1");
+    sb.mktap_ok(&[
+        "--append", "web.tap", "web", "--path", "other", "--port", &endpoint,
+    ]);
+    let out = sb.twistd_output(&["-n", "--pidfile", "", "-f", "web.tap"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&endpoint) && err.contains("web-2"), "{err}");
+    assert!(
+        !sb.join("web-shutdown.tap").exists(),
+        "nothing ran, nothing is saved"
+    );
+}
+
+#[test]
+fn daemon_mode_is_refused_until_it_is_built() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&["web", "--path", "www"]);
+    let out = sb.twistd_output(&["-f", "web.tap"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("daemon mode is not built yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let sb = Sandbox::new();
+    let out = sb.twistd_output(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = sb.twistd_output(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    for needle in [
+        "--nodaemon",
+        "--file",
+        "--source",
+        "--no-save",
+        "--logfile",
+        "--pidfile",
+        "web",
+    ] {
+        assert!(help.contains(needle), "{needle} not in {help}");
+    }
+}
+
+#[test]
+fn logfile_option_writes_the_log_there() {
+    let sb = Sandbox::new();
+    site(&sb);
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let out = sb.twistd_output(&["-n", "--pidfile", "", "-l", "twistd.log", "-f", "nope.tap"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        sb.read("twistd.log").contains("nope.tap"),
+        "the failure is logged too"
+    );
+}
+
+/// Each bad tap exits 78 with one line that names the file and the problem, and starts nothing.
+#[test]
+fn bad_taps_are_refused_with_a_clear_line() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let service = |plugin: &str, listen: &str, config: &str| {
+        format!(
+            r#"{{"version": 1, "name": "web", "services": [{{"name": "web", "plugin": "{plugin}", "listen": ["{listen}"], "config": {config}}}]}}"#
+        )
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("syntax.tap", "{\n  \"version\": 1,\n  \"name\": \"web\"\n  \"services\": []\n}\n".into(), vec!["syntax.tap:4:3", "expected"]),
+        ("syntax.tas", "(\n    version: 1,\n    name: \"web\",\n    services: [(name: \"web\" plugin: \"web\")],\n)\n".into(), vec!["syntax.tas:4:"]),
+        ("plugin.tap", service("gopher", LOOPBACK0, "{}"), vec!["unknown plugin 'gopher'", "known: web"]),
+        ("field.tap", service("web", LOOPBACK0, r#"{"path": "www", "colour": "blue"}"#), vec!["unknown field `colour`"]),
+        ("type.tap", service("web", LOOPBACK0, r#"{"path": "www", "index": "index.html"}"#), vec!["config.index", "expected a sequence"]),
+        ("type2.tap", service("web", LOOPBACK0, r#"{"path": 42}"#), vec!["config.path", "integer `42`"]),
+        ("missing.tap", service("web", LOOPBACK0, r#"{"path": "no-such-dir"}"#), vec!["--path no-such-dir"]),
+        ("endpoint.tap", service("web", "tcp:80:interface=localhost", r#"{"path": "www"}"#), vec!["endpoint.tap:1:", "services[0].listen[0]", "interface 'localhost'"]),
+        ("newer.tap", r#"{"version": 7, "name": "web", "services": [], "hologram": true}"#.into(), vec!["version 7 is newer"]),
+        ("envelope.tap", r#"{"version": 1, "name": "web", "servces": []}"#.into(), vec!["envelope.tap:1:", "unknown field `servces`"]),
+    ];
+    for (file, text, needles) in cases {
+        sb.write(file, &text);
+        let out = sb.twistd_output(&["-n", "--pidfile", "", "-f", file]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{file}: {err}");
+        assert!(err.starts_with(&format!("twistd: {file}")), "{file}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{file}: '{needle}' not in: {err}");
+        }
+        assert!(!err.contains("ready"), "{file} started something");
+    }
+}
+
+#[test]
+fn a_missing_tap_is_named() {
+    let sb = Sandbox::new();
+    let out = sb.twistd_output(&["-n", "--pidfile", ""]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("twistd.tap"),
+        "the default file is twistd.tap"
+    );
+}
+
+#[test]
+fn keep_alive_connections_do_not_hold_up_a_stop() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let twistd: Twistd = sb.twistd(&["web", "--path", "www", "--port", LOOPBACK0]);
+    // An idle keep-alive connection is open when SIGTERM arrives.
+    let answer_and_conn = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(twistd.addr(0)).expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).expect("read");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), conn)
+    };
+    assert!(answer_and_conn.0.starts_with("HTTP/1.1 200"));
+    let (status, log) = twistd.stop();
+    assert!(status.success());
+    assert!(
+        !log.iter().any(|l| l.contains("drain deadline passed")),
+        "{log:?}"
+    );
+}
