@@ -162,20 +162,6 @@ fn a_port_in_use_exits_69_naming_the_address() {
 }
 
 #[test]
-fn daemon_mode_is_refused_until_it_is_built() {
-    let sb = Sandbox::new();
-    site(&sb);
-    sb.mktap_ok(&["web", "--path", "www"]);
-    let out = sb.twistd_output(&["-f", "web.tap"]);
-    assert_eq!(out.status.code(), Some(64));
-    assert!(
-        stderr(&out).contains("daemon mode is not built yet"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn version_and_help() {
     let sb = Sandbox::new();
     let out = sb.twistd_output(&["--version"]);

@@ -1,111 +1,205 @@
 //! `twistd`: loads an application (from a tap file, or from a plugin's options given as a
-//! subcommand), binds every listener, runs every service on one tokio runtime, and on SIGTERM or
-//! SIGINT stops them gracefully and saves `<name>-shutdown.tap`.
+//! subcommand), binds every listener, becomes a daemon unless `-n`, runs every service on one
+//! tokio runtime, and on SIGTERM or SIGINT stops them gracefully and saves
+//! `<name>-shutdown.tap` in the run directory.
 //!
-//! The start-up order is design.md's: flags, tap, pidfile, bind, (daemonize: not built yet),
-//! logs, runtime, services. No thread exists before the runtime is built.
+//! The start-up order is design.md's:
+//! flags -> load + validate -> pidfile lock -> bind -> chroot, chdir, umask -> fork, setsid,
+//! fork -> write pidfile -> open logs -> drop privileges -> runtime -> start services -> ready.
+//! No thread exists before the runtime is built.
 
+mod daemon;
+mod logging;
 mod pidfile;
+mod privileges;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use host::exit::{self, parse_args, Failure};
 use host::service::StartError;
-use host::{cli, tapfile, Application, Format, Registry, Runner};
+use host::{cli, tapfile, Application, Format, Principal, Registry, Runner};
 use tokio::signal::unix::{signal, SignalKind};
 
+use daemon::Notifier;
+use logging::{Destination, Sink};
 use pidfile::PidFile;
-
-/// How long stopping services may take to finish open requests before they are dropped.
-const DRAIN: Duration = Duration::from_secs(10);
+use privileges::Target;
 
 fn command(registry: &Registry) -> Command {
+    let octal = |s: &str| match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("'{s}' is not an octal mode like 022")),
+    };
+    let facility = |s: &str| {
+        s.parse::<syslog::Facility>()
+            .map_err(|()| format!("'{s}' is not a syslog facility like daemon or local0"))
+    };
     let cmd = Command::new("twistd")
         .version(env!("CARGO_PKG_VERSION"))
         // As with most Unix tools, a later option overrides an earlier one.
         .args_override_self(true)
         .about("Run an application from a tap file, or a plugin directly")
-        .after_help("Run 'twistd PLUGIN --help' for a plugin's options; a plugin run directly is never saved.")
+        .after_help(
+            "Run 'twistd PLUGIN --help' for a plugin's options; a plugin run directly is never saved.\n\
+             Signals: SIGTERM/SIGINT stop gracefully (a second SIGINT at once), SIGUSR1 rotates the \
+             log file, SIGHUP reopens it.",
+        )
         .subcommand_value_name("PLUGIN")
         .subcommand_help_heading("Plugins")
+        .arg(flag("nodaemon", 'n', "Stay in the foreground"))
+        .arg(path_arg("file", Some('f'), "FILE", "Read the application from this tap file [default: twistd.tap]"))
         .arg(
-            Arg::new("nodaemon")
-                .short('n')
-                .long("nodaemon")
-                .action(ArgAction::SetTrue)
-                .help("Stay in the foreground"),
+            path_arg("source", Some('s'), "FILE", "Read the application from this source (.tas) file")
+                .conflicts_with("file"),
         )
-        .arg(
-            Arg::new("file")
-                .short('f')
-                .long("file")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("Read the application from this tap file [default: twistd.tap]"),
-        )
-        .arg(
-            Arg::new("source")
-                .short('s')
-                .long("source")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(PathBuf))
-                .conflicts_with("file")
-                .help("Read the application from this source (.tas) file"),
-        )
-        .arg(
-            Arg::new("no_save")
-                .short('o')
-                .long("no-save")
-                .visible_alias("no_save")
-                .action(ArgAction::SetTrue)
-                .help("Do not save the application's state at shutdown"),
-        )
-        .arg(
-            Arg::new("logfile")
-                .short('l')
-                .long("logfile")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("Log to this file; '-' is standard output [default: standard output with -n]"),
-        )
+        .arg(flag("no_save", 'o', "Do not save the application's state at shutdown").long("no-save").visible_alias("no_save"))
+        .arg(path_arg(
+            "logfile",
+            Some('l'),
+            "FILE",
+            "Log to this file; '-' is standard output [default: twistd.log, standard output with -n]",
+        ))
         .arg(
             Arg::new("pidfile")
                 .long("pidfile")
                 .value_name("FILE")
                 .default_value("twistd.pid")
                 .help("Write the server's PID here; an empty value writes none"),
+        )
+        .arg(path_arg("rundir", Some('d'), "DIR", "Change to this directory before running [default: .]"))
+        .arg(path_arg("chroot", None, "DIR", "Chroot to this directory before running (needs root)"))
+        .arg(
+            Arg::new("uid")
+                .short('u')
+                .long("uid")
+                .value_name("USER")
+                .value_parser(Principal::parse)
+                .help("Run as this user (name or number), once the listeners are bound [default: the tap's]"),
+        )
+        .arg(
+            Arg::new("gid")
+                .short('g')
+                .long("gid")
+                .value_name("GROUP")
+                .value_parser(Principal::parse)
+                .help("Run as this group [default: the tap's, or the --uid user's primary group]"),
+        )
+        .arg(
+            Arg::new("umask")
+                .long("umask")
+                .value_name("MODE")
+                .value_parser(octal)
+                .help("File creation mask, in octal [default: 077 for a daemon, unchanged with -n]"),
+        )
+        .arg(flag("syslog", '\0', "Log to syslog instead of a file").conflicts_with("logfile"))
+        .arg(
+            Arg::new("prefix")
+                .long("prefix")
+                .value_name("NAME")
+                .default_value("twistd")
+                .help("Identity of syslog messages"),
+        )
+        .arg(
+            Arg::new("facility")
+                .long("facility")
+                .value_name("FACILITY")
+                .default_value("daemon")
+                .value_parser(facility)
+                .help("Syslog facility"),
+        )
+        .arg(
+            Arg::new("log_max_size")
+                .long("log-max-size")
+                .value_name("BYTES")
+                .default_value("1000000")
+                .value_parser(clap::value_parser!(u64))
+                .help("Rotate the log file when it would pass this size; 0 never"),
+        )
+        .arg(
+            Arg::new("log_max_files")
+                .long("log-max-files")
+                .value_name("N")
+                .default_value("10")
+                .value_parser(clap::value_parser!(usize))
+                .help("Rotated log files to keep (.1 to .N)"),
+        )
+        .arg(
+            Arg::new("shutdown_timeout")
+                .long("shutdown-timeout")
+                .value_name("SECONDS")
+                .default_value("10")
+                .value_parser(clap::value_parser!(u64))
+                .help("How long open requests may take to finish when stopping"),
         );
     cli::with_plugins(cmd, registry)
 }
 
-/// Installs the log subscriber. Plain writes, no background thread: threads must not exist
-/// before the (future) fork.
-fn init_logging(logfile: Option<&PathBuf>) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPHOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(false);
-    match logfile.filter(|p| p.as_os_str() != "-") {
-        None => builder.with_writer(std::io::stdout).init(),
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    Failure::new(exit::CANTCREAT, format!("logfile {}: {e}", path.display()))
-                })?;
-            builder.with_writer(Mutex::new(file)).init()
-        }
+fn flag(id: &'static str, short: char, help: &'static str) -> Arg {
+    let arg = Arg::new(id).long(id).action(ArgAction::SetTrue).help(help);
+    if short == '\0' {
+        arg
+    } else {
+        arg.short(short)
     }
-    Ok(())
+}
+
+fn path_arg(id: &'static str, short: Option<char>, value: &'static str, help: &'static str) -> Arg {
+    let arg = Arg::new(id)
+        .long(id)
+        .value_name(value)
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(help);
+    match short {
+        Some(c) => arg.short(c),
+        None => arg,
+    }
+}
+
+/// The files twistd keeps, as seen before and after any chroot.
+struct Paths {
+    /// Where to open the pidfile now (before chroot).
+    pid_now: Option<PathBuf>,
+    /// The pidfile's name once chrooted and in the run directory (for its removal).
+    pid_later: Option<PathBuf>,
+    /// The run directory, as seen after any chroot.
+    rundir: PathBuf,
+}
+
+impl Paths {
+    fn new(matches: &ArgMatches) -> Result<Paths, Failure> {
+        let chroot = matches.get_one::<PathBuf>("chroot");
+        let base = match chroot {
+            Some(_) => PathBuf::from("/"),
+            None => std::env::current_dir().map_err(|e| {
+                Failure::internal(format!("cannot read the current directory: {e}"))
+            })?,
+        };
+        let given = matches
+            .get_one::<PathBuf>("rundir")
+            .map_or(Path::new("."), |p| p.as_path());
+        // `./x` and `x` name one place; keep messages free of `/./`.
+        let rundir: PathBuf = base
+            .join(given)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let pid_later = matches
+            .get_one::<String>("pidfile")
+            .filter(|p| !p.is_empty())
+            .map(|p| rundir.join(p));
+        let outside = |p: &Path| match chroot {
+            Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        };
+        Ok(Paths {
+            pid_now: pid_later.as_deref().map(outside),
+            pid_later,
+            rundir,
+        })
+    }
 }
 
 /// The application to run, its format, and whether its state is saved at shutdown.
@@ -139,31 +233,164 @@ fn load(registry: &Registry, matches: &ArgMatches) -> Result<(Application, Forma
     Ok((app, format, !no_save))
 }
 
-fn run(registry: &Registry, matches: &ArgMatches) -> Result<(), Failure> {
-    if !matches.get_flag("nodaemon") {
-        return Err(Failure::usage(
-            "daemon mode is not built yet; run in the foreground with -n",
-        ));
+fn log_destination(matches: &ArgMatches, daemon: bool) -> Result<Destination, Failure> {
+    if matches.get_flag("syslog") {
+        return Ok(Destination::Syslog {
+            prefix: matches
+                .get_one::<String>("prefix")
+                .expect("has a default")
+                .clone(),
+            facility: *matches
+                .get_one::<syslog::Facility>("facility")
+                .expect("has a default"),
+        });
     }
-    init_logging(matches.get_one::<PathBuf>("logfile"))?;
-    let (app, format, save) = load(registry, matches)?;
-    if app.uid.is_some() || app.gid.is_some() {
-        tracing::warn!("the tap names a uid/gid; dropping privileges is not built yet, so this process keeps its own");
-    }
-    let pidfile = match matches
-        .get_one::<String>("pidfile")
-        .filter(|p| !p.is_empty())
-    {
-        Some(path) => Some(
-            PidFile::acquire(Path::new(path)).map_err(|e| Failure::new(exit::UNAVAILABLE, e))?,
-        ),
-        None => None,
+    let file = |path: PathBuf| Destination::File {
+        path,
+        max_size: *matches
+            .get_one::<u64>("log_max_size")
+            .expect("has a default"),
+        max_files: *matches
+            .get_one::<usize>("log_max_files")
+            .expect("has a default"),
     };
-    let result = serve(registry, &app, format, save);
-    if let Some(pidfile) = pidfile {
-        pidfile.remove();
+    Ok(match matches.get_one::<PathBuf>("logfile") {
+        Some(p) if p.as_os_str() == "-" => {
+            if daemon {
+                return Err(Failure::usage(
+                    "--logfile - (standard output) needs -n: a daemon has no terminal",
+                ));
+            }
+            Destination::Stdout
+        }
+        Some(p) => file(p.clone()),
+        None if daemon => file(PathBuf::from("twistd.log")),
+        None => Destination::Stdout,
+    })
+}
+
+fn run(registry: &Registry, matches: &ArgMatches) -> Result<(), Failure> {
+    let daemon = !matches.get_flag("nodaemon");
+    let destination = log_destination(matches, daemon)?;
+    let sink = logging::install(&destination).map_err(|e| Failure::new(exit::UNAVAILABLE, e))?;
+    let result = run_logged(registry, matches, daemon, &destination, &sink);
+    if let Err(failure) = &result {
+        tracing::error!("{failure}");
+        // Start-up may have failed before the log file was opened: it still gets the story.
+        if let Destination::File {
+            path,
+            max_size,
+            max_files,
+        } = &destination
+        {
+            let _ = sink.open_file_if_pending(path, *max_size, *max_files);
+        }
     }
     result
+}
+
+fn run_logged(
+    registry: &Registry,
+    matches: &ArgMatches,
+    daemon: bool,
+    destination: &Destination,
+    sink: &Sink,
+) -> Result<(), Failure> {
+    let (app, format, save) = load(registry, matches)?;
+    // Flags override the tap, each on its own.
+    let target = privileges::resolve(
+        matches.get_one::<Principal>("uid").or(app.uid.as_ref()),
+        matches.get_one::<Principal>("gid").or(app.gid.as_ref()),
+    )?;
+    let paths = Paths::new(matches)?;
+    let mut pidfile = match &paths.pid_now {
+        Some(path) => Some(PidFile::lock(path).map_err(|e| Failure::new(exit::UNAVAILABLE, e))?),
+        None => None,
+    };
+    let mut notifier = Notifier::foreground();
+    // Which name the pidfile has at the end depends on whether the chroot happened.
+    let mut chrooted = false;
+    let mut start_and_serve = || -> Result<(), Failure> {
+        let bound = Runner::bind(&app).map_err(start_failure)?;
+        enter_environment(matches, &paths, daemon)?;
+        chrooted = matches.contains_id("chroot");
+        if daemon {
+            notifier = daemon::daemonize()?;
+        }
+        if let Some(pidfile) = &mut pidfile {
+            pidfile
+                .write_pid()
+                .map_err(|e| Failure::new(exit::CANTCREAT, e))?;
+        }
+        if let Destination::File {
+            path,
+            max_size,
+            max_files,
+        } = destination
+        {
+            sink.open_file(
+                path,
+                *max_size,
+                *max_files,
+                target.as_ref().map(Target::owner),
+            )
+            .map_err(|e| Failure::new(exit::CANTCREAT, e))?;
+        }
+        if let Some(target) = &target {
+            privileges::drop_to(target)?;
+        }
+        let settings = Settings {
+            save,
+            format,
+            drain: Duration::from_secs(
+                *matches
+                    .get_one::<u64>("shutdown_timeout")
+                    .expect("has a default"),
+            ),
+        };
+        serve(registry, &app, bound, &settings, sink, &mut notifier)
+    };
+    let result = start_and_serve();
+    if let Err(failure) = &result {
+        notifier.failed(failure);
+    }
+    // Removed by whichever process holds it at the end: the daemon, or this one if start-up
+    // failed before the fork. (The first process of a daemon exits inside daemonize.)
+    let name = if chrooted {
+        &paths.pid_later
+    } else {
+        &paths.pid_now
+    };
+    if let (Some(pidfile), Some(name)) = (pidfile, name) {
+        pidfile.remove(name);
+    }
+    result
+}
+
+/// chroot, chdir to the run directory, umask: the process's surroundings, set before the fork.
+fn enter_environment(matches: &ArgMatches, paths: &Paths, daemon: bool) -> Result<(), Failure> {
+    if let Some(root) = matches.get_one::<PathBuf>("chroot") {
+        nix::unistd::chroot(root.as_path()).map_err(|e| {
+            let code = if e == nix::errno::Errno::EPERM {
+                exit::NOPERM
+            } else {
+                exit::CONFIG
+            };
+            Failure::new(code, format!("--chroot {}: {e}", root.display()))
+        })?;
+        std::env::set_current_dir("/")
+            .map_err(|e| Failure::internal(format!("chdir / after chroot: {e}")))?;
+    }
+    std::env::set_current_dir(&paths.rundir)
+        .map_err(|e| Failure::config(format!("--rundir {}: {e}", paths.rundir.display())))?;
+    let umask = matches
+        .get_one::<u32>("umask")
+        .copied()
+        .or(daemon.then_some(0o077));
+    if let Some(mask) = umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    Ok(())
 }
 
 fn start_failure(e: StartError) -> Failure {
@@ -176,43 +403,91 @@ fn start_failure(e: StartError) -> Failure {
     Failure::new(code, e)
 }
 
+struct Settings {
+    save: bool,
+    format: Format,
+    drain: Duration,
+}
+
+fn watch(kind: SignalKind, name: &str) -> Result<tokio::signal::unix::Signal, Failure> {
+    signal(kind).map_err(|e| Failure::internal(format!("cannot watch {name}: {e}")))
+}
+
 fn serve(
     registry: &Registry,
     app: &Application,
-    format: Format,
-    save: bool,
+    bound: host::service::Bound,
+    settings: &Settings,
+    sink: &Sink,
+    notifier: &mut Notifier,
 ) -> Result<(), Failure> {
-    let bound = Runner::bind(app).map_err(start_failure)?;
-    // The first thread of the process is created here, after every blocking step.
+    // The first thread of the process is created here, after the fork and every blocking step.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("twistd-worker")
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let mut terminate = signal(SignalKind::terminate())
-            .map_err(|e| Failure::internal(format!("cannot watch SIGTERM: {e}")))?;
-        let mut interrupt = signal(SignalKind::interrupt())
-            .map_err(|e| Failure::internal(format!("cannot watch SIGINT: {e}")))?;
-        let mut runner = Runner::start(app, registry, bound, DRAIN)
+        let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+        let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+        let mut rotate = watch(SignalKind::user_defined1(), "SIGUSR1")?;
+        let mut reopen = watch(SignalKind::hangup(), "SIGHUP")?;
+        let mut runner = Runner::start(app, registry, bound, settings.drain)
             .await
             .map_err(start_failure)?;
-        tracing::info!(
-            "ready: application '{}' runs {} service(s)",
+        let status = format!(
+            "application '{}' runs {} service(s)",
             app.name,
             runner.len()
         );
-        let cause = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
+        tracing::info!("ready: {status}");
+        notifier.ready(&status);
+        let cause = loop {
+            tokio::select! {
+                _ = terminate.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "SIGINT",
+                _ = rotate.recv() => match sink.rotate() {
+                    Ok(()) => tracing::info!("SIGUSR1: log rotated"),
+                    Err(e) => tracing::warn!("SIGUSR1: log rotation failed: {e}"),
+                },
+                _ = reopen.recv() => match sink.reopen() {
+                    Ok(()) => tracing::info!("SIGHUP: log reopened"),
+                    Err(e) => tracing::warn!("SIGHUP: cannot reopen the log: {e}"),
+                },
+            }
         };
-        tracing::info!("{cause}: stopping, open requests have {DRAIN:?} to finish");
-        runner.stop(DRAIN).await;
-        if save {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(
+            "{cause}: stopping; open requests have {:?} to finish",
+            settings.drain
+        );
+        let abort = runner.abort_handle();
+        {
+            let stop = runner.stop(settings.drain);
+            tokio::pin!(stop);
+            tokio::select! {
+                () = &mut stop => {}
+                _ = interrupt.recv() => {
+                    tracing::warn!("second SIGINT: closing open connections now");
+                    abort.cancel();
+                    stop.await;
+                }
+            }
+        }
+        if settings.save {
             let snapshot = runner.snapshot(app);
-            let path = PathBuf::from(format!("{}-shutdown.{}", app.name, format.extension()));
-            tapfile::save(&snapshot, &path, format, registry.holds_secrets(&snapshot))
-                .map_err(Failure::internal)?;
+            let path = PathBuf::from(format!(
+                "{}-shutdown.{}",
+                app.name,
+                settings.format.extension()
+            ));
+            tapfile::save(
+                &snapshot,
+                &path,
+                settings.format,
+                registry.holds_secrets(&snapshot),
+            )
+            .map_err(Failure::internal)?;
             tracing::info!("saved {}", path.display());
         }
         tracing::info!("stopped");
@@ -226,7 +501,6 @@ fn main() -> ExitCode {
     match run(&registry, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            tracing::error!("{failure}");
             eprintln!("twistd: {failure}");
             ExitCode::from(failure.code as u8)
         }

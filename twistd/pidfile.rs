@@ -26,8 +26,9 @@ pub enum PidFileError {
 }
 
 impl PidFile {
-    /// Takes the lock and writes this process's PID.
-    pub fn acquire(path: &Path) -> Result<PidFile, PidFileError> {
+    /// Takes the lock, before anything is bound: a second server stops here. The PID is
+    /// written later, by the process that will live ([`PidFile::write_pid`]).
+    pub fn lock(path: &Path) -> Result<PidFile, PidFileError> {
         let io_err = |source| PidFileError::Io {
             path: path.to_path_buf(),
             source,
@@ -61,26 +62,34 @@ impl PidFile {
         let _ = lock.read_to_string(&mut old);
         if !old.trim().is_empty() {
             tracing::info!(
-                "removing stale pidfile {} (PID {}, no longer running)",
+                "replacing stale pidfile {} (PID {} no longer holds it)",
                 path.display(),
                 old.trim()
             );
         }
-        lock.set_len(0).map_err(io_err)?;
-        lock.rewind().map_err(io_err)?;
-        writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
-        lock.sync_all().map_err(io_err)?;
         Ok(PidFile {
             path: path.to_path_buf(),
             lock,
         })
     }
 
-    /// Removes the file, then lets go of the lock. A directory that no longer allows the
-    /// removal gives a warning, not a failure.
-    pub fn remove(self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!("cannot remove pidfile {}: {e}", self.path.display());
+    /// Writes this process's PID (the daemon's, after the fork; the lock is inherited).
+    pub fn write_pid(&mut self) -> Result<(), PidFileError> {
+        let io_err = |source| PidFileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.lock.set_len(0).map_err(io_err)?;
+        self.lock.rewind().map_err(io_err)?;
+        writeln!(self.lock, "{}", std::process::id()).map_err(io_err)?;
+        self.lock.sync_all().map_err(io_err)
+    }
+
+    /// Removes the file by `path` (its name as seen now, inside any chroot), then lets go of
+    /// the lock. A directory that no longer allows the removal gives a warning, not a failure.
+    pub fn remove(self, path: &Path) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!("cannot remove pidfile {}: {e}", path.display());
         }
         drop(self.lock);
     }

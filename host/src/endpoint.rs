@@ -1,7 +1,7 @@
 //! Endpoint strings in Twisted's strports syntax, and binding them.
 //!
 //! `tcp:PORT[:interface=ADDR][:backlog=N]`, `tcp6:PORT[...]`, `unix:PATH[:mode=660][:backlog=N]`,
-//! and a bare port number for TCP. Positional parameters follow Twisted's order (tcp: port,
+//! `systemd:index=N` (socket activation), and a bare port number for TCP. Positional parameters follow Twisted's order (tcp: port,
 //! interface, backlog; unix: address, mode, backlog). A backslash escapes the next character,
 //! so an IPv6 interface is written `interface=\:\:1`.
 //!
@@ -38,6 +38,12 @@ pub enum Endpoint {
         /// Permission bits given to the socket file after binding.
         mode: Option<u32>,
         backlog: Option<u32>,
+    },
+    /// A listening socket passed by systemd (socket activation): the `index`-th of `LISTEN_FDS`.
+    Systemd {
+        index: usize,
+        /// Twisted's `domain=INET|INET6|UNIX`, kept when given and checked against the socket.
+        domain: Option<String>,
     },
 }
 
@@ -227,11 +233,29 @@ impl Endpoint {
                     backlog,
                 })
             }
-            "ssl" | "systemd" => Err(format!(
-                "endpoint type '{kind}' is not supported yet (supported: tcp, tcp6, unix)"
-            )),
+            "systemd" => {
+                let mut index = None;
+                let mut domain = None;
+                for (name, value) in assign("systemd", &["index", "domain"], params)? {
+                    if name == "index" {
+                        index = Some(value.parse::<usize>().map_err(|_| {
+                            format!("index '{value}' is not a descriptor number like 0")
+                        })?);
+                    } else if matches!(value.as_str(), "INET" | "INET6" | "UNIX") {
+                        domain = Some(value);
+                    } else {
+                        return Err(format!("domain '{value}' is not INET, INET6 or UNIX"));
+                    }
+                }
+                let index = index.ok_or("systemd needs an index, as in systemd:index=0")?;
+                Ok(Endpoint::Systemd { index, domain })
+            }
+            "ssl" => Err(
+                "endpoint type 'ssl' is not supported yet (supported: tcp, tcp6, unix, systemd)"
+                    .to_string(),
+            ),
             other => Err(format!(
-                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, or a bare port number)"
+                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, systemd, or a bare port number)"
             )),
         }
     }
@@ -240,7 +264,7 @@ impl Endpoint {
     pub fn port(&self) -> Option<u16> {
         match self {
             Endpoint::Tcp { port, .. } => Some(*port),
-            Endpoint::Unix { .. } => None,
+            Endpoint::Unix { .. } | Endpoint::Systemd { .. } => None,
         }
     }
 
@@ -260,7 +284,7 @@ impl Endpoint {
                 });
                 Some(SocketAddr::new(ip, *port))
             }
-            Endpoint::Unix { .. } => None,
+            Endpoint::Unix { .. } | Endpoint::Systemd { .. } => None,
         }
     }
 
@@ -269,6 +293,7 @@ impl Endpoint {
     pub fn conflicts_with(&self, other: &Endpoint) -> bool {
         match (self, other) {
             (Endpoint::Unix { path: a, .. }, Endpoint::Unix { path: b, .. }) => a == b,
+            (Endpoint::Systemd { index: a, .. }, Endpoint::Systemd { index: b, .. }) => a == b,
             (Endpoint::Tcp { .. }, Endpoint::Tcp { .. }) => {
                 let (a, b) = (
                     self.socket_addr().expect("tcp has an address"),
@@ -307,6 +332,9 @@ impl Endpoint {
             } => bind_unix(path, *mode, backlog.unwrap_or(DEFAULT_BACKLOG))
                 .map(Listener::Unix)
                 .map_err(fail),
+            Endpoint::Systemd { index, domain } => {
+                crate::activation::take(*index, domain.as_deref()).map_err(fail)
+            }
         }
     }
 }
@@ -390,6 +418,13 @@ impl fmt::Display for Endpoint {
                     write!(f, ":backlog={n}")?;
                 }
             }
+            Endpoint::Systemd { index, domain } => {
+                if let Some(domain) = domain {
+                    write!(f, "systemd:domain={domain}:index={index}")?;
+                } else {
+                    write!(f, "systemd:index={index}")?;
+                }
+            }
         }
         Ok(())
     }
@@ -437,6 +472,8 @@ mod tests {
             (r"tcp6:8080:interface=\:\:1", r"tcp6:8080:interface=\:\:1"),
             ("unix:/run/web.sock:mode=660", "unix:/run/web.sock:mode=660"),
             ("unix:address=/tmp/a\\:b", "unix:/tmp/a\\:b"),
+            ("systemd:index=0", "systemd:index=0"),
+            ("systemd:domain=INET:index=2", "systemd:domain=INET:index=2"),
         ] {
             assert_eq!(parse(input).to_string(), canonical, "{input}");
             assert_eq!(parse(canonical), parse(input), "{canonical} round trip");
@@ -457,6 +494,9 @@ mod tests {
         assert!(reason("tcp:80:1.2.3.4:5:6").contains("too many"));
         assert!(reason("tcp:80:port=81").contains("twice"));
         assert!(reason("ssl:443").contains("not supported yet"));
+        assert!(reason("systemd:index=x").contains("index 'x'"));
+        assert!(reason("systemd:domain=IPX:index=0").contains("domain 'IPX'"));
+        assert!(reason("systemd").contains("needs an index"));
         assert!(reason("").contains("empty"));
         assert!(reason("tcp:80\\").contains("backslash"));
     }

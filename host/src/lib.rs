@@ -8,6 +8,7 @@
 //!   version checks, errors with file, line and column, atomic writes.
 //! - [`endpoint`]: Twisted's strports strings (`tcp:8080:interface=127.0.0.1`, `unix:/run/x.sock`)
 //!   and binding them to listening sockets before any thread exists.
+//! - [`activation`]: sockets passed by systemd for `systemd:index=N` endpoints.
 //! - [`net`]: bound listeners handed to services, and the stream type they accept.
 //! - [`plugin`]: the plugin contract ([`Plugin`] for typed built-ins, [`Maker`] erased) and the
 //!   [`Registry`] that binaries are given.
@@ -18,6 +19,7 @@
 //!   `twistd` so both parse a plugin's options with the same code.
 //! - [`exit`]: the process exit codes every binary uses.
 
+pub mod activation;
 pub mod app;
 pub mod cli;
 pub mod endpoint;

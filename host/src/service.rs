@@ -50,11 +50,16 @@ pub struct ServiceContext {
 
 impl ServiceContext {
     pub fn new(name: &str, plugin: &str) -> Self {
+        Self::under(name, plugin, &CancellationToken::new())
+    }
+
+    /// A context whose abort also fires when `abort_all` does.
+    pub fn under(name: &str, plugin: &str, abort_all: &CancellationToken) -> Self {
         ServiceContext {
             name: name.into(),
             plugin: plugin.into(),
             stopping: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            abort: abort_all.child_token(),
             tracker: TaskTracker::new(),
             span: tracing::info_span!("service", name = %name, plugin = %plugin),
         }
@@ -197,6 +202,8 @@ struct Running {
 #[derive(Default)]
 pub struct Runner {
     running: Vec<Running>,
+    /// Parent of every service's abort signal: cancelling it ends every drain at once.
+    abort_all: CancellationToken,
 }
 
 /// Every listener of an application, bound, per service in the application's order.
@@ -209,6 +216,7 @@ impl Runner {
         app.services
             .iter()
             .map(|spec| {
+                let span = tracing::info_span!("service", name = %spec.name, plugin = %spec.plugin);
                 spec.listen
                     .iter()
                     .map(|endpoint| {
@@ -217,11 +225,13 @@ impl Runner {
                             source,
                         })?;
                         match listener.local_addr() {
-                            Ok(addr) => tracing::info!(
-                                service = %spec.name,
-                                "listening on {addr} ({endpoint})"
+                            Ok(addr) => {
+                                tracing::info!(parent: &span, "listening on {addr} ({endpoint})")
+                            }
+                            Err(e) => tracing::warn!(
+                                parent: &span,
+                                "listening on {endpoint}, address unknown: {e}"
                             ),
-                            Err(e) => tracing::warn!(service = %spec.name, "listening on {endpoint}, address unknown: {e}"),
                         }
                         Ok(listener)
                     })
@@ -259,7 +269,7 @@ impl Runner {
             message,
         };
         let service = registry.get(&spec.plugin)?.build(spec).map_err(fail)?;
-        let ctx = ServiceContext::new(&spec.name, &spec.plugin);
+        let ctx = ServiceContext::under(&spec.name, &spec.plugin, &self.abort_all);
         service.start(&ctx, listeners).map_err(fail)?;
         tracing::info!(parent: ctx.span(), "started");
         self.running.push(Running {
@@ -268,6 +278,12 @@ impl Runner {
             service,
         });
         Ok(())
+    }
+
+    /// A handle that drops every open connection now, even while [`Runner::stop`] is draining
+    /// (twistd's answer to a second SIGINT).
+    pub fn abort_handle(&self) -> CancellationToken {
+        self.abort_all.clone()
     }
 
     pub fn len(&self) -> usize {

@@ -248,7 +248,7 @@ pub fn to_string(app: &Application, format: Format) -> Result<String, TapError> 
 }
 
 /// Writes an application atomically. `private` taps (those holding secrets) are mode 0600,
-/// others 0644.
+/// others 0644, both less the umask.
 pub fn save(app: &Application, path: &Path, format: Format, private: bool) -> Result<(), TapError> {
     let text = to_string(app, format)?;
     write_atomic(path, text.as_bytes(), if private { 0o600 } else { 0o644 }).map_err(|source| {
@@ -269,12 +269,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    // Created with `mode`, so the process's umask still applies (a daemon's 077 included).
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", name.to_string_lossy()))
         .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -124,15 +124,19 @@ pub struct Twistd {
 
 impl Twistd {
     pub fn start(dir: &Path, args: &[&str]) -> Twistd {
-        let mut child = Command::new(TWISTD)
-            .args(["-n", "--pidfile", ""])
+        let mut cmd = Command::new(TWISTD);
+        cmd.args(["-n", "--pidfile", ""])
             .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn twistd");
+            .stderr(Stdio::piped());
+        Twistd::from_command(cmd)
+    }
+
+    /// Spawns a prepared command (its stdout and stderr piped) and waits for "ready:".
+    pub fn from_command(mut cmd: Command) -> Twistd {
+        let mut child = cmd.spawn().expect("spawn twistd");
         let (tx, rx) = mpsc::channel();
         for pipe in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
@@ -208,8 +212,13 @@ impl Twistd {
     }
 
     /// Sends SIGTERM and waits for the exit, reading the rest of the log.
-    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+    pub fn stop(self) -> (ExitStatus, Vec<String>) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.stop_waiting()
+    }
+
+    /// Waits for an exit already asked for, reading the rest of the log.
+    pub fn stop_waiting(mut self) -> (ExitStatus, Vec<String>) {
         let deadline = Instant::now() + TIMEOUT;
         while let Ok(line) = self
             .lines

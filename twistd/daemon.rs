@@ -1,0 +1,124 @@
+//! Becoming a daemon: fork, setsid, fork, with a pipe back to the first process, which exits
+//! only when the daemon says it is ready (0) or failed (the cause's exit code and message).
+//! Twisted's parent exited 0 even when start-up then failed; this one cannot.
+
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+
+use host::exit::{self, Failure};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, pipe, setsid, ForkResult};
+
+/// The daemon's end of the status pipe; in the foreground, only systemd is told.
+pub struct Notifier {
+    pipe: Option<File>,
+}
+
+impl Notifier {
+    pub fn foreground() -> Self {
+        Notifier { pipe: None }
+    }
+
+    /// Every service runs: release the waiting parent, tell systemd.
+    pub fn ready(&mut self, status: &str) {
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(status),
+        ]);
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"0\n");
+        }
+    }
+
+    /// Start-up failed: the parent prints `failure` and exits with its code.
+    pub fn failed(&mut self, failure: &Failure) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = write!(pipe, "{} {}", failure.code, failure.message);
+        }
+    }
+}
+
+/// Forks twice. Returns in the daemon (no controlling terminal, not a session leader, standard
+/// streams on /dev/null); the first process waits for the daemon's word and exits with it.
+pub fn daemonize() -> Result<Notifier, Failure> {
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        pipe().map_err(|e| Failure::internal(format!("cannot create the status pipe: {e}")))?;
+    // SAFETY: twistd has a single thread here: the runtime is built after this point and
+    // nothing before it spawns threads (see ARCHITECTURE.md), so the child may run any code.
+    match unsafe { fork() }.map_err(|e| Failure::internal(format!("cannot fork: {e}")))? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            // The intermediate child exits at once; reap it so it is no zombie.
+            let _ = waitpid(child, None);
+            let mut word = String::new();
+            let _ = File::from(read_end).read_to_string(&mut word);
+            std::process::exit(match parse_word(&word) {
+                Ok(()) => 0,
+                Err(failure) => {
+                    eprintln!("twistd: {failure}");
+                    failure.code
+                }
+            })
+        }
+        ForkResult::Child => {}
+    }
+    drop(read_end);
+    setsid().map_err(|e| Failure::internal(format!("setsid failed: {e}")))?;
+    // SAFETY: still single-threaded (see above).
+    match unsafe { fork() }.map_err(|e| Failure::internal(format!("cannot fork: {e}")))? {
+        // The session leader leaves, so the daemon can never acquire a controlling terminal.
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Failure::internal(format!("/dev/null: {e}")))?;
+    for dup in [
+        nix::unistd::dup2_stdin,
+        nix::unistd::dup2_stdout,
+        nix::unistd::dup2_stderr,
+    ] {
+        dup(&null).map_err(|e| Failure::internal(format!("cannot redirect to /dev/null: {e}")))?;
+    }
+    Ok(Notifier {
+        pipe: Some(File::from(write_end)),
+    })
+}
+
+/// `0` is success; `CODE MESSAGE` a failure; nothing at all means the daemon died.
+fn parse_word(word: &str) -> Result<(), Failure> {
+    let word = word.trim_end();
+    if word == "0" {
+        return Ok(());
+    }
+    match word.split_once(' ') {
+        Some((code, message)) if code.parse::<i32>().is_ok() => {
+            Err(Failure::new(code.parse().expect("checked above"), message))
+        }
+        _ => Err(Failure::new(
+            exit::INTERNAL,
+            "the daemon exited during start-up without saying why; see its log",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_words() {
+        assert!(parse_word("0\n").is_ok());
+        let failure = parse_word("69 cannot listen on tcp:80: in use").expect_err("failure");
+        assert_eq!(
+            (failure.code, failure.message.as_str()),
+            (69, "cannot listen on tcp:80: in use")
+        );
+        assert_eq!(parse_word("").expect_err("silence").code, exit::INTERNAL);
+    }
+}
