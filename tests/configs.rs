@@ -81,3 +81,43 @@ fn every_example_serves() {
         assert!(status.success(), "{}: {status}", path.display());
     }
 }
+
+/// The example units in configs/systemd pass `systemd-analyze verify` (with ExecStart pointed
+/// at the binary under test, since /usr/bin/twistd is what a package installs).
+#[test]
+fn systemd_units_verify() {
+    let Ok(found) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    assert!(found.status.success());
+    let sb = Sandbox::new();
+    for entry in std::fs::read_dir(repo().join("configs/systemd")).expect("configs/systemd") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .replace("@.", "@web.");
+        let text = std::fs::read_to_string(&path)
+            .expect("unit")
+            .replace("/usr/bin/twistd", util::TWISTD);
+        sb.write(&name, text);
+    }
+    let units: Vec<PathBuf> = std::fs::read_dir(sb.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(units.len(), 3, "{units:?}");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .expect("run systemd-analyze");
+    let said = format!("{}{}", util::stdout(&out), util::stderr(&out));
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}

@@ -598,3 +598,31 @@ fn a_second_sigint_stops_at_once_and_the_timeout_bounds_a_drain() {
         let _ = slow.read_to_end(&mut rest);
     }
 }
+
+#[test]
+fn chroot_confines_the_daemon() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chroot");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "<h1>jailed</h1>\n");
+    // A relative --path names the same directory before the chroot (from the sandbox) and
+    // after it (from the new root, where the run directory defaults to).
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let root = sb.path().to_str().expect("utf-8").to_string();
+    let daemon = Daemon::start(&sb, &["--chroot", &root, "-f", "web.tap"]);
+    let jail = std::fs::read_link(format!("/proc/{}/root", daemon.pid)).expect("root link");
+    assert_eq!(jail, sb.path().canonicalize().expect("canonical"));
+    let page = curl(&format!("http://{}/", daemon.addr(0)), &[]);
+    assert_eq!(page.text(), "<h1>jailed</h1>\n");
+    daemon.stop();
+    assert!(
+        !sb.join("twistd.pid").exists(),
+        "removed by its name inside the chroot"
+    );
+    assert!(
+        sb.join("web-shutdown.tap").exists(),
+        "saved in the run directory inside the chroot"
+    );
+}

@@ -41,9 +41,18 @@ impl Notifier {
     }
 }
 
+/// Opens /dev/null for the daemon's standard streams: before any chroot, which hides it.
+pub fn open_dev_null() -> Result<File, Failure> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Failure::internal(format!("/dev/null: {e}")))
+}
+
 /// Forks twice. Returns in the daemon (no controlling terminal, not a session leader, standard
-/// streams on /dev/null); the first process waits for the daemon's word and exits with it.
-pub fn daemonize() -> Result<Notifier, Failure> {
+/// streams on `null`); the first process waits for the daemon's word and exits with it.
+pub fn daemonize(null: File) -> Result<Notifier, Failure> {
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         pipe().map_err(|e| Failure::internal(format!("cannot create the status pipe: {e}")))?;
     // SAFETY: twistd has a single thread here: the runtime is built after this point and
@@ -73,11 +82,6 @@ pub fn daemonize() -> Result<Notifier, Failure> {
         ForkResult::Parent { .. } => std::process::exit(0),
         ForkResult::Child => {}
     }
-    let null = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Failure::internal(format!("/dev/null: {e}")))?;
     for dup in [
         nix::unistd::dup2_stdin,
         nix::unistd::dup2_stdout,

@@ -312,10 +312,11 @@ fn run_logged(
     let mut chrooted = false;
     let mut start_and_serve = || -> Result<(), Failure> {
         let bound = Runner::bind(&app).map_err(start_failure)?;
+        let null = daemon.then(daemon::open_dev_null).transpose()?;
         enter_environment(matches, &paths, daemon)?;
         chrooted = matches.contains_id("chroot");
-        if daemon {
-            notifier = daemon::daemonize()?;
+        if let Some(null) = null {
+            notifier = daemon::daemonize(null)?;
         }
         if let Some(pidfile) = &mut pidfile {
             pidfile
