@@ -339,8 +339,9 @@ fn uid_nobody_still_serves_a_port_below_1024() {
         .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024");
     let endpoint = format!("tcp:{port}:interface=127.0.0.1");
-    sb.mktap_ok(&["web", "--path", "www", "--port", &endpoint]);
-    let daemon = Daemon::start(&sb, &["-o", "--uid", "nobody", "-f", "web.tap"]);
+    // The tap names the user; no --uid flag overrides it here.
+    sb.mktap_ok(&["-u", "nobody", "web", "--path", "www", "--port", &endpoint]);
+    let daemon = Daemon::start(&sb, &["-o", "-f", "web.tap"]);
     let nobody = nix::unistd::User::from_name("nobody")
         .expect("lookup")
         .expect("nobody exists");
