@@ -1,0 +1,1 @@
+//! The `mail` plugin: SMTP into Maildir domains, and POP3. (Being built: not yet registered.)
