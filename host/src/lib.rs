@@ -31,7 +31,7 @@ pub mod tapfile;
 
 pub use app::{Application, Principal, ServiceSpec, TAP_VERSION};
 pub use endpoint::Endpoint;
-pub use net::{Listener, Stream};
+pub use net::{BoundListener, Listener, Stream};
 pub use plugin::{Maker, Plugin, PluginError, Registry};
 pub use service::{Runner, Service, ServiceContext};
 pub use tapfile::{Format, TapError};

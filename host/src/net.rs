@@ -12,6 +12,15 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A listener together with the endpoint it was bound from, as a service receives it: the
+/// endpoint tells a service what the socket is for (an `ssl:` one wants TLS, a plugin with
+/// several protocols matches it against its options).
+#[derive(Debug)]
+pub struct BoundListener {
+    pub endpoint: crate::Endpoint,
+    pub listener: Listener,
+}
+
 /// A bound, listening socket that no runtime owns yet.
 #[derive(Debug)]
 pub enum Listener {

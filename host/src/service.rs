@@ -22,14 +22,15 @@ use tracing::Instrument;
 
 use crate::app::{Application, ServiceSpec};
 use crate::endpoint::BindError;
-use crate::net::{AsyncListener, Listener, Peer, Stream};
+use crate::net::{AsyncListener, BoundListener, Peer, Stream};
 use crate::plugin::{PluginError, Registry};
 
 /// A running service, made by its plugin's `build`.
 pub trait Service: Send + Sync + 'static {
-    /// Starts serving on `listeners`, given in the order of the spec's `listen` list. Called on
-    /// the runtime; spawns its tasks with [`ServiceContext::spawn`] and returns at once.
-    fn start(&self, ctx: &ServiceContext, listeners: Vec<Listener>) -> Result<(), String>;
+    /// Starts serving on `listeners`, given in the order of the spec's `listen` list, each with
+    /// its endpoint. Called on the runtime; spawns its tasks with [`ServiceContext::spawn`] and
+    /// returns at once.
+    fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String>;
 
     /// What to keep across restarts, saved in the shutdown tap. Called after the service stopped.
     fn state(&self) -> Option<serde_json::Value> {
@@ -207,7 +208,7 @@ pub struct Runner {
 }
 
 /// Every listener of an application, bound, per service in the application's order.
-pub type Bound = Vec<Vec<Listener>>;
+pub type Bound = Vec<Vec<BoundListener>>;
 
 impl Runner {
     /// Binds every listener with blocking calls; on failure drops those bound so far. Logs each
@@ -233,7 +234,10 @@ impl Runner {
                                 "listening on {endpoint}, address unknown: {e}"
                             ),
                         }
-                        Ok(listener)
+                        Ok(BoundListener {
+                            endpoint: endpoint.clone(),
+                            listener,
+                        })
                     })
                     .collect()
             })
@@ -262,7 +266,7 @@ impl Runner {
         &mut self,
         spec: &ServiceSpec,
         registry: &Registry,
-        listeners: Vec<Listener>,
+        listeners: Vec<BoundListener>,
     ) -> Result<(), StartError> {
         let fail = |message| StartError::Start {
             service: spec.name.clone(),

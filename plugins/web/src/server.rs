@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use host::net::{Peer, Stream};
 use host::service::{serve, ServiceContext};
-use host::{Listener, Service};
+use host::{BoundListener, Service};
 
 use crate::resolve::{contain, Refusal, UrlPath};
 use crate::{files, listing, WebConfig};
@@ -64,9 +64,9 @@ impl WebService {
 }
 
 impl Service for WebService {
-    fn start(&self, ctx: &ServiceContext, listeners: Vec<Listener>) -> Result<(), String> {
-        for listener in listeners {
-            let listener = listener.into_async().map_err(|e| e.to_string())?;
+    fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String> {
+        for bound in listeners {
+            let listener = bound.listener.into_async().map_err(|e| e.to_string())?;
             let site = self.site.clone();
             let conn_ctx = ctx.clone();
             serve(ctx, listener, move |stream, peer| {
