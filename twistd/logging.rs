@@ -18,7 +18,10 @@ use syslog::{Facility, Formatter3164, LoggerBackend};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 /// Lines kept while no destination is open; past this they are dropped (start-up is short).
 const BUFFER_LIMIT: usize = 1 << 20;
@@ -47,14 +50,19 @@ enum State {
     Syslog(syslog::Logger<LoggerBackend, Formatter3164>),
 }
 
-/// The shared log destination behind the subscriber.
+/// The shared log destination behind the subscriber, and the handle that changes its filter.
 #[derive(Clone)]
-pub struct Sink(Arc<Mutex<State>>);
+pub struct Sink {
+    state: Arc<Mutex<State>>,
+    filter: FilterHandle,
+}
+
+type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 impl Sink {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves a usable state: keep logging.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens a file destination and writes what was buffered into it. `owner` is the user the
@@ -86,6 +94,21 @@ impl Sink {
             self.open_file(path, max_size, max_files, None)?;
         }
         Ok(())
+    }
+
+    /// A function that replaces the log filter (`info`, `debug`, `warn,web=debug`), for the
+    /// admin shell's `log level`.
+    pub fn level_setter(&self) -> host::control::LogLevelSetter {
+        let handle = self.filter.clone();
+        Box::new(move |level: &str| {
+            let filter =
+                EnvFilter::try_new(level).map_err(|e| format!("bad log level '{level}': {e}"))?;
+            handle
+                .reload(filter)
+                .map_err(|e| format!("cannot change the log level: {e}"))?;
+            tracing::info!("log level is now {level}");
+            Ok(())
+        })
     }
 
     /// SIGUSR1: rotate the file now.
@@ -128,14 +151,19 @@ pub fn install(destination: &Destination) -> Result<Sink, String> {
             (State::Syslog(logger), false)
         }
     };
-    let sink = Sink(Arc::new(Mutex::new(state)));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPHOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = EnvFilter::try_from_env("TAPHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let sink = Sink {
+        state: Arc::new(Mutex::new(state)),
+        filter: handle,
+    };
+    let format = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .event_format(LineFormat { timestamps })
-        .with_writer(sink.clone())
+        .with_writer(sink.clone());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
         .init();
     Ok(sink)
 }

@@ -18,9 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use host::control::{Bound, StartError};
 use host::exit::{self, parse_args, Failure};
-use host::service::StartError;
-use host::{cli, tapfile, Application, Format, Principal, Registry, Runner};
+use host::{cli, tapfile, Application, Control, Format, Principal, Registry};
 use tokio::signal::unix::{signal, SignalKind};
 
 use daemon::Notifier;
@@ -311,7 +311,7 @@ fn run_logged(
     // Which name the pidfile has at the end depends on whether the chroot happened.
     let mut chrooted = false;
     let mut start_and_serve = || -> Result<(), Failure> {
-        let bound = Runner::bind(&app).map_err(start_failure)?;
+        let bound = Control::bind(&app).map_err(start_failure)?;
         let null = daemon.then(daemon::open_dev_null).transpose()?;
         enter_environment(matches, &paths, daemon)?;
         chrooted = matches.contains_id("chroot");
@@ -417,7 +417,7 @@ fn watch(kind: SignalKind, name: &str) -> Result<tokio::signal::unix::Signal, Fa
 fn serve(
     registry: &Registry,
     app: &Application,
-    bound: host::service::Bound,
+    bound: Bound,
     settings: &Settings,
     sink: &Sink,
     notifier: &mut Notifier,
@@ -433,13 +433,14 @@ fn serve(
         let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
         let mut rotate = watch(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut reopen = watch(SignalKind::hangup(), "SIGHUP")?;
-        let mut runner = Runner::start(app, registry, bound, settings.drain)
+        let control = Control::start(app, registry, bound, settings.drain, settings.format)
             .await
             .map_err(start_failure)?;
+        control.set_log_level_setter(sink.level_setter());
         let status = format!(
             "application '{}' runs {} service(s)",
             app.name,
-            runner.len()
+            app.services.len()
         );
         tracing::info!("ready: {status}");
         notifier.ready(&status);
@@ -447,6 +448,7 @@ fn serve(
             tokio::select! {
                 _ = terminate.recv() => break "SIGTERM",
                 _ = interrupt.recv() => break "SIGINT",
+                () = control.shutdown_requested() => break "shutdown requested",
                 _ = rotate.recv() => match sink.rotate() {
                     Ok(()) => tracing::info!("SIGUSR1: log rotated"),
                     Err(e) => tracing::warn!("SIGUSR1: log rotation failed: {e}"),
@@ -462,9 +464,9 @@ fn serve(
             "{cause}: stopping; open requests have {:?} to finish",
             settings.drain
         );
-        let abort = runner.abort_handle();
+        let abort = control.abort_handle();
         {
-            let stop = runner.stop(settings.drain);
+            let stop = control.stop_all();
             tokio::pin!(stop);
             tokio::select! {
                 () = &mut stop => {}
@@ -476,7 +478,7 @@ fn serve(
             }
         }
         if settings.save {
-            let snapshot = runner.snapshot(app);
+            let snapshot = control.application().await;
             let path = PathBuf::from(format!(
                 "{}-shutdown.{}",
                 app.name,

@@ -13,8 +13,10 @@
 //! - [`plugin`]: the plugin contract ([`Plugin`] for typed built-ins, [`Maker`] erased) and the
 //!   [`Registry`] that binaries are given.
 //! - [`service`]: the running side: [`Service`], its [`ServiceContext`] (graceful and hard stop,
-//!   connection tracking), and [`Runner`], which starts services in order and stops them in
-//!   reverse with a drain deadline.
+//!   connection tracking), and [`service::serve`], the accept loop.
+//! - [`control`]: [`Control`], the running application and the one way to change it: binds,
+//!   starts in order, stops in reverse with a drain deadline; list, add, remove, stop, start,
+//!   reconfigure, listen, save.
 //! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
 //!   `twistd` so both parse a plugin's options with the same code.
 //! - [`exit`]: the process exit codes every binary uses.
@@ -22,6 +24,7 @@
 pub mod activation;
 pub mod app;
 pub mod cli;
+pub mod control;
 pub mod endpoint;
 pub mod exit;
 pub mod net;
@@ -30,8 +33,9 @@ pub mod service;
 pub mod tapfile;
 
 pub use app::{Application, Principal, ServiceSpec, TAP_VERSION};
+pub use control::Control;
 pub use endpoint::Endpoint;
 pub use net::{BoundListener, Listener, Stream};
 pub use plugin::{Maker, Plugin, PluginError, Registry};
-pub use service::{Runner, Service, ServiceContext};
+pub use service::{Service, ServiceContext};
 pub use tapfile::{Format, TapError};

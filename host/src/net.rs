@@ -28,6 +28,20 @@ pub enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
+impl BoundListener {
+    /// Another handle on the same socket (dup): the host keeps one while a service restarts,
+    /// so the port stays bound and new connections wait in the backlog.
+    pub fn try_clone(&self) -> io::Result<BoundListener> {
+        Ok(BoundListener {
+            endpoint: self.endpoint.clone(),
+            listener: match &self.listener {
+                Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+                Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+            },
+        })
+    }
+}
+
 impl Listener {
     /// Where the socket really listens (the kernel's port when the endpoint said 0).
     pub fn local_addr(&self) -> io::Result<LocalAddr> {

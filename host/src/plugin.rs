@@ -33,6 +33,13 @@ pub trait Plugin: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Finishes a config read from the command line (mktap, twistd's subcommands, the shell's
+    /// `add`): reading files its options name, hashing passwords, asking on a terminal. Not
+    /// called for configs read from a tap. Returns every problem.
+    fn complete(_config: &mut Self::Config) -> Result<(), Vec<String>> {
+        Ok(())
+    }
+
     /// Where the service listens when the command line names no endpoint.
     fn default_listen() -> Vec<Endpoint> {
         Vec::new()
@@ -106,6 +113,7 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {
         let mut config = P::Config::from_arg_matches(matches).map_err(|e| vec![e.to_string()])?;
+        P::complete(&mut config)?;
         let mut listen = P::take_listen(&mut config);
         if listen.is_empty() {
             listen = P::default_listen();

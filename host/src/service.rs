@@ -1,9 +1,6 @@
-//! Running services: the lifecycle from bound listeners to a drained stop.
+//! Running services: what a service is given and how it accepts connections.
 //!
-//! ```text
-//! bind (Runner::bind, blocking, before any thread) -> start in order (Runner::start)
-//!   -> run -> stop in reverse order, draining until a deadline (Runner::stop)
-//! ```
+//! The lifecycle itself (bind, start in order, stop in reverse) is [`crate::control`]'s.
 //!
 //! A service spawns its tasks through its [`ServiceContext`], which tracks them and carries two
 //! signals: *stopping* (stop accepting, finish what is in flight, close idle connections) and
@@ -12,6 +9,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::app::{Application, ServiceSpec};
-use crate::endpoint::BindError;
 use crate::net::{AsyncListener, BoundListener, Peer, Stream};
-use crate::plugin::{PluginError, Registry};
 
 /// A running service, made by its plugin's `build`.
 pub trait Service: Send + Sync + 'static {
@@ -32,9 +27,16 @@ pub trait Service: Send + Sync + 'static {
     /// returns at once.
     fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String>;
 
-    /// What to keep across restarts, saved in the shutdown tap. Called after the service stopped.
+    /// What to keep across restarts, saved in the shutdown tap (and by `save`).
     fn state(&self) -> Option<serde_json::Value> {
         None
+    }
+
+    /// Applies a new, already validated config while running, without dropping connections.
+    /// `Ok(false)` means this change needs a restart, which the host then does (draining the
+    /// service first); the default says so for every change.
+    fn reconfigure(&self, _config: &serde_json::Value) -> Result<bool, String> {
+        Ok(false)
     }
 }
 
@@ -47,6 +49,8 @@ pub struct ServiceContext {
     abort: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
+    connections: Arc<AtomicUsize>,
+    control: Option<crate::control::ControlRef>,
 }
 
 impl ServiceContext {
@@ -63,7 +67,24 @@ impl ServiceContext {
             abort: abort_all.child_token(),
             tracker: TaskTracker::new(),
             span: tracing::info_span!("service", name = %name, plugin = %plugin),
+            connections: Arc::new(AtomicUsize::new(0)),
+            control: None,
         }
+    }
+
+    pub(crate) fn with_control(mut self, control: crate::control::ControlRef) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// The control handle of the running application (for admin front ends like the shell).
+    pub fn control(&self) -> Option<crate::control::Control> {
+        self.control.as_ref().and_then(|c| c.upgrade())
+    }
+
+    /// Connections open right now (those accepted through [`serve`]).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -141,8 +162,10 @@ where
                     let work = handler(stream, peer);
                     let abort_ctx = ctx.clone();
                     let span = tracing::debug_span!("conn", %peer);
+                    let open = OpenConnection::new(&ctx.connections);
                     ctx.spawn(
                         async move {
+                            let _open = open;
                             tokio::select! {
                                 () = work => {}
                                 () = abort_ctx.aborted() => {}
@@ -167,6 +190,22 @@ where
     });
 }
 
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(count.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Errors that concern one connection that died before it was accepted, not the listener.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
@@ -176,145 +215,4 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
-}
-
-/// Why an application could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("service '{service}': {source}")]
-    Bind {
-        service: String,
-        #[source]
-        source: BindError,
-    },
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
-    #[error("service '{service}' failed to start: {message}")]
-    Start { service: String, message: String },
-}
-
-struct Running {
-    spec_name: String,
-    ctx: ServiceContext,
-    service: Arc<dyn Service>,
-}
-
-/// The services of an application, started in order and stopped in reverse.
-#[derive(Default)]
-pub struct Runner {
-    running: Vec<Running>,
-    /// Parent of every service's abort signal: cancelling it ends every drain at once.
-    abort_all: CancellationToken,
-}
-
-/// Every listener of an application, bound, per service in the application's order.
-pub type Bound = Vec<Vec<BoundListener>>;
-
-impl Runner {
-    /// Binds every listener with blocking calls; on failure drops those bound so far. Logs each
-    /// real address, which is how a port-0 endpoint's port is learned.
-    pub fn bind(app: &Application) -> Result<Bound, StartError> {
-        app.services
-            .iter()
-            .map(|spec| {
-                let span = tracing::info_span!("service", name = %spec.name, plugin = %spec.plugin);
-                spec.listen
-                    .iter()
-                    .map(|endpoint| {
-                        let listener = endpoint.bind().map_err(|source| StartError::Bind {
-                            service: spec.name.clone(),
-                            source,
-                        })?;
-                        match listener.local_addr() {
-                            Ok(addr) => {
-                                tracing::info!(parent: &span, "listening on {addr} ({endpoint})")
-                            }
-                            Err(e) => tracing::warn!(
-                                parent: &span,
-                                "listening on {endpoint}, address unknown: {e}"
-                            ),
-                        }
-                        Ok(BoundListener {
-                            endpoint: endpoint.clone(),
-                            listener,
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Builds and starts each service in order, on the current runtime. If one fails, those
-    /// already started are stopped (in reverse) before the error is returned.
-    pub async fn start(
-        app: &Application,
-        registry: &Registry,
-        bound: Bound,
-        drain: Duration,
-    ) -> Result<Runner, StartError> {
-        let mut runner = Runner::default();
-        for (spec, listeners) in app.services.iter().zip(bound) {
-            if let Err(e) = runner.start_one(spec, registry, listeners) {
-                runner.stop(drain).await;
-                return Err(e);
-            }
-        }
-        Ok(runner)
-    }
-
-    fn start_one(
-        &mut self,
-        spec: &ServiceSpec,
-        registry: &Registry,
-        listeners: Vec<BoundListener>,
-    ) -> Result<(), StartError> {
-        let fail = |message| StartError::Start {
-            service: spec.name.clone(),
-            message,
-        };
-        let service = registry.get(&spec.plugin)?.build(spec).map_err(fail)?;
-        let ctx = ServiceContext::under(&spec.name, &spec.plugin, &self.abort_all);
-        service.start(&ctx, listeners).map_err(fail)?;
-        tracing::info!(parent: ctx.span(), "started");
-        self.running.push(Running {
-            spec_name: spec.name.clone(),
-            ctx,
-            service,
-        });
-        Ok(())
-    }
-
-    /// A handle that drops every open connection now, even while [`Runner::stop`] is draining
-    /// (twistd's answer to a second SIGINT).
-    pub fn abort_handle(&self) -> CancellationToken {
-        self.abort_all.clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
-    }
-
-    /// Stops every service in reverse order; all share one drain deadline.
-    pub async fn stop(&mut self, drain: Duration) {
-        let deadline = Instant::now() + drain;
-        for running in self.running.iter().rev() {
-            running.ctx.stop(deadline).await;
-            tracing::info!(parent: running.ctx.span(), "stopped");
-        }
-    }
-
-    /// The application as it runs now: `app` with each service's current state.
-    pub fn snapshot(&self, app: &Application) -> Application {
-        let mut app = app.clone();
-        for spec in &mut app.services {
-            if let Some(running) = self.running.iter().find(|r| r.spec_name == spec.name) {
-                spec.state = running.service.state();
-            }
-        }
-        app
-    }
 }

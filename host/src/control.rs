@@ -1,0 +1,616 @@
+//! The control handle: the running application, and the one way to change it.
+//!
+//! ```text
+//! bind (Control::bind, blocking, before any thread) -> start in order (Control::start)
+//!   -> run, changed only through Control -> stop in reverse, draining (Control::stop_all)
+//! ```
+//!
+//! The shell (telnet plugin) and any later front end call [`Control`]: list, add, remove, stop,
+//! start, reconfigure, listen, save. Changes are serialized (one at a time), validated before
+//! anything happens, and applied whole or not at all, so the [`Application`] held here, which
+//! `save` and the shutdown save write, always matches what runs.
+//!
+//! While a service restarts (a config change it cannot take live, or a new endpoint list), the
+//! host keeps its own handle on each listening socket: the port stays bound and new connections
+//! wait in the backlog rather than being refused.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, ServiceSpec};
+use crate::endpoint::{BindError, Endpoint};
+use crate::net::BoundListener;
+use crate::plugin::{PluginError, Registry};
+use crate::service::{Service, ServiceContext};
+use crate::tapfile::{self, Format};
+
+/// Why an application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("service '{service}': {source}")]
+    Bind {
+        service: String,
+        #[source]
+        source: BindError,
+    },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("service '{service}' failed to start: {message}")]
+    Start { service: String, message: String },
+}
+
+/// Why a change was refused; nothing changed. One line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no service named '{0}'")]
+    NoSuchService(String),
+    #[error("a service named '{0}' exists already")]
+    NameTaken(String),
+    #[error("service '{0}' is already running")]
+    AlreadyRunning(String),
+    #[error("service '{0}' is already stopped")]
+    AlreadyStopped(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{0}")]
+    Save(#[from] tapfile::TapError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Every listener of an application, bound, per service in the application's order.
+pub type Bound = Vec<Vec<BoundListener>>;
+
+/// What `services` shows of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub plugin: String,
+    pub listen: Vec<Endpoint>,
+    pub running: bool,
+    pub connections: usize,
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub name: String,
+    pub uptime: Duration,
+    pub services: Vec<ServiceInfo>,
+}
+
+/// A function the binary provides to change the log filter (`log level debug`).
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+struct Running {
+    ctx: ServiceContext,
+    service: Arc<dyn Service>,
+}
+
+struct Slot {
+    /// The host's own handles on the service's sockets while it exists; empty when stopped.
+    listeners: Vec<BoundListener>,
+    running: Option<Running>,
+}
+
+struct State {
+    app: Application,
+    /// Parallel to `app.services`.
+    slots: Vec<Slot>,
+}
+
+struct Inner {
+    registry: Registry,
+    state: Mutex<State>,
+    abort_all: CancellationToken,
+    shutdown: CancellationToken,
+    started: Instant,
+    drain: Duration,
+    format: Format,
+    log_level: std::sync::Mutex<Option<LogLevelSetter>>,
+}
+
+/// A handle on the running application; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+/// What a service context holds: a weak handle, so no cycle keeps the application alive.
+#[derive(Clone, Debug)]
+pub struct ControlRef(Weak<Inner>);
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+impl ControlRef {
+    pub(crate) fn upgrade(&self) -> Option<Control> {
+        self.0.upgrade().map(|inner| Control { inner })
+    }
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+/// Binds every endpoint of one service; on failure drops those bound so far. Logs each real
+/// address, which is how a port-0 endpoint's port is learned.
+fn bind_service(
+    spec: &ServiceSpec,
+    endpoints: &[Endpoint],
+) -> Result<Vec<BoundListener>, StartError> {
+    let span = tracing::info_span!("service", name = %spec.name, plugin = %spec.plugin);
+    endpoints
+        .iter()
+        .map(|endpoint| {
+            let listener = endpoint.bind().map_err(|source| StartError::Bind {
+                service: spec.name.clone(),
+                source,
+            })?;
+            match listener.local_addr() {
+                Ok(addr) => tracing::info!(parent: &span, "listening on {addr} ({endpoint})"),
+                Err(e) => {
+                    tracing::warn!(parent: &span, "listening on {endpoint}, address unknown: {e}")
+                }
+            }
+            Ok(BoundListener {
+                endpoint: endpoint.clone(),
+                listener,
+            })
+        })
+        .collect()
+}
+
+fn clones(listeners: &[BoundListener], service: &str) -> Result<Vec<BoundListener>, StartError> {
+    listeners
+        .iter()
+        .map(|l| {
+            l.try_clone().map_err(|e| StartError::Start {
+                service: service.to_string(),
+                message: format!("cannot duplicate the listener on {}: {e}", l.endpoint),
+            })
+        })
+        .collect()
+}
+
+impl Control {
+    /// Binds every listener of every service with blocking calls, before any runtime exists.
+    pub fn bind(app: &Application) -> Result<Bound, StartError> {
+        app.services
+            .iter()
+            .map(|spec| bind_service(spec, &spec.listen))
+            .collect()
+    }
+
+    /// Builds and starts each service in order, on the current runtime. If one fails, those
+    /// already started are stopped (in reverse) before the error is returned.
+    pub async fn start(
+        app: &Application,
+        registry: &Registry,
+        bound: Bound,
+        drain: Duration,
+        format: Format,
+    ) -> Result<Control, StartError> {
+        let control = Control {
+            inner: Arc::new(Inner {
+                registry: registry.clone(),
+                state: Mutex::new(State {
+                    app: Application {
+                        services: Vec::new(),
+                        ..app.clone()
+                    },
+                    slots: Vec::new(),
+                }),
+                abort_all: CancellationToken::new(),
+                shutdown: CancellationToken::new(),
+                started: Instant::now(),
+                drain,
+                format,
+                log_level: std::sync::Mutex::new(None),
+            }),
+        };
+        {
+            let mut state = control.inner.state.lock().await;
+            for (spec, listeners) in app.services.iter().zip(bound) {
+                let started = control.launch(spec, &listeners);
+                match started {
+                    Ok(running) => {
+                        state.app.services.push(spec.clone());
+                        state.slots.push(Slot {
+                            listeners,
+                            running: Some(running),
+                        });
+                    }
+                    Err(e) => {
+                        drop(state);
+                        control.stop_all().await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(control)
+    }
+
+    /// Builds a service from `spec` and starts it on copies of `listeners`.
+    fn launch(
+        &self,
+        spec: &ServiceSpec,
+        listeners: &[BoundListener],
+    ) -> Result<Running, StartError> {
+        let fail = |message| StartError::Start {
+            service: spec.name.clone(),
+            message,
+        };
+        let service = self
+            .inner
+            .registry
+            .get(&spec.plugin)?
+            .build(spec)
+            .map_err(fail)?;
+        let ctx = ServiceContext::under(&spec.name, &spec.plugin, &self.inner.abort_all)
+            .with_control(ControlRef(Arc::downgrade(&self.inner)));
+        service
+            .start(&ctx, clones(listeners, &spec.name)?)
+            .map_err(fail)?;
+        tracing::info!(parent: ctx.span(), "started");
+        Ok(Running { ctx, service })
+    }
+
+    async fn halt(&self, running: Running) -> Option<serde_json::Value> {
+        running.ctx.stop(Instant::now() + self.inner.drain).await;
+        tracing::info!(parent: running.ctx.span(), "stopped");
+        running.service.state()
+    }
+
+    fn position(state: &State, name: &str) -> Result<usize, ControlError> {
+        state
+            .app
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ControlError::NoSuchService(name.to_string()))
+    }
+
+    /// Connects the binary's log filter so `log level` can change it.
+    pub fn set_log_level_setter(&self, setter: LogLevelSetter) {
+        *self
+            .inner
+            .log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(setter);
+    }
+
+    /// Changes the log filter live (`info`, `debug`, `warn,web=debug`, ...).
+    pub fn set_log_level(&self, level: &str) -> Result<(), ControlError> {
+        match &*self
+            .inner
+            .log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(set) => set(level).map_err(ControlError::Invalid),
+            None => Err(ControlError::Unsupported(
+                "this process cannot change its log level".into(),
+            )),
+        }
+    }
+
+    /// Asks the process to stop gracefully, as SIGTERM does.
+    pub fn request_shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Resolves when [`Control::request_shutdown`] was called.
+    pub async fn shutdown_requested(&self) {
+        self.inner.shutdown.cancelled().await
+    }
+
+    /// A handle that drops every open connection now, even while draining (a second SIGINT).
+    pub fn abort_handle(&self) -> CancellationToken {
+        self.inner.abort_all.clone()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    fn info(spec: &ServiceSpec, slot: &Slot) -> ServiceInfo {
+        ServiceInfo {
+            name: spec.name.clone(),
+            plugin: spec.plugin.clone(),
+            listen: spec.listen.clone(),
+            running: slot.running.is_some(),
+            connections: slot.running.as_ref().map_or(0, |r| r.ctx.connections()),
+        }
+    }
+
+    pub async fn list(&self) -> Vec<ServiceInfo> {
+        let state = self.inner.state.lock().await;
+        state
+            .app
+            .services
+            .iter()
+            .zip(&state.slots)
+            .map(|(spec, slot)| Self::info(spec, slot))
+            .collect()
+    }
+
+    pub async fn status(&self) -> Status {
+        let services = self.list().await;
+        let name = self.inner.state.lock().await.app.name.clone();
+        Status {
+            name,
+            uptime: self.inner.started.elapsed(),
+            services,
+        }
+    }
+
+    /// One service's spec as it is now (its state included).
+    pub async fn show(&self, name: &str) -> Result<ServiceSpec, ControlError> {
+        let state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let mut spec = state.app.services[i].clone();
+        if let Some(running) = &state.slots[i].running {
+            spec.state = running.service.state();
+        }
+        Ok(spec)
+    }
+
+    /// Adds and starts a service. Its name must be free; its config and endpoints are checked
+    /// and bound before it joins the application.
+    pub async fn add(&self, spec: ServiceSpec) -> Result<(), ControlError> {
+        let mut state = self.inner.state.lock().await;
+        if state.app.service(&spec.name).is_some() {
+            return Err(ControlError::NameTaken(spec.name));
+        }
+        self.check(&state.app, None, &spec)?;
+        let listeners = bind_service(&spec, &spec.listen)?;
+        let running = self.launch(&spec, &listeners)?;
+        state.app.services.push(spec);
+        state.slots.push(Slot {
+            listeners,
+            running: Some(running),
+        });
+        Ok(())
+    }
+
+    /// Validates `spec` against its plugin and the rest of the application (`replacing` is the
+    /// index of the service it replaces, if any).
+    fn check(
+        &self,
+        app: &Application,
+        replacing: Option<usize>,
+        spec: &ServiceSpec,
+    ) -> Result<(), ControlError> {
+        let maker = self
+            .inner
+            .registry
+            .get(&spec.plugin)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        maker.check(spec).map_err(|problems| {
+            ControlError::Invalid(format!("{}: {}", spec.name, problems.join("; ")))
+        })?;
+        let mut candidate = app.clone();
+        match replacing {
+            Some(i) => candidate.services[i] = spec.clone(),
+            None => candidate.services.push(spec.clone()),
+        }
+        let problems = candidate.envelope_problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ControlError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// Stops a service (draining it) and removes it from the application.
+    pub async fn remove(&self, name: &str) -> Result<(), ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let slot = state.slots.remove(i);
+        state.app.services.remove(i);
+        if let Some(running) = slot.running {
+            self.halt(running).await;
+        }
+        Ok(())
+    }
+
+    /// Stops a service, draining it, and closes its ports; it stays in the application.
+    pub async fn stop(&self, name: &str) -> Result<(), ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let running = state.slots[i]
+            .running
+            .take()
+            .ok_or_else(|| ControlError::AlreadyStopped(name.to_string()))?;
+        state.slots[i].listeners.clear();
+        let saved = self.halt(running).await;
+        state.app.services[i].state = saved;
+        Ok(())
+    }
+
+    /// Binds a stopped service's endpoints again and starts it.
+    pub async fn start_service(&self, name: &str) -> Result<(), ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        if state.slots[i].running.is_some() {
+            return Err(ControlError::AlreadyRunning(name.to_string()));
+        }
+        let spec = state.app.services[i].clone();
+        let listeners = bind_service(&spec, &spec.listen)?;
+        let running = self.launch(&spec, &listeners)?;
+        state.slots[i] = Slot {
+            listeners,
+            running: Some(running),
+        };
+        Ok(())
+    }
+
+    /// Gives a service a new config. Applied live when the service can take it; otherwise the
+    /// service restarts (drained) on the same sockets. Refused whole if it does not validate.
+    pub async fn reconfigure(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> Result<bool, ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let mut spec = state.app.services[i].clone();
+        spec.config = config;
+        self.check(&state.app, Some(i), &spec)?;
+        let live = match &state.slots[i].running {
+            None => true,
+            Some(running) => running
+                .service
+                .reconfigure(&spec.config)
+                .map_err(ControlError::Invalid)?,
+        };
+        if !live {
+            self.restart(&mut state, i, &spec).await?;
+        }
+        state.app.services[i].config = spec.config;
+        Ok(live)
+    }
+
+    /// Replaces a service's endpoint list: new endpoints are bound first (a failure changes
+    /// nothing), then the service restarts on the new set.
+    pub async fn set_listen(&self, name: &str, listen: Vec<Endpoint>) -> Result<(), ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let mut spec = state.app.services[i].clone();
+        spec.listen = listen;
+        self.check(&state.app, Some(i), &spec)?;
+        if state.slots[i].running.is_none() {
+            state.app.services[i].listen = spec.listen;
+            return Ok(());
+        }
+        let mut listeners = Vec::with_capacity(spec.listen.len());
+        let fresh: Vec<Endpoint> = spec
+            .listen
+            .iter()
+            .filter(|e| !state.slots[i].listeners.iter().any(|l| &l.endpoint == *e))
+            .cloned()
+            .collect();
+        let mut bound_fresh = bind_service(&spec, &fresh)?;
+        for endpoint in &spec.listen {
+            if let Some(pos) = bound_fresh.iter().position(|l| &l.endpoint == endpoint) {
+                listeners.push(bound_fresh.remove(pos));
+            } else {
+                let kept = state.slots[i]
+                    .listeners
+                    .iter()
+                    .find(|l| &l.endpoint == endpoint)
+                    .expect("an endpoint not bound fresh is one the service had");
+                listeners.push(clones(std::slice::from_ref(kept), name)?.remove(0));
+            }
+        }
+        let old = std::mem::replace(&mut state.slots[i].listeners, listeners);
+        if let Err(e) = self.restart(&mut state, i, &spec).await {
+            state.slots[i].listeners = old;
+            return Err(e);
+        }
+        state.app.services[i].listen = spec.listen;
+        Ok(())
+    }
+
+    /// Stops service `i` (draining) and starts `spec` in its place on the slot's sockets. The
+    /// new service is built first, so a config the plugin cannot build stops nothing; if the
+    /// new one then fails to start, the old config is started again.
+    async fn restart(
+        &self,
+        state: &mut State,
+        i: usize,
+        spec: &ServiceSpec,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .registry
+            .get(&spec.plugin)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?
+            .build(spec)
+            .map_err(|message| ControlError::Invalid(format!("{}: {message}", spec.name)))?;
+        let mut spec = spec.clone();
+        if let Some(running) = state.slots[i].running.take() {
+            spec.state = self.halt(running).await;
+        }
+        match self.launch(&spec, &state.slots[i].listeners) {
+            Ok(running) => {
+                state.slots[i].running = Some(running);
+                state.app.services[i].state = spec.state;
+                Ok(())
+            }
+            Err(e) => {
+                let old = state.app.services[i].clone();
+                state.slots[i].running = self.launch(&old, &state.slots[i].listeners).ok();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The application as it runs now, each running service's state included.
+    pub async fn snapshot(&self) -> Application {
+        let state = self.inner.state.lock().await;
+        let mut app = state.app.clone();
+        for (spec, slot) in app.services.iter_mut().zip(&state.slots) {
+            if let Some(running) = &slot.running {
+                spec.state = running.service.state();
+            }
+        }
+        app
+    }
+
+    /// Writes the application as it runs now to `<name>.tap`, or `<name>-<tag>.tap` (`.tas` when
+    /// it was loaded from a source file), in the run directory. Returns the path.
+    pub async fn save(&self, tag: Option<&str>) -> Result<PathBuf, ControlError> {
+        if let Some(tag) = tag {
+            if !crate::app::valid_name(tag) {
+                return Err(ControlError::Invalid(format!(
+                    "tag '{tag}' must use only letters, digits, '.', '-' and '_'"
+                )));
+            }
+        }
+        let app = self.snapshot().await;
+        let path = PathBuf::from(match tag {
+            Some(tag) => format!("{}-{tag}.{}", app.name, self.inner.format.extension()),
+            None => format!("{}.{}", app.name, self.inner.format.extension()),
+        });
+        tapfile::save(
+            &app,
+            &path,
+            self.inner.format,
+            self.inner.registry.holds_secrets(&app),
+        )?;
+        Ok(path)
+    }
+
+    /// Stops every running service in reverse order, each draining until the shared deadline.
+    pub async fn stop_all(&self) {
+        let mut state = self.inner.state.lock().await;
+        let deadline = Instant::now() + self.inner.drain;
+        for i in (0..state.slots.len()).rev() {
+            if let Some(running) = state.slots[i].running.take() {
+                running.ctx.stop(deadline).await;
+                tracing::info!(parent: running.ctx.span(), "stopped");
+                state.app.services[i].state = running.service.state();
+            }
+            state.slots[i].listeners.clear();
+        }
+    }
+
+    /// The application after [`Control::stop_all`], with the states the services left.
+    pub async fn application(&self) -> Application {
+        self.inner.state.lock().await.app.clone()
+    }
+}
