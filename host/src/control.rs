@@ -370,21 +370,28 @@ impl Control {
     }
 
     /// Adds and starts a service. Its name must be free; its config and endpoints are checked
-    /// and bound before it joins the application.
-    pub async fn add(&self, spec: ServiceSpec) -> Result<(), ControlError> {
+    /// and bound before it joins the application. Returns the addresses it listens on.
+    pub async fn add(&self, spec: ServiceSpec) -> Result<Vec<String>, ControlError> {
         let mut state = self.inner.state.lock().await;
         if state.app.service(&spec.name).is_some() {
             return Err(ControlError::NameTaken(spec.name));
         }
         self.check(&state.app, None, &spec)?;
         let listeners = bind_service(&spec, &spec.listen)?;
+        let addrs = listeners
+            .iter()
+            .map(|l| match l.listener.local_addr() {
+                Ok(addr) => addr.to_string(),
+                Err(_) => l.endpoint.to_string(),
+            })
+            .collect();
         let running = self.launch(&spec, &listeners)?;
         state.app.services.push(spec);
         state.slots.push(Slot {
             listeners,
             running: Some(running),
         });
-        Ok(())
+        Ok(addrs)
     }
 
     /// Validates `spec` against its plugin and the rest of the application (`replacing` is the

@@ -17,6 +17,7 @@
 //! - [`control`]: [`Control`], the running application and the one way to change it: binds,
 //!   starts in order, stops in reverse with a drain deadline; list, add, remove, stop, start,
 //!   reconfigure, listen, save.
+//! - [`secret`]: passwords as Argon2id PHC strings: hash, check, verify.
 //! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
 //!   `twistd` so both parse a plugin's options with the same code.
 //! - [`exit`]: the process exit codes every binary uses.
@@ -29,6 +30,7 @@ pub mod endpoint;
 pub mod exit;
 pub mod net;
 pub mod plugin;
+pub mod secret;
 pub mod service;
 pub mod tapfile;
 

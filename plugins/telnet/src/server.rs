@@ -1,0 +1,202 @@
+//! The telnet service: each connection logs in (three tries), then runs shell commands until
+//! it quits, idles out, or the service stops.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use host::net::{Peer, Stream};
+use host::service::{serve, ServiceContext};
+use host::{BoundListener, Service};
+
+use crate::auth::{self, Failures};
+use crate::protocol::{Line, Telnet};
+use crate::shell::{Outcome, Shell};
+use crate::{TelnetConfig, User};
+
+const TRIES: u32 = 3;
+/// A logged-in session with no input for this long is closed.
+const IDLE: Duration = Duration::from_secs(15 * 60);
+/// Time to type a user name and password.
+const LOGIN_TIME: Duration = Duration::from_secs(60);
+
+/// The running admin shell.
+#[derive(Debug)]
+pub struct TelnetService {
+    /// Swapped whole by a live reconfigure; each login reads the current list.
+    users: Arc<RwLock<Arc<Vec<User>>>>,
+    failures: Arc<Failures>,
+}
+
+impl TelnetService {
+    pub fn new(users: Vec<User>) -> Self {
+        TelnetService {
+            users: Arc::new(RwLock::new(Arc::new(users))),
+            failures: Arc::new(Failures::default()),
+        }
+    }
+}
+
+impl Service for TelnetService {
+    fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String> {
+        for bound in listeners {
+            let listener = bound.listener.into_async().map_err(|e| e.to_string())?;
+            let users = self.users.clone();
+            let failures = self.failures.clone();
+            let conn_ctx = ctx.clone();
+            serve(ctx, listener, move |stream, peer| {
+                session(
+                    conn_ctx.clone(),
+                    users.clone(),
+                    failures.clone(),
+                    stream,
+                    peer,
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// Every field of the shell's config can change live: only the users are kept.
+    fn reconfigure(&self, config: &serde_json::Value) -> Result<bool, String> {
+        let config: TelnetConfig =
+            serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config.users);
+        Ok(true)
+    }
+}
+
+/// Reads a line unless the service stops or `limit` passes first.
+async fn next_line(
+    telnet: &mut Telnet<Stream>,
+    ctx: &ServiceContext,
+    limit: Duration,
+) -> Option<Line> {
+    tokio::select! {
+        line = tokio::time::timeout(limit, telnet.read_line()) => match line {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                let _ = telnet.write("\nidle too long; goodbye\n").await;
+                None
+            }
+        },
+        () = ctx.stopping() => {
+            let _ = telnet.write("\nthe server is stopping; goodbye\n").await;
+            None
+        }
+    }
+}
+
+fn text(line: Line) -> Option<String> {
+    match line {
+        Line::Text(text) => Some(text),
+        Line::TooLong => None,
+    }
+}
+
+async fn login(
+    telnet: &mut Telnet<Stream>,
+    ctx: &ServiceContext,
+    users: &RwLock<Arc<Vec<User>>>,
+    failures: &Failures,
+    peer: Option<IpAddr>,
+) -> Option<String> {
+    for attempt in 1..=TRIES {
+        telnet.write("username: ").await.ok()?;
+        let name = text(next_line(telnet, ctx, LOGIN_TIME).await?).unwrap_or_default();
+        telnet.hide_input(true).await.ok()?;
+        telnet.write("password: ").await.ok()?;
+        let password = next_line(telnet, ctx, LOGIN_TIME).await;
+        telnet.hide_input(false).await.ok()?;
+        telnet.write("\n").await.ok()?;
+        let password = text(password?).unwrap_or_default();
+        let current = users.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if auth::check(&current, &name, password).await {
+            failures.forget(peer);
+            return Some(name);
+        }
+        let delay = failures.record(peer);
+        tracing::warn!(
+            "failed login for user '{}' from {} (try {attempt} of {TRIES})",
+            name.escape_debug(),
+            peer.map_or_else(|| "a local socket".to_string(), |p| p.to_string())
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = ctx.stopping() => return None,
+        }
+        telnet.write("login incorrect\n").await.ok()?;
+    }
+    let _ = telnet.write("too many failures; goodbye\n").await;
+    None
+}
+
+async fn session(
+    ctx: ServiceContext,
+    users: Arc<RwLock<Arc<Vec<User>>>>,
+    failures: Arc<Failures>,
+    stream: Stream,
+    peer: Peer,
+) {
+    let mut telnet = Telnet::new(stream);
+    let Some(control) = ctx.control() else {
+        let _ = telnet
+            .write("this shell has no application to control\n")
+            .await;
+        return;
+    };
+    let app = control.status().await.name;
+    if telnet
+        .write(&format!("taphost admin shell for application '{app}'\n"))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Some(user) = login(&mut telnet, &ctx, &users, &failures, peer.ip()).await else {
+        return;
+    };
+    tracing::info!("user '{user}' logged in from {peer}");
+    let shell = Shell::new(control, ctx.name());
+    let prompt = format!("{app}> ");
+    if telnet.write("type help for the commands\n").await.is_err() {
+        return;
+    }
+    loop {
+        if telnet.write(&prompt).await.is_err() {
+            return;
+        }
+        let Some(line) = next_line(&mut telnet, &ctx, IDLE).await else {
+            break;
+        };
+        let Some(line) = text(line) else {
+            if telnet.write("error: line too long\n").await.is_err() {
+                return;
+            }
+            continue;
+        };
+        // An audit line per command; one that carries a password is logged by its name only.
+        if line.to_ascii_lowercase().contains("password") {
+            let command = line.split_whitespace().next().unwrap_or("");
+            tracing::info!(
+                "{user}: {} [rest not logged: it holds a password]",
+                command.escape_debug()
+            );
+        } else {
+            tracing::info!("{user}: {}", line.escape_debug());
+        }
+        match shell.execute(&line).await {
+            Outcome::Reply(reply) => {
+                if telnet.write(&reply).await.is_err() {
+                    return;
+                }
+            }
+            Outcome::Close(reply) => {
+                let _ = telnet.write(&reply).await;
+                break;
+            }
+        }
+    }
+    tracing::info!("user '{user}' from {peer} left");
+}

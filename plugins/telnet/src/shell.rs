@@ -1,0 +1,385 @@
+//! The shell's command language, executed against the host's [`Control`].
+//!
+//! Every command answers in lines; an error is one line and changes nothing. Arguments are
+//! split like a POSIX shell's (quotes work), and `add` takes exactly mktap's options.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use host::control::{ControlError, ServiceInfo};
+use host::{Control, Endpoint};
+
+/// What the session does after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Print this and read the next command.
+    Reply(String),
+    /// Print this and close the connection.
+    Close(String),
+}
+
+const HELP: &str = "\
+commands:
+  help                          this list
+  status                        application, uptime, services, connections, memory
+  services (or ports)           each service: name, plugin, state, connections, endpoints
+  show NAME                     a service's config and state, as RON
+  add PLUGIN [--name N] [OPTS]  add and start a service, with mktap's options for PLUGIN
+  remove NAME                   stop a service (draining it) and remove it
+  stop NAME | start NAME        stop (draining) or start a service; it stays in the application
+  set NAME FIELD VALUE          change one config field; live when the service can, else it restarts
+  listen NAME ENDPOINT          add an endpoint to a service
+  unlisten NAME ENDPOINT        remove an endpoint from a service
+  save [TAG]                    write the running application to <name>.tap or <name>-<TAG>.tap
+  log level LEVEL               change the log filter (error, warn, info, debug, trace, or a filter)
+  shutdown                      stop every service gracefully, save the shutdown tap, exit
+  quit                          leave the shell
+";
+
+/// One logged-in session's view of the application.
+pub struct Shell {
+    control: Control,
+    /// The service this shell runs in: stopping or restarting it from here would cut the
+    /// session off mid-command, so that is refused.
+    own: String,
+}
+
+fn error(e: impl std::fmt::Display) -> Outcome {
+    Outcome::Reply(format!("error: {e}"))
+}
+
+fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60) {
+        (0, 0, 0, sec) => format!("{sec}s"),
+        (0, 0, min, sec) => format!("{min}m{sec:02}s"),
+        (0, h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+        (days, h, min, _) => format!("{days}d{h:02}h{min:02}m"),
+    }
+}
+
+/// This process's resident memory, from /proc.
+fn resident_memory() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} MiB", kib / 1024.0))
+}
+
+fn services_table(services: &[ServiceInfo]) -> String {
+    let mut out = format!(
+        "{:<16} {:<8} {:<8} {:>5}  {}\n",
+        "NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"
+    );
+    for s in services {
+        let endpoints: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<8} {:>5}  {}",
+            s.name,
+            s.plugin,
+            if s.running { "running" } else { "stopped" },
+            s.connections,
+            endpoints.join(" ")
+        );
+    }
+    out
+}
+
+/// A command-line value for a config field: JSON when it parses as JSON (`3`, `true`,
+/// `["a","b"]`, `"quoted"`), otherwise the text itself; for a list field, a plain value is a
+/// comma-separated list.
+fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+        // A bare word that happens to be JSON (a number for a string field) keeps its type
+        // only where the field is not a string.
+        if !(matches!(current, Some(serde_json::Value::String(_))) && !text.starts_with('"')) {
+            return value;
+        }
+    }
+    match current {
+        Some(serde_json::Value::Array(_)) => serde_json::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| serde_json::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => serde_json::Value::String(text.to_string()),
+    }
+}
+
+impl Shell {
+    pub fn new(control: Control, own: &str) -> Self {
+        Shell {
+            control,
+            own: own.to_string(),
+        }
+    }
+
+    fn refuse_own(&self, name: &str, what: &str) -> Option<Outcome> {
+        (name == self.own).then(|| {
+            error(format!(
+                "{what} '{name}' from its own shell would end this session; use another shell or shutdown"
+            ))
+        })
+    }
+
+    pub async fn execute(&self, line: &str) -> Outcome {
+        let Some(words) = shlex::split(line) else {
+            return error("unbalanced quotes");
+        };
+        let Some((command, args)) = words.split_first() else {
+            return Outcome::Reply(String::new());
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match (command.as_str(), args.as_slice()) {
+            ("help" | "?", []) => Outcome::Reply(HELP.to_string()),
+            ("quit" | "exit" | "logout", []) => Outcome::Close("bye\n".into()),
+            ("status", []) => self.status().await,
+            ("services" | "ports", []) => {
+                Outcome::Reply(services_table(&self.control.list().await))
+            }
+            ("show", [name]) => match self.control.show(name).await {
+                Ok(spec) => match ron::ser::to_string_pretty(
+                    &spec,
+                    ron::ser::PrettyConfig::new().struct_names(false),
+                ) {
+                    Ok(text) => Outcome::Reply(text + "\n"),
+                    Err(e) => error(e),
+                },
+                Err(e) => error(e),
+            },
+            ("add", [plugin, rest @ ..]) => self.add(plugin, rest).await,
+            ("remove", [name]) => match self.refuse_own(name, "removing") {
+                Some(refusal) => refusal,
+                None => self.done(self.control.remove(name).await, format!("removed {name}")),
+            },
+            ("stop", [name]) => match self.refuse_own(name, "stopping") {
+                Some(refusal) => refusal,
+                None => self.done(self.control.stop(name).await, format!("stopped {name}")),
+            },
+            ("start", [name]) => self.done(
+                self.control.start_service(name).await,
+                format!("started {name}"),
+            ),
+            ("set", [name, field, value]) => self.set(name, field, value).await,
+            ("listen", [name, endpoint]) => self.listen(name, endpoint, true).await,
+            ("unlisten", [name, endpoint]) => self.listen(name, endpoint, false).await,
+            ("save", []) => self.save(None).await,
+            ("save", [tag]) => self.save(Some(tag)).await,
+            ("log", ["level", level]) => self.done(
+                self.control.set_log_level(level),
+                format!("log level is now {level}"),
+            ),
+            ("shutdown", []) => {
+                self.control.request_shutdown();
+                Outcome::Close(
+                    "shutting down: services stop gracefully and the shutdown tap is saved\n"
+                        .into(),
+                )
+            }
+            (
+                "help" | "quit" | "exit" | "logout" | "status" | "services" | "ports" | "show"
+                | "add" | "remove" | "stop" | "start" | "set" | "listen" | "unlisten" | "save"
+                | "log" | "shutdown",
+                _,
+            ) => error(format!("wrong arguments for '{command}'; type help")),
+            _ => error(format!("unknown command '{command}'; type help")),
+        }
+    }
+
+    fn done(&self, result: Result<(), ControlError>, ok: String) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Reply(ok + "\n"),
+            Err(e) => error(e),
+        }
+    }
+
+    async fn status(&self) -> Outcome {
+        let status = self.control.status().await;
+        let running = status.services.iter().filter(|s| s.running).count();
+        let connections: usize = status.services.iter().map(|s| s.connections).sum();
+        Outcome::Reply(format!(
+            "application {}, up {}, {} service(s) ({running} running), {connections} open connection(s), memory {}\n",
+            status.name,
+            format_duration(status.uptime),
+            status.services.len(),
+            resident_memory().unwrap_or_else(|| "unknown".into()),
+        ))
+    }
+
+    async fn add(&self, plugin: &str, rest: &[&str]) -> Outcome {
+        let maker = match self.control.registry().get(plugin) {
+            Ok(maker) => maker.clone(),
+            Err(e) => return error(e),
+        };
+        // `--name N` belongs to the shell, everything else to the plugin.
+        let mut name = None;
+        let mut options = vec![plugin.to_string()];
+        let mut words = rest.iter();
+        while let Some(word) = words.next() {
+            if *word == "--name" {
+                match words.next() {
+                    Some(n) => name = Some(n.to_string()),
+                    None => return error("--name needs a value"),
+                }
+            } else if let Some(n) = word.strip_prefix("--name=") {
+                name = Some(n.to_string());
+            } else {
+                options.push(word.to_string());
+            }
+        }
+        let matches = match maker.command().try_get_matches_from(&options) {
+            Ok(m) => m,
+            Err(e) => {
+                let text = e.to_string();
+                return error(
+                    text.lines()
+                        .next()
+                        .unwrap_or("bad options")
+                        .trim_start_matches("error: "),
+                );
+            }
+        };
+        let mut spec = match maker.spec_from_matches(&matches) {
+            Ok(spec) => spec,
+            Err(problems) => return error(problems.join("; ")),
+        };
+        let taken: Vec<String> = self
+            .control
+            .list()
+            .await
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        spec.name = match name {
+            Some(name) if !host::app::valid_name(&name) => {
+                return error(format!(
+                    "--name '{name}': use only letters, digits, '.', '-' and '_'"
+                ))
+            }
+            Some(name) => name,
+            None => {
+                let base = spec.plugin.clone();
+                std::iter::once(base.clone())
+                    .chain((2..).map(|n| format!("{base}-{n}")))
+                    .find(|candidate| !taken.contains(candidate))
+                    .expect("an unbounded sequence has a free name")
+            }
+        };
+        let added = spec.name.clone();
+        match self.control.add(spec).await {
+            Ok(addrs) => Outcome::Reply(format!(
+                "added {added}: listening on {}\n",
+                addrs.join(", ")
+            )),
+            Err(e) => error(e),
+        }
+    }
+
+    async fn set(&self, name: &str, field: &str, value: &str) -> Outcome {
+        let spec = match self.control.show(name).await {
+            Ok(spec) => spec,
+            Err(e) => return error(e),
+        };
+        let mut config = spec.config;
+        let Some(object) = config.as_object_mut() else {
+            return error(format!("service '{name}' has no fields to set"));
+        };
+        let new = field_value(object.get(field), value);
+        object.insert(field.to_string(), new);
+        // The shell's own service takes every config change live (TelnetService::reconfigure),
+        // so this never restarts the service the session runs in.
+        match self.control.reconfigure(name, config).await {
+            Ok(true) => Outcome::Reply(format!("{name}.{field} changed, live\n")),
+            Ok(false) => Outcome::Reply(format!(
+                "{name}.{field} changed; {name} restarted (drained)\n"
+            )),
+            Err(e) => error(e),
+        }
+    }
+
+    async fn listen(&self, name: &str, endpoint: &str, add: bool) -> Outcome {
+        if let Some(refusal) = self.refuse_own(name, "restarting") {
+            return refusal;
+        }
+        let endpoint: Endpoint = match endpoint.parse() {
+            Ok(e) => e,
+            Err(e) => return error(e),
+        };
+        let spec = match self.control.show(name).await {
+            Ok(spec) => spec,
+            Err(e) => return error(e),
+        };
+        let mut listen = spec.listen;
+        if add {
+            if listen.contains(&endpoint) {
+                return error(format!("{name} already listens on {endpoint}"));
+            }
+            listen.push(endpoint.clone());
+        } else {
+            let before = listen.len();
+            listen.retain(|e| e != &endpoint);
+            if listen.len() == before {
+                return error(format!("{name} does not listen on {endpoint}"));
+            }
+        }
+        let verb = if add {
+            "listens on"
+        } else {
+            "no longer listens on"
+        };
+        self.done(
+            self.control.set_listen(name, listen).await,
+            format!("{name} {verb} {endpoint}"),
+        )
+    }
+
+    async fn save(&self, tag: Option<&str>) -> Outcome {
+        match self.control.save(tag).await {
+            Ok(path) => Outcome::Reply(format!("saved {}\n", path.display())),
+            Err(e) => error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_values_follow_the_fields_type() {
+        assert_eq!(
+            field_value(Some(&json!("/a")), "/srv/www"),
+            json!("/srv/www")
+        );
+        assert_eq!(
+            field_value(Some(&json!("x")), "42"),
+            json!("42"),
+            "a string field stays a string"
+        );
+        assert_eq!(
+            field_value(Some(&json!(["a"])), "x.html, y.htm"),
+            json!(["x.html", "y.htm"])
+        );
+        assert_eq!(field_value(Some(&json!(["a"])), r#"["z"]"#), json!(["z"]));
+        assert_eq!(field_value(Some(&json!(1)), "25"), json!(25));
+        assert_eq!(field_value(None, "true"), json!(true));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(format_duration(Duration::from_secs(65)), "1m05s");
+        assert_eq!(format_duration(Duration::from_secs(3_725)), "1h02m05s");
+        assert_eq!(format_duration(Duration::from_secs(90_000)), "1d01h00m");
+    }
+}
