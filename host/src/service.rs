@@ -36,6 +36,10 @@ pub trait Service: Send + Sync + 'static {
     fn state(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// Reopens the service's own log files (twistd calls it on SIGUSR1 and SIGHUP, after
+    /// logrotate moved them). Most services keep no files: the default does nothing.
+    fn reopen_logs(&self) {}
 }
 
 /// What a running service is given: its identity, its stop signals and its task tracker.
@@ -304,6 +308,13 @@ impl Runner {
         for running in self.running.iter().rev() {
             running.ctx.stop(deadline).await;
             tracing::info!(parent: running.ctx.span(), "stopped");
+        }
+    }
+
+    /// Asks every running service to reopen its own log files.
+    pub fn reopen_logs(&self) {
+        for running in &self.running {
+            running.service.reopen_logs();
         }
     }
 
