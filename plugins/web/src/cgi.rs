@@ -333,6 +333,7 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
         }
     };
     let mut buf = BytesMut::with_capacity(8192);
+    let mut body_done = false;
     let head_end = loop {
         if let Some(end) = find_head_end(&buf) {
             break end;
@@ -343,12 +344,17 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
         }
         let read = tokio::select! {
             read = stdout.read_buf(&mut buf) => read,
-            status = &mut body_error => {
-                kill_now();
-                let mut r = error_response(status.unwrap_or(StatusCode::BAD_REQUEST));
-                r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-                return Outcome::Response(r);
-            }
+            status = &mut body_error, if !body_done => match status {
+                Ok(status) => {
+                    kill_now();
+                    return Outcome::Response(crate::site::closing(status));
+                }
+                // The body was read to its end: only the script's answer is awaited now.
+                Err(_) => {
+                    body_done = true;
+                    continue;
+                }
+            },
         };
         match read {
             Ok(0) | Err(_) => {
