@@ -283,7 +283,10 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
                 child.wait().await
             }
         };
-        // Background children the script left behind hold its stdout open: they go too.
+        // Background children the script left behind would hold its stdout open (and the
+        // response with it): they go too. The group outlives its leader while any member
+        // remains, and Linux hands out no PID still in use as a group ID, so this reaches
+        // only the script's own processes; with none left it finds no group.
         kill();
         match status {
             Ok(s) if !s.success() && !reaper_killed.load(Ordering::SeqCst) => {

@@ -19,18 +19,22 @@ pub enum Outcome {
 /// (nanoseconds included, so two writes within a second differ). `suffix` distinguishes the
 /// encodings of one file (`.gz`, `.br` siblings).
 pub fn etag(meta: &std::fs::Metadata, suffix: &str) -> String {
+    use std::fmt::Write as _;
     use std::os::unix::fs::MetadataExt;
-    format!(
-        "\"{:x}-{:x}-{:x}{}{suffix}\"",
+    let mut tag = String::with_capacity(48);
+    let _ = write!(
+        tag,
+        "\"{:x}-{:x}-{:x}",
         meta.ino(),
         meta.len(),
-        meta.mtime(),
-        if meta.mtime_nsec() != 0 {
-            format!(".{:x}", meta.mtime_nsec())
-        } else {
-            String::new()
-        }
-    )
+        meta.mtime()
+    );
+    if meta.mtime_nsec() != 0 {
+        let _ = write!(tag, ".{:x}", meta.mtime_nsec());
+    }
+    tag.push_str(suffix);
+    tag.push('"');
+    tag
 }
 
 fn seconds(t: SystemTime) -> u64 {

@@ -88,13 +88,15 @@ fn sibling(
         let mut name = path.as_os_str().to_owned();
         name.push(".");
         name.push(ext);
-        // The sibling may be a symlink leaving the root like any other file.
-        if let Ok(real) = contain(root, Path::new(&name)) {
-            if let Ok(meta) = std::fs::metadata(&real) {
-                if meta.is_file() {
+        // One stat for the common case of no sibling; one that exists may be a symlink
+        // leaving the root like any other file, so it is contained before use.
+        match std::fs::metadata(&name) {
+            Ok(meta) if meta.is_file() => {
+                if let Ok(real) = contain(root, Path::new(&name)) {
                     return Some((real, meta, coding));
                 }
             }
+            _ => {}
         }
     }
     None

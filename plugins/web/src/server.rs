@@ -386,7 +386,8 @@ async fn serve_http<S>(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .max_buf_size(limits.max_head_size.max(8192))
+            // The head alone: hyper's read/write buffer limit stays at its default, so large
+            // bodies are still queued several chunks at a time.
             .max_header_size(limits.max_head_size)
             .keep_alive(true);
         drive!(builder.serve_connection(io, service));

@@ -211,6 +211,9 @@ impl Site {
             Ok(url) => url,
             Err(refusal) => return refusal_response(refusal),
         };
+        if !self.serve_dotfiles && has_dotfile(&url) {
+            return error_response(StatusCode::NOT_FOUND);
+        }
         // A local redirect never runs another script with this request's body; it names a
         // document.
         self.static_route(&parts, &url).await

@@ -81,3 +81,47 @@ pub fn acceptor(cert: &Path, key: &Path, sni: &SniCerts) -> Result<TlsAcceptor, 
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(result: Result<TlsAcceptor, String>) -> String {
+        match result {
+            Ok(_) => panic!("a bad file was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn certificates_load_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("generate a certificate");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, made.cert.pem()).expect("write cert");
+        std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+        let sni = load_sni(&[("example.org".into(), cert.clone(), key.clone())]).expect("sni");
+        assert!(acceptor(&cert, &key, &sni).is_ok());
+        // One PEM holding both, as Twisted's certKey defaulting to privateKey expects.
+        let both = dir.path().join("both.pem");
+        std::fs::write(
+            &both,
+            format!("{}{}", made.key_pair.serialize_pem(), made.cert.pem()),
+        )
+        .expect("write both");
+        assert!(acceptor(&both, &both, &SniCerts::new()).is_ok());
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem").expect("write junk");
+        let err = error(acceptor(&junk, &key, &SniCerts::new()));
+        assert!(
+            err.contains("junk.pem") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = error(acceptor(&cert, &junk, &SniCerts::new()));
+        assert!(err.contains("junk.pem"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        assert!(error(acceptor(&missing, &key, &SniCerts::new())).contains("missing.pem"));
+    }
+}
