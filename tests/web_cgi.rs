@@ -451,3 +451,31 @@ fn cgi_paths_cannot_leave_the_script_directory() {
         assert!(matches!(raw_status(&answer), 400 | 404), "{path}: {answer}");
     }
 }
+
+#[test]
+fn a_stop_lets_a_request_in_flight_finish() {
+    let sb = sandbox();
+    let dir = sb.path().display().to_string();
+    let script = sb.write(
+        "cgi-bin/wait.sh",
+        format!(
+            "#!/bin/sh\ntouch '{dir}/started'\nwhile [ ! -e '{dir}/release' ]; do sleep 0.02; done\nprintf 'Content-Type: text/plain\\n\\nfinished\\n'\n"
+        ),
+    );
+    executable(&script);
+    let args = args(&sb, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut twistd = sb.twistd(&args);
+    let url = twistd.url(0, "/cgis/wait.sh");
+    let request = std::thread::spawn(move || curl(&url, &[]));
+    let started = sb.join("started");
+    wait_until("the script started", || started.exists());
+    twistd.signal(nix::sys::signal::Signal::SIGTERM);
+    twistd.wait_for("stopping");
+    sb.write("release", "");
+    let r = request.join().expect("the request thread");
+    assert_eq!((r.status, r.text().as_str()), (200, "finished\n"));
+    let (status, log) = twistd.stop_waiting();
+    assert!(status.success(), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("drain deadline passed")), "{log:?}");
+}
