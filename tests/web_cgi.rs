@@ -477,5 +477,8 @@ fn a_stop_lets_a_request_in_flight_finish() {
     assert_eq!((r.status, r.text().as_str()), (200, "finished\n"));
     let (status, log) = twistd.stop_waiting();
     assert!(status.success(), "{log:?}");
-    assert!(!log.iter().any(|l| l.contains("drain deadline passed")), "{log:?}");
+    assert!(
+        !log.iter().any(|l| l.contains("drain deadline passed")),
+        "{log:?}"
+    );
 }

@@ -425,3 +425,21 @@ fn the_weblog_shows_referred_hits_and_keeps_them_across_a_restart() {
         "lost across the restart: {html}"
     );
 }
+
+#[test]
+fn a_certificate_without_https_is_refused() {
+    let sb = sandbox();
+    let out = sb.mktap(&[
+        "web",
+        "--path",
+        sb.join("root").to_str().expect("utf-8"),
+        "--certificate",
+        "cert.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(78), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("need --https"),
+        "{}",
+        util::stderr(&out)
+    );
+}

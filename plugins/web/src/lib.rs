@@ -338,6 +338,10 @@ impl Plugin for WebPlugin {
         if config.cgi_timeout == 0 || config.header_timeout == 0 || config.keepalive_timeout == 0 {
             problems.push("timeouts must be at least 1 second".into());
         }
+        // take_listen consumed them when --https was given; left over, they would be lost.
+        if config.certificate.is_some() || config.privkey.is_some() {
+            problems.push("--certificate and --privkey need --https PORT".to_string());
+        }
         if listen.is_empty() {
             problems
                 .push("no endpoint to listen on (give --port, --listen or --https)".to_string());
