@@ -138,6 +138,10 @@ fn meta_variables_follow_rfc_3875() {
             "X-Custom-Thing: hello",
             "-H",
             "Authorization: Basic c2VjcmV0",
+            "-H",
+            "X_Custom_Thing: spoofed",
+            "-H",
+            "X.Dotted: dropped",
             "-A",
             "test-agent/1",
         ],
@@ -179,6 +183,11 @@ fn meta_variables_follow_rfc_3875() {
         None,
         "credentials stay out"
     );
+    assert!(
+        !r.text().contains("spoofed"),
+        "an underscore name posed as a dash name"
+    );
+    assert!(!r.text().contains("dropped"));
     assert_eq!(get(&env, "BODY"), Some(""));
 }
 

@@ -173,14 +173,15 @@ fn environment(req: &Request<'_>, script: &Path, script_end: usize) -> Vec<(Stri
     }
     // Request headers as HTTP_*; repeated ones joined with ", ". Never Proxy (httpoxy: it
     // would become HTTP_PROXY, which HTTP libraries read as their proxy), never credentials
-    // (RFC 3875 §4.1.18), and no name with an underscore (it could pose as a dash name, as
-    // nginx refuses by default).
+    // (RFC 3875 §4.1.18), and only names of letters, digits and dashes: an underscore could
+    // pose as a dash (nginx drops such names by default), other token characters make
+    // variable names no shell can read.
     for name in parts.headers.keys() {
         let n = name.as_str();
         if matches!(
             n,
             "proxy" | "content-type" | "content-length" | "authorization" | "proxy-authorization"
-        ) || n.contains('_')
+        ) || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             continue;
         }
