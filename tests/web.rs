@@ -222,65 +222,70 @@ fn symlinks_inside_the_root_work_and_those_leaving_it_do_not() {
     }
 }
 
+/// Request paths that try to leave a root, each relative to where a route starts.
+const ATTEMPTS: [&str; 44] = [
+    "/../secret.txt",
+    "/../../secret.txt",
+    "/docs/../../secret.txt",
+    "/docs/sub/../../../secret.txt",
+    "/./../secret.txt",
+    "/%2e%2e/secret.txt",
+    "/%2E%2E/secret.txt",
+    "/%2e%2E/secret.txt",
+    "/.%2e/secret.txt",
+    "/%2e./secret.txt",
+    "/docs/%2e%2e/%2e%2e/secret.txt",
+    "/..%2fsecret.txt",
+    "/..%2Fsecret.txt",
+    "/%2e%2e%2fsecret.txt",
+    "/%2e%2e%2Fsecret.txt",
+    "/docs%2f..%2f..%2fsecret.txt",
+    "/..%5csecret.txt",
+    "/..%5Csecret.txt",
+    "/%2e%2e%5csecret.txt",
+    "/..\\secret.txt",
+    "/docs\\..\\..\\secret.txt",
+    "/%252e%252e/secret.txt",
+    "/%25%32%65%25%32%65/secret.txt",
+    "/..%00/secret.txt",
+    "/secret.txt%00.html",
+    "/%00",
+    "/docs/%00../secret.txt",
+    "/%c0%ae%c0%ae/secret.txt",
+    "/%c0%af../secret.txt",
+    "/%e0%80%ae%e0%80%ae/secret.txt",
+    "/..;/secret.txt",
+    "/....//secret.txt",
+    "/.../secret.txt",
+    "//../secret.txt",
+    "/docs//..//..//secret.txt",
+    "/%2f%2e%2e%2fsecret.txt",
+    "/%2f../secret.txt",
+    "/escape.txt",
+    "/escape-dir/secret.txt",
+    "/escape-dir/../secret.txt",
+    "/docs/../escape.txt",
+    "/%65scape.txt",
+    "/escape-dir%2fsecret.txt",
+    "/",
+];
+
+fn attempt(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = raw_request(addr, request.as_bytes());
+    (raw_status(&answer), answer)
+}
+
 /// Requests that try to leave the root. Each must get 400 or 404, and never the secret.
 #[test]
 fn path_traversal_table() {
     let (_sb, twistd) = serve(&[]);
-    let attempts = [
-        "/../secret.txt",
-        "/../../secret.txt",
-        "/docs/../../secret.txt",
-        "/docs/sub/../../../secret.txt",
-        "/./../secret.txt",
-        "/%2e%2e/secret.txt",
-        "/%2E%2E/secret.txt",
-        "/%2e%2E/secret.txt",
-        "/.%2e/secret.txt",
-        "/%2e./secret.txt",
-        "/docs/%2e%2e/%2e%2e/secret.txt",
-        "/..%2fsecret.txt",
-        "/..%2Fsecret.txt",
-        "/%2e%2e%2fsecret.txt",
-        "/%2e%2e%2Fsecret.txt",
-        "/docs%2f..%2f..%2fsecret.txt",
-        "/..%5csecret.txt",
-        "/..%5Csecret.txt",
-        "/%2e%2e%5csecret.txt",
-        "/..\\secret.txt",
-        "/docs\\..\\..\\secret.txt",
-        "/%252e%252e/secret.txt",
-        "/%25%32%65%25%32%65/secret.txt",
-        "/..%00/secret.txt",
-        "/secret.txt%00.html",
-        "/%00",
-        "/docs/%00../secret.txt",
-        "/%c0%ae%c0%ae/secret.txt",
-        "/%c0%af../secret.txt",
-        "/%e0%80%ae%e0%80%ae/secret.txt",
-        "/..;/secret.txt",
-        "/....//secret.txt",
-        "/.../secret.txt",
-        "//../secret.txt",
-        "/docs//..//..//secret.txt",
-        "/%2f%2e%2e%2fsecret.txt",
-        "/%2f../secret.txt",
-        "/escape.txt",
-        "/escape-dir/secret.txt",
-        "/escape-dir/../secret.txt",
-        "/docs/../escape.txt",
-        "/%65scape.txt",
-        "/escape-dir%2fsecret.txt",
-        "/",
-    ];
-    assert!(attempts.len() >= 40);
-    for path in attempts {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        let answer = raw_request(twistd.addr(0), request.as_bytes());
+    for path in ATTEMPTS {
+        let (status, answer) = attempt(twistd.addr(0), "t", path);
         assert!(
             !answer.contains(SECRET),
             "{path} leaked the secret:\n{answer}"
         );
-        let status = raw_status(&answer);
         if path == "/" {
             assert_eq!(status, 200, "the control request works");
         } else {
@@ -289,6 +294,66 @@ fn path_traversal_table() {
     }
     // The service keeps serving after all of that.
     assert_eq!(curl(&twistd.url(0, "/style.css"), &[]).status, 200);
+}
+
+/// The same table below every other kind of route: a mount, a user directory, a CGI
+/// directory, and a virtual host. Each of those roots holds the same traps (`escape.txt`,
+/// `escape-dir`) as the main root.
+#[test]
+fn path_traversal_table_on_every_route() {
+    let sb = Sandbox::new();
+    sb.write("secret.txt", SECRET);
+    sb.write("root/index.html", "home");
+    for dir in ["mounted", "cgi-bin", "vhost"] {
+        sb.write(&format!("{dir}/docs/sub/x.txt"), "x");
+        symlink("../secret.txt", sb.join(&format!("{dir}/escape.txt"))).expect("symlink");
+        symlink(sb.path(), sb.join(&format!("{dir}/escape-dir"))).expect("symlink dir");
+    }
+    sb.write("vhost/index.html", "vhost home");
+    let args = [
+        "web".to_string(),
+        "--path".into(),
+        sb.join("root").display().to_string(),
+        "--port".into(),
+        "tcp:0:interface=127.0.0.1".into(),
+        "--mount".into(),
+        format!("/doc={}", sb.join("mounted").display()),
+        "--cgi".into(),
+        format!("/cgis={}", sb.join("cgi-bin").display()),
+        "--processor".into(),
+        ".txt=/bin/cat".into(),
+        "--vhost".into(),
+        format!("example.org={}", sb.join("vhost").display()),
+        "--user".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let twistd = sb.twistd(&args);
+    let mut tried = 0;
+    for (host, prefix) in [
+        ("t", "/doc"),
+        ("t", "/cgis"),
+        ("t", "/~root"),
+        ("t", "/~nobody"),
+        ("example.org", ""),
+        ("EXAMPLE.ORG:80", ""),
+    ] {
+        for path in ATTEMPTS.iter().filter(|p| **p != "/") {
+            let full = format!("{prefix}{path}");
+            let (status, answer) = attempt(twistd.addr(0), host, &full);
+            tried += 1;
+            assert!(
+                !answer.contains(SECRET),
+                "{host} {full} leaked the secret:\n{answer}"
+            );
+            assert!(
+                status == 400 || status == 404,
+                "{host} {full} gave {status}:\n{answer}"
+            );
+        }
+    }
+    assert!(tried >= 6 * 40);
+    let vhost = attempt(twistd.addr(0), "example.org", "/");
+    assert!(vhost.1.ends_with("vhost home"), "the control request works");
 }
 
 #[test]

@@ -44,8 +44,8 @@ fn command(registry: &Registry) -> Command {
         .about("Run an application from a tap file, or a plugin directly")
         .after_help(
             "Run 'twistd PLUGIN --help' for a plugin's options; a plugin run directly is never saved.\n\
-             Signals: SIGTERM/SIGINT stop gracefully (a second SIGINT at once), SIGUSR1 rotates the \
-             log file, SIGHUP reopens it.",
+             Signals: SIGTERM/SIGINT stop gracefully (a second SIGINT at once), SIGUSR1 rotates the log \
+             file, SIGHUP reopens it; both make services reopen their own logs.",
         )
         .subcommand_value_name("PLUGIN")
         .subcommand_help_heading("Plugins")
@@ -449,14 +449,21 @@ fn serve(
                 _ = terminate.recv() => break "SIGTERM",
                 _ = interrupt.recv() => break "SIGINT",
                 () = control.shutdown_requested() => break "shutdown requested",
-                _ = rotate.recv() => match sink.rotate() {
-                    Ok(()) => tracing::info!("SIGUSR1: log rotated"),
-                    Err(e) => tracing::warn!("SIGUSR1: log rotation failed: {e}"),
-                },
-                _ = reopen.recv() => match sink.reopen() {
-                    Ok(()) => tracing::info!("SIGHUP: log reopened"),
-                    Err(e) => tracing::warn!("SIGHUP: cannot reopen the log: {e}"),
-                },
+                _ = rotate.recv() => {
+                    match sink.rotate() {
+                        Ok(()) => tracing::info!("SIGUSR1: log rotated"),
+                        Err(e) => tracing::warn!("SIGUSR1: log rotation failed: {e}"),
+                    }
+                    // Services' own logs (a web access log) are reopened, as nginx does on USR1.
+                    control.reopen_logs().await;
+                }
+                _ = reopen.recv() => {
+                    match sink.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP: log reopened"),
+                        Err(e) => tracing::warn!("SIGHUP: cannot reopen the log: {e}"),
+                    }
+                    control.reopen_logs().await;
+                }
             }
         };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

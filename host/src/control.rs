@@ -602,6 +602,14 @@ impl Control {
         Ok(path)
     }
 
+    /// Asks every running service to reopen its own log files.
+    pub async fn reopen_logs(&self) {
+        let state = self.inner.state.lock().await;
+        for running in state.slots.iter().filter_map(|slot| slot.running.as_ref()) {
+            running.service.reopen_logs();
+        }
+    }
+
     /// Stops every running service in reverse order, each draining until the shared deadline.
     pub async fn stop_all(&self) {
         let mut state = self.inner.state.lock().await;

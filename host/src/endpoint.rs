@@ -1,7 +1,9 @@
 //! Endpoint strings in Twisted's strports syntax, and binding them.
 //!
 //! `tcp:PORT[:interface=ADDR][:backlog=N]`, `tcp6:PORT[...]`, `unix:PATH[:mode=660][:backlog=N]`,
-//! `systemd:index=N` (socket activation), and a bare port number for TCP. Positional parameters follow Twisted's order (tcp: port,
+//! `ssl:PORT:privateKey=key.pem[:certKey=cert.pem][:interface=ADDR][:backlog=N]` (bound as TCP;
+//! the service does the TLS handshake), `systemd:index=N` (socket activation), and a bare port
+//! number for TCP. Positional parameters follow Twisted's order (tcp: port,
 //! interface, backlog; unix: address, mode, backlog). A backslash escapes the next character,
 //! so an IPv6 interface is written `interface=\:\:1`.
 //!
@@ -38,6 +40,16 @@ pub enum Endpoint {
         /// Permission bits given to the socket file after binding.
         mode: Option<u32>,
         backlog: Option<u32>,
+    },
+    /// A TCP socket whose connections speak TLS: the host binds it as TCP, the service that
+    /// receives it does the handshake with these PEM files. Twisted's `certKey` defaults to
+    /// `privateKey` (one file holding both).
+    Ssl {
+        port: u16,
+        interface: Option<IpAddr>,
+        backlog: Option<u32>,
+        private_key: PathBuf,
+        cert_key: PathBuf,
     },
     /// A listening socket passed by systemd (socket activation): the `index`-th of `LISTEN_FDS`.
     Systemd {
@@ -250,12 +262,43 @@ impl Endpoint {
                 let index = index.ok_or("systemd needs an index, as in systemd:index=0")?;
                 Ok(Endpoint::Systemd { index, domain })
             }
-            "ssl" => Err(
-                "endpoint type 'ssl' is not supported yet (supported: tcp, tcp6, unix, systemd)"
-                    .to_string(),
-            ),
+            "ssl" => {
+                let mut port = None;
+                let mut interface = None;
+                let mut backlog = None;
+                let mut private_key = None;
+                let mut cert_key = None;
+                let names = ["port", "privateKey", "certKey", "interface", "backlog"];
+                for (name, value) in assign("ssl", &names, params)? {
+                    match name {
+                        "port" => port = Some(parse_port(&value)?),
+                        "privateKey" | "certKey" if value.is_empty() => {
+                            return Err(format!("{name} is empty"))
+                        }
+                        "privateKey" => private_key = Some(PathBuf::from(value)),
+                        "certKey" => cert_key = Some(PathBuf::from(value)),
+                        "interface" if value.is_empty() => {}
+                        "interface" => {
+                            interface = Some(value.parse::<IpAddr>().map_err(|_| {
+                                format!("interface '{value}' is not an IP address")
+                            })?)
+                        }
+                        _ => backlog = Some(parse_backlog(&value)?),
+                    }
+                }
+                let port = port.ok_or("ssl needs a port, as in ssl:8443:privateKey=key.pem")?;
+                let private_key = private_key
+                    .ok_or("ssl needs privateKey, as in ssl:8443:privateKey=key.pem")?;
+                Ok(Endpoint::Ssl {
+                    port,
+                    interface,
+                    backlog,
+                    cert_key: cert_key.unwrap_or_else(|| private_key.clone()),
+                    private_key,
+                })
+            }
             other => Err(format!(
-                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, systemd, or a bare port number)"
+                "unknown endpoint type '{other}' (known: tcp, tcp6, ssl, unix, systemd, or a bare port number)"
             )),
         }
     }
@@ -263,7 +306,7 @@ impl Endpoint {
     /// The port a TCP endpoint asks for (0 means the kernel picks one).
     pub fn port(&self) -> Option<u16> {
         match self {
-            Endpoint::Tcp { port, .. } => Some(*port),
+            Endpoint::Tcp { port, .. } | Endpoint::Ssl { port, .. } => Some(*port),
             Endpoint::Unix { .. } | Endpoint::Systemd { .. } => None,
         }
     }
@@ -284,6 +327,12 @@ impl Endpoint {
                 });
                 Some(SocketAddr::new(ip, *port))
             }
+            Endpoint::Ssl {
+                port, interface, ..
+            } => Some(SocketAddr::new(
+                interface.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                *port,
+            )),
             Endpoint::Unix { .. } | Endpoint::Systemd { .. } => None,
         }
     }
@@ -294,7 +343,10 @@ impl Endpoint {
         match (self, other) {
             (Endpoint::Unix { path: a, .. }, Endpoint::Unix { path: b, .. }) => a == b,
             (Endpoint::Systemd { index: a, .. }, Endpoint::Systemd { index: b, .. }) => a == b,
-            (Endpoint::Tcp { .. }, Endpoint::Tcp { .. }) => {
+            (
+                Endpoint::Tcp { .. } | Endpoint::Ssl { .. },
+                Endpoint::Tcp { .. } | Endpoint::Ssl { .. },
+            ) => {
                 let (a, b) = (
                     self.socket_addr().expect("tcp has an address"),
                     other.socket_addr().expect("tcp has an address"),
@@ -324,6 +376,12 @@ impl Endpoint {
                 )
                 .map(Listener::Tcp)
                 .map_err(fail)
+            }
+            Endpoint::Ssl { backlog, .. } => {
+                let addr = self.socket_addr().expect("ssl has an address");
+                bind_tcp(addr, addr.is_ipv6(), backlog.unwrap_or(DEFAULT_BACKLOG))
+                    .map(Listener::Tcp)
+                    .map_err(fail)
             }
             Endpoint::Unix {
                 path,
@@ -418,6 +476,28 @@ impl fmt::Display for Endpoint {
                     write!(f, ":backlog={n}")?;
                 }
             }
+            Endpoint::Ssl {
+                port,
+                interface,
+                backlog,
+                private_key,
+                cert_key,
+            } => {
+                write!(
+                    f,
+                    "ssl:{port}:privateKey={}",
+                    escape(&private_key.to_string_lossy())
+                )?;
+                if cert_key != private_key {
+                    write!(f, ":certKey={}", escape(&cert_key.to_string_lossy()))?;
+                }
+                if let Some(ip) = interface {
+                    write!(f, ":interface={}", escape(&ip.to_string()))?;
+                }
+                if let Some(n) = backlog {
+                    write!(f, ":backlog={n}")?;
+                }
+            }
             Endpoint::Systemd { index, domain } => {
                 if let Some(domain) = domain {
                     write!(f, "systemd:domain={domain}:index={index}")?;
@@ -473,6 +553,15 @@ mod tests {
             ("unix:/run/web.sock:mode=660", "unix:/run/web.sock:mode=660"),
             ("unix:address=/tmp/a\\:b", "unix:/tmp/a\\:b"),
             ("systemd:index=0", "systemd:index=0"),
+            ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem"),
+            (
+                "ssl:8443:k.pem:c.pem",
+                "ssl:8443:privateKey=k.pem:certKey=c.pem",
+            ),
+            (
+                "ssl:port=443:certKey=c.pem:privateKey=k.pem:interface=127.0.0.1",
+                "ssl:443:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1",
+            ),
             ("systemd:domain=INET:index=2", "systemd:domain=INET:index=2"),
         ] {
             assert_eq!(parse(input).to_string(), canonical, "{input}");
@@ -493,7 +582,8 @@ mod tests {
         assert!(reason("tcp:80:backlog=0").contains("backlog '0'"));
         assert!(reason("tcp:80:1.2.3.4:5:6").contains("too many"));
         assert!(reason("tcp:80:port=81").contains("twice"));
-        assert!(reason("ssl:443").contains("not supported yet"));
+        assert!(reason("ssl:443").contains("needs privateKey"));
+        assert!(reason("ssl:443:privateKey=").contains("privateKey is empty"));
         assert!(reason("systemd:index=x").contains("index 'x'"));
         assert!(reason("systemd:domain=IPX:index=0").contains("domain 'IPX'"));
         assert!(reason("systemd").contains("needs an index"));
@@ -514,6 +604,7 @@ mod tests {
         assert!(!c("tcp:0", "tcp:0"));
         assert!(c("unix:/a", "unix:/a"));
         assert!(!c("unix:/a", "tcp:80"));
+        assert!(c("ssl:443:privateKey=k", "tcp:443"));
     }
 
     #[test]

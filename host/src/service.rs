@@ -38,6 +38,10 @@ pub trait Service: Send + Sync + 'static {
     fn reconfigure(&self, _config: &serde_json::Value) -> Result<bool, String> {
         Ok(false)
     }
+
+    /// Reopens the service's own log files (twistd calls it on SIGUSR1 and SIGHUP, after
+    /// logrotate moved them). Most services keep no files: the default does nothing.
+    fn reopen_logs(&self) {}
 }
 
 /// What a running service is given: its identity, its stop signals and its task tracker.

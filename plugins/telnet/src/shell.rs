@@ -99,7 +99,7 @@ fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::V
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         // A bare word that happens to be JSON (a number for a string field) keeps its type
         // only where the field is not a string.
-        if !(matches!(current, Some(serde_json::Value::String(_))) && !text.starts_with('"')) {
+        if !matches!(current, Some(serde_json::Value::String(_))) || text.starts_with('"') {
             return value;
         }
     }

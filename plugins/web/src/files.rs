@@ -1,54 +1,265 @@
-//! A file's response.
+//! A file's response: Content-Type, validators (ETag, Last-Modified), preconditions, ranges,
+//! content codings, and the body.
 //!
 //! Small files are read with one blocking read on the worker thread: from the page cache that
 //! costs less than a hop to tokio's blocking pool (measured in the core issue's notes), and a
 //! request body that small is sent in one write anyway. Larger files are streamed in chunks so
 //! memory stays flat however large the file is.
 
+use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io;
-use std::path::Path;
-
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LAST_MODIFIED};
-use hyper::{Response, StatusCode};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY,
+};
+use hyper::{Method, Response, StatusCode};
 use tokio_util::io::poll_read_buf;
 
+use crate::compress;
+use crate::conditional::{self, Outcome};
+use crate::ranges::{self, Ranges};
+use crate::resolve::contain;
 use crate::server::{error_response, Body};
 
 /// Files up to this size are read whole; larger ones are streamed.
 pub const WHOLE_READ_LIMIT: u64 = 256 * 1024;
 /// The chunk size of a streamed file.
 const CHUNK: usize = 64 * 1024;
+/// A multipart/byteranges answer is built in memory; past this many selected bytes the whole
+/// file is sent instead (a client wanting that much can ask for the ranges one by one).
+const MULTIPART_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// The Content-Type for `path`, from its extension, or `default`.
-pub fn content_type(path: &Path, default: &HeaderValue) -> HeaderValue {
-    mime_guess::from_path(path)
-        .first_raw()
-        .map(HeaderValue::from_static)
-        .unwrap_or_else(|| default.clone())
+/// How files are served: the part of the site's options that concern one file.
+#[derive(Debug)]
+pub struct FileOptions {
+    pub default_type: HeaderValue,
+    /// `--mime` overrides, by lowercase extension without the dot.
+    pub mime: HashMap<String, HeaderValue>,
+    /// Gzip compressible responses on the fly (not `--no-compress`).
+    pub compress: bool,
 }
 
-/// Serves the regular file `path` (already checked to lie under the root).
+impl FileOptions {
+    /// The Content-Type for `path`: an override, else from its extension, else the default.
+    pub fn content_type(&self, path: &Path) -> HeaderValue {
+        if !self.mime.is_empty() {
+            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+                if let Some(v) = self.mime.get(&ext.to_ascii_lowercase()) {
+                    return v.clone();
+                }
+            }
+        }
+        mime_guess::from_path(path)
+            .first_raw()
+            .map(HeaderValue::from_static)
+            .unwrap_or_else(|| self.default_type.clone())
+    }
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A precompressed sibling the client accepts: (path, metadata, coding).
+fn sibling(
+    root: &Path,
+    path: &Path,
+    headers: &HeaderMap,
+) -> Option<(PathBuf, Metadata, &'static str)> {
+    for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
+        if !compress::accepts(headers, coding) {
+            continue;
+        }
+        let mut name = path.as_os_str().to_owned();
+        name.push(".");
+        name.push(ext);
+        // One stat for the common case of no sibling; one that exists may be a symlink
+        // leaving the root like any other file, so it is contained before use.
+        match std::fs::metadata(&name) {
+            Ok(meta) if meta.is_file() => {
+                if let Ok(real) = contain(root, Path::new(&name)) {
+                    return Some((real, meta, coding));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Serves the regular file `path` (already checked to lie under `root`).
 pub async fn respond(
+    root: &Path,
     path: &Path,
     meta: &Metadata,
-    default_type: &HeaderValue,
-    head: bool,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: &FileOptions,
 ) -> Response<Body> {
+    let head = method == Method::HEAD;
+    let content_type = opts.content_type(path);
+    // Only look for siblings when the client sends Accept-Encoding at all: most benchmarks
+    // and API clients do not, and they pay no stat for it.
+    let precompressed = if headers.contains_key(hyper::header::ACCEPT_ENCODING) {
+        sibling(root, path, headers)
+    } else {
+        None
+    };
+    let (path, meta, coding) = match &precompressed {
+        Some((p, m, c)) => (p.as_path(), m, Some(*c)),
+        None => (path, meta, None),
+    };
     let len = meta.len();
-    let body: Body = if head {
-        Empty::new().map_err(|never| match never {}).boxed()
-    } else if len <= WHOLE_READ_LIMIT {
+    let modified = meta.modified().ok();
+    let etag = conditional::etag(
+        meta,
+        coding.map_or("", |c| if c == "br" { "-br" } else { "-gz" }),
+    );
+
+    let mut response = Response::new(empty());
+    {
+        let h = response.headers_mut();
+        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(ETAG, v);
+        }
+        if let Some(modified) = modified {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+                h.insert(LAST_MODIFIED, v);
+            }
+        }
+    }
+    match conditional::evaluate(headers, &etag, modified, true) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        Outcome::PreconditionFailed => {
+            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
+            failed.headers_mut().extend(response.headers_mut().drain());
+            return failed;
+        }
+    }
+    {
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, content_type.clone());
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(coding) = coding {
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
+        }
+    }
+
+    let ranges = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) if conditional::if_range_holds(headers, &etag, modified) => {
+            ranges::parse(value, len)
+        }
+        _ => Ranges::Whole,
+    };
+    match ranges {
+        Ranges::Whole => {}
+        Ranges::Unsatisfiable => {
+            let mut r = error_response(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut().insert(
+                CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .expect("digits are a header value"),
+            );
+            return r;
+        }
+        Ranges::Parts(parts) if parts.len() == 1 => {
+            let part = parts[0].clone();
+            let body = if head {
+                empty()
+            } else {
+                match range_body(path, len, part.clone()).await {
+                    Ok(body) => body,
+                    Err(e) => return io_error_response(&e),
+                }
+            };
+            *response.body_mut() = body;
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = response.headers_mut();
+            h.insert(CONTENT_LENGTH, HeaderValue::from(part.end - part.start));
+            h.insert(
+                CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{}/{len}", part.start, part.end - 1))
+                    .expect("digits are a header value"),
+            );
+            return response;
+        }
+        Ranges::Parts(parts) => {
+            let selected: u64 = parts.iter().map(|r| r.end - r.start).sum();
+            if selected <= MULTIPART_LIMIT {
+                return match multipart(path, len, &parts, &content_type, head) {
+                    Ok((body_len, boundary, body)) => {
+                        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                        *response.body_mut() = body;
+                        let h = response.headers_mut();
+                        h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+                        h.insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_str(&format!(
+                                "multipart/byteranges; boundary={boundary}"
+                            ))
+                            .expect("the boundary is a header value"),
+                        );
+                        response
+                    }
+                    Err(e) => io_error_response(&e),
+                };
+            }
+        }
+    }
+
+    // The whole file, gzipped on the fly when that is worth it.
+    let gzip_on_the_fly = coding.is_none()
+        && opts.compress
+        && len > compress::MIN_SIZE
+        && len <= WHOLE_READ_LIMIT
+        && compress::compressible(&content_type)
+        && compress::accepts(headers, "gzip");
+    if head && !gzip_on_the_fly {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        return response;
+    }
+    let body = if len <= WHOLE_READ_LIMIT {
         match std::fs::read(path) {
-            Ok(bytes) if bytes.len() as u64 == len => Full::new(Bytes::from(bytes))
-                .map_err(|never| match never {})
-                .boxed(),
+            Ok(bytes) if bytes.len() as u64 == len => {
+                if gzip_on_the_fly {
+                    if let Some(gz) = compress::gzip(&bytes) {
+                        let h = response.headers_mut();
+                        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                        h.insert(CONTENT_LENGTH, HeaderValue::from(gz.len()));
+                        h.remove(ACCEPT_RANGES);
+                        // The gzipped bytes are not the file's: the validator becomes weak,
+                        // as nginx makes it.
+                        if let Ok(v) = HeaderValue::from_str(&format!("W/{etag}")) {
+                            h.insert(ETAG, v);
+                        }
+                        *response.body_mut() = if head { empty() } else { full(gz) };
+                        return response;
+                    }
+                }
+                full(bytes)
+            }
             // The file changed between stat and read; the client retries and sees the new one.
             Ok(_) => return error_response(StatusCode::SERVICE_UNAVAILABLE),
             Err(e) => return io_error_response(&e),
@@ -59,16 +270,66 @@ pub async fn respond(
             Err(e) => return io_error_response(&e),
         }
     };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, content_type(path, default_type));
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(modified) = meta.modified() {
-        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
-            headers.insert(LAST_MODIFIED, value);
-        }
-    }
     response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    *response.body_mut() = if head { empty() } else { body };
+    response
+}
+
+/// The bytes of one range: one positioned read for a small range, a stream otherwise.
+async fn range_body(path: &Path, len: u64, part: std::ops::Range<u64>) -> io::Result<Body> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != len {
+        return Err(io::Error::other("the file changed while it was served"));
+    }
+    let want = part.end - part.start;
+    if want <= WHOLE_READ_LIMIT {
+        let mut buf = vec![0; want as usize];
+        file.read_exact_at(&mut buf, part.start)?;
+        return Ok(full(buf));
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    tokio::io::AsyncSeekExt::seek(&mut file, io::SeekFrom::Start(part.start)).await?;
+    Ok(FileBody::new(file, want).boxed())
+}
+
+/// A multipart/byteranges body: (length, boundary, body).
+fn multipart(
+    path: &Path,
+    len: u64,
+    parts: &[std::ops::Range<u64>],
+    content_type: &HeaderValue,
+    head: bool,
+) -> io::Result<(usize, String, Body)> {
+    use std::hash::{BuildHasher, Hasher};
+    // A boundary that no file can be expected to contain.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(len);
+    let boundary = format!("taphost-{:016x}", hasher.finish());
+    let file = std::fs::File::open(path)?;
+    let ctype = content_type.to_str().unwrap_or("application/octet-stream");
+    let mut out = BytesMut::new();
+    for part in parts {
+        out.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {}-{}/{len}\r\n\r\n",
+                part.start,
+                part.end - 1
+            )
+            .as_bytes(),
+        );
+        let at = out.len();
+        out.resize(at + (part.end - part.start) as usize, 0);
+        file.read_exact_at(&mut out[at..], part.start)?;
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let body_len = out.len();
+    Ok((
+        body_len,
+        boundary,
+        if head { empty() } else { full(out.freeze()) },
+    ))
 }
 
 /// A file streamed in chunks of [`CHUNK`] bytes, exactly `remaining` of them: a file that
@@ -133,12 +394,17 @@ impl hyper::body::Body for FileBody {
 
 /// 403 for a permission problem, 404 when the file vanished, 500 otherwise; never the path.
 pub fn io_error_response(e: &io::Error) -> Response<Body> {
+    error_response(io_status(e))
+}
+
+/// The status for a failed file operation.
+pub fn io_status(e: &io::Error) -> StatusCode {
     match e.kind() {
-        io::ErrorKind::PermissionDenied => error_response(StatusCode::FORBIDDEN),
-        io::ErrorKind::NotFound => error_response(StatusCode::NOT_FOUND),
+        io::ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => StatusCode::NOT_FOUND,
         _ => {
             tracing::warn!("file read failed: {e}");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR)
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }

@@ -1,104 +1,396 @@
-//! The web service: one hyper HTTP/1.1 connection per accepted stream, and the dispatch of a
-//! request to a file, an index, a redirect or a listing.
+//! The web service: the accept loop with its connection cap, one hyper connection per accepted
+//! stream (HTTP/1.1, or HTTP/2 when TLS negotiated it), and the frame around every request:
+//! the body-size check, `Server` and `--add-header` headers, the access log and the weblog.
+//!
+//! Timeouts: hyper's header read timeout runs from the moment the server waits for a request
+//! head (on a kept-alive connection, from the end of the previous response) until the head is
+//! complete. The keep-alive timeout watches the socket: a connection that moved no byte for that
+//! long is closed gracefully (an answer in progress is finished first).
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SERVER};
-use hyper::server::conn::http1;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, REFERER, SERVER, USER_AGENT};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
-use host::net::{Peer, Stream};
-use host::service::{serve, ServiceContext};
-use host::{BoundListener, Service};
+use host::net::{AsyncListener, Peer};
+use host::service::ServiceContext;
+use host::{BoundListener, Endpoint, Service};
 
-use crate::resolve::{contain, Refusal, UrlPath};
-use crate::{files, listing, WebConfig};
+use crate::access_log::Entry;
+use crate::site::{closing, html_response, Site};
+use crate::{options, tls, WebConfig};
 
 /// Every response body.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = BoxBody<Bytes, io::Error>;
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SERVER_NAME: &str = concat!("taphost/", env!("CARGO_PKG_VERSION"));
 
-const SERVER_NAME: &str = concat!("taphost/", env!("CARGO_PKG_VERSION"));
+/// What a request needs to know about its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: Peer,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
+}
 
-/// What every connection of one service shares.
-#[derive(Debug)]
-struct Site {
-    /// Canonical, so that containment checks compare canonical paths.
-    root: PathBuf,
-    index: Vec<String>,
-    default_type: HeaderValue,
+/// The connection limits, from the options.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    max_head_size: usize,
+    max_connections: usize,
 }
 
 /// The running web service.
 #[derive(Debug)]
 pub struct WebService {
     site: Arc<Site>,
+    limits: Limits,
+    sni: Vec<(String, std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl WebService {
-    pub fn new(config: &WebConfig) -> Result<Self, String> {
-        let root = config
-            .path
-            .canonicalize()
-            .map_err(|e| format!("--path {}: {e}", config.path.display()))?;
-        let default_type = HeaderValue::from_str(&config.mime_type)
-            .map_err(|_| format!("--mime-type '{}': not a header value", config.mime_type))?;
+    pub fn new(config: &WebConfig, state: Option<serde_json::Value>) -> Result<Self, String> {
         Ok(WebService {
-            site: Arc::new(Site {
-                root,
-                index: config.index.clone(),
-                default_type,
-            }),
+            site: Arc::new(Site::new(config, state.as_ref())?),
+            limits: Limits {
+                header_timeout: Duration::from_secs(config.header_timeout),
+                keepalive_timeout: Duration::from_secs(config.keepalive_timeout),
+                max_head_size: config.max_head_size,
+                max_connections: config.max_connections,
+            },
+            sni: config
+                .sni
+                .iter()
+                .map(|v| options::sni(v))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
 
 impl Service for WebService {
     fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String> {
+        let sni = tls::load_sni(&self.sni)?;
+        // One cap for the whole service, as nginx's worker_connections.
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         for bound in listeners {
+            let acceptor = match &bound.endpoint {
+                Endpoint::Ssl {
+                    private_key,
+                    cert_key,
+                    ..
+                } => Some(
+                    tls::acceptor(cert_key, private_key, &sni)
+                        .map_err(|e| format!("{}: {e}", bound.endpoint))?,
+                ),
+                _ => None,
+            };
             let listener = bound.listener.into_async().map_err(|e| e.to_string())?;
-            let site = self.site.clone();
-            let conn_ctx = ctx.clone();
-            serve(ctx, listener, move |stream, peer| {
-                connection(site.clone(), conn_ctx.clone(), stream, peer)
+            accept_loop(
+                ctx,
+                listener,
+                permits.clone(),
+                self.site.clone(),
+                self.limits,
+                acceptor,
+            );
+        }
+        if let Some(log) = self.site.access_log.clone() {
+            let ctx2 = ctx.clone();
+            ctx.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => log.flush(),
+                        () = ctx2.stopping() => break,
+                    }
+                }
+                log.flush();
             });
         }
         Ok(())
     }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        if let Some(log) = &self.site.access_log {
+            // Lines of requests that finished while draining.
+            log.flush();
+        }
+        self.site
+            .weblog_path
+            .as_ref()
+            .map(|_| self.site.weblog.state())
+    }
+
+    fn reopen_logs(&self) {
+        if let Some(log) = &self.site.access_log {
+            log.reopen();
+        }
+    }
 }
 
-/// Serves one connection until the client leaves or the service stops. On stop, hyper finishes
-/// the request in flight and closes the connection instead of waiting for another.
-async fn connection(site: Arc<Site>, ctx: ServiceContext, stream: Stream, peer: Peer) {
+/// Accepts while a connection permit is free: past the cap, new connections wait in the
+/// kernel's backlog rather than being accepted and starved (or refused).
+fn accept_loop(
+    ctx: &ServiceContext,
+    listener: AsyncListener,
+    permits: Arc<Semaphore>,
+    site: Arc<Site>,
+    limits: Limits,
+    acceptor: Option<TlsAcceptor>,
+) {
+    let ctx2 = ctx.clone();
+    ctx.spawn(async move {
+        let ctx = ctx2;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = ctx.stopping() => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                () = ctx.stopping() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: wait for connections to close rather
+                    // than spin; the listener stays open.
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    drop(permit);
+                    tokio::select! {
+                        () = ctx.stopping() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(5);
+            let local = match &stream {
+                host::Stream::Tcp(s) => s.local_addr().ok(),
+                host::Stream::Unix(_) => None,
+            };
+            let conn_ctx = ctx.clone();
+            let site = site.clone();
+            let acceptor = acceptor.clone();
+            let span = tracing::debug_span!("conn", %peer);
+            ctx.spawn(
+                async move {
+                    let _permit = permit;
+                    let info = ConnInfo {
+                        peer,
+                        local,
+                        tls: acceptor.is_some(),
+                    };
+                    let work = async {
+                        match acceptor {
+                            None => serve_http(site, &conn_ctx, stream, info, false, limits).await,
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    limits.header_timeout,
+                                    acceptor.accept(stream),
+                                );
+                                match handshake.await {
+                                    Ok(Ok(tls)) => {
+                                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                                        serve_http(site, &conn_ctx, tls, info, h2, limits).await
+                                    }
+                                    Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                                }
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = work => {}
+                        () = conn_ctx.aborted() => {}
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    });
+}
+
+/// Errors that concern one connection that died before it was accepted, not the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// A stream that notes when it last moved a byte, for the keep-alive timeout.
+struct Watched<S> {
+    inner: S,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last byte read or written.
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Watched<S> {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until the client leaves, the connection idles past the keep-alive
+/// timeout, or the service stops. On stop (and idle), hyper finishes the request in flight and
+/// closes the connection instead of waiting for another.
+async fn serve_http<S>(
+    site: Arc<Site>,
+    ctx: &ServiceContext,
+    stream: S,
+    info: ConnInfo,
+    h2: bool,
+    limits: Limits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let last = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        epoch,
+        last: last.clone(),
+    });
     let service = service_fn(move |req| {
         let site = site.clone();
-        async move { Ok::<_, Infallible>(site.handle(req).await) }
+        async move { Ok::<_, Infallible>(handle(site, info, req).await) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = ctx.stopping() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, "connection ended: {e}");
+    // The same loop for either protocol; only the connection type differs.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            let result = loop {
+                let idle_until = epoch
+                    + Duration::from_millis(last.load(Ordering::Relaxed))
+                    + limits.keepalive_timeout;
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    () = ctx.stopping() => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    () = tokio::time::sleep_until(idle_until) => {
+                        let moved = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
+                        if moved + limits.keepalive_timeout <= Instant::now() {
+                            conn.as_mut().graceful_shutdown();
+                            break conn.await;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %info.peer, "connection ended: {e}");
+            }
+        }};
+    }
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_head_size as u32);
+        drive!(builder.serve_connection(io, service));
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            // The head alone: hyper's read/write buffer limit stays at its default, so large
+            // bodies are still queued several chunks at a time.
+            .max_header_size(limits.max_head_size)
+            .keep_alive(true);
+        drive!(builder.serve_connection(io, service));
     }
 }
 
@@ -113,113 +405,127 @@ pub fn error_response(status: StatusCode) -> Response<Body> {
     response
 }
 
-fn html_response(text: String) -> Response<Body> {
-    let len = text.len();
-    let mut response = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+/// The frame around routing: what every response gets, and what is recorded about it.
+async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let entry = site.access_log.as_ref().map(|_| Entry {
+        remote_addr: info
+            .peer
+            .ip()
+            .map_or_else(|| "unix:".to_string(), |ip| ip.to_string()),
+        request: format!(
+            "{} {} {:?}",
+            req.method(),
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
+            req.version()
+        ),
+        referer: header_string(&req, REFERER),
+        user_agent: header_string(&req, USER_AGENT),
+    });
+    let weblog_hit = site
+        .weblog_path
+        .as_ref()
+        .and_then(|_| header_string(&req, REFERER))
+        .map(|referer| (referer, req.uri().path().to_string()));
+
+    let too_large = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > site.max_body);
+    let mut response = if too_large {
+        closing(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        site.route(req, &info).await
+    };
+
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    for (name, value) in &site.add_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if head {
+        // Headers as for GET, no body: hyper keeps the Content-Length we set.
+        *response.body_mut() = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed();
+    }
+    let status = response.status();
+    if let Some((referer, resource)) = weblog_hit {
+        if status == StatusCode::OK {
+            site.weblog.record(&referer, &resource);
+        }
+    }
+    if let (Some(entry), Some(log)) = (entry, site.access_log.clone()) {
+        let (parts, body) = response.into_parts();
+        let logged = Logged {
+            inner: body,
+            sent: 0,
+            line: Some((entry, status.as_u16(), log)),
+        };
+        response = Response::from_parts(parts, logged.boxed());
+    }
     response
 }
 
-impl Site {
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        let mut response = self.route(&req).await;
-        response
-            .headers_mut()
-            .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
-        if req.method() == Method::HEAD {
-            // Headers as for GET, no body: hyper keeps the Content-Length we set.
-            *response.body_mut() = http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed();
-        }
-        response
-    }
+fn header_string(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
 
-    async fn route(&self, req: &Request<hyper::body::Incoming>) -> Response<Body> {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => {
-                let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED);
-                response
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return response;
-            }
-        };
-        let url = match UrlPath::parse(req.uri().path()) {
-            Ok(url) => url,
-            Err(refusal) => return refusal_response(refusal),
-        };
-        let path = match contain(&self.root, &url.under(&self.root)) {
-            Ok(path) => path,
-            Err(refusal) => return refusal_response(refusal),
-        };
-        let meta = match std::fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) => return files::io_error_response(&e),
-        };
-        if meta.is_dir() {
-            if !url.trailing_slash {
-                return redirect_to_slash(req);
-            }
-            return self.directory(&path, &url, head).await;
-        }
-        if !meta.is_file() {
-            return error_response(StatusCode::NOT_FOUND);
-        }
-        files::respond(&path, &meta, &self.default_type, head).await
-    }
+/// A response body that counts what it sent and writes the access log line when it is done
+/// (or dropped: a client that left is logged with what it got, as nginx does).
+struct Logged {
+    inner: Body,
+    sent: u64,
+    line: Option<(Entry, u16, Arc<crate::access_log::AccessLog>)>,
+}
 
-    async fn directory(&self, dir: &Path, url: &UrlPath, head: bool) -> Response<Body> {
-        for name in &self.index {
-            let candidate = dir.join(name);
-            // The index may itself be a symlink: it must stay under the root too.
-            if let Ok(real) = contain(&self.root, &candidate) {
-                if let Ok(meta) = std::fs::metadata(&real) {
-                    if meta.is_file() {
-                        return files::respond(&real, &meta, &self.default_type, head).await;
-                    }
+impl Logged {
+    fn finish(&mut self) {
+        if let Some((entry, status, log)) = self.line.take() {
+            log.write(&entry.line(status, self.sent, SystemTime::now()));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
                 }
             }
+            Poll::Ready(None) => this.finish(),
+            _ => {}
         }
-        match listing::render(dir, url) {
-            Ok(html) => html_response(html),
-            Err(e) => files::io_error_response(&e),
-        }
+        poll
     }
-}
 
-fn refusal_response(refusal: Refusal) -> Response<Body> {
-    error_response(match refusal {
-        Refusal::BadRequest => StatusCode::BAD_REQUEST,
-        Refusal::NotFound => StatusCode::NOT_FOUND,
-        Refusal::Forbidden => StatusCode::FORBIDDEN,
-    })
-}
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
 
-/// 301 to the same path with a slash, keeping the query, as nginx does for directories.
-fn redirect_to_slash(req: &Request<hyper::body::Incoming>) -> Response<Body> {
-    let uri = req.uri();
-    let location = match uri.query() {
-        Some(query) => format!("{}/?{query}", uri.path()),
-        None => format!("{}/", uri.path()),
-    };
-    let mut response = error_response(StatusCode::MOVED_PERMANENTLY);
-    match HeaderValue::from_str(&location) {
-        Ok(value) => {
-            response.headers_mut().insert(LOCATION, value);
-            response
-        }
-        Err(_) => error_response(StatusCode::BAD_REQUEST),
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -1,0 +1,394 @@
+//! The web plugin's static side over real HTTP: --ignore-ext, --mime, dotfiles, --add-header,
+//! --mount, --user, ranges, conditional requests and compression.
+
+mod util;
+
+use util::{curl, raw_request, raw_status, Sandbox, Twistd};
+
+const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-ROOT";
+
+fn text(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("line {i} of some compressible text\n"))
+        .collect()
+}
+
+/// root/ with a few files, other/ to mount, secret.txt outside both.
+fn serve(extra: &[&str]) -> (Sandbox, Twistd) {
+    let sb = Sandbox::new();
+    sb.write("secret.txt", SECRET);
+    sb.write("root/index.html", "<h1>home</h1>\n");
+    sb.write("root/about.html", "about us\n");
+    sb.write("root/notes.md", "# notes\n");
+    sb.write("root/style.css", "body { color: red }\n");
+    sb.write("root/digits.txt", "0123456789");
+    sb.write("root/big.txt", text(200));
+    sb.write("root/app.js", text(100));
+    sb.write("root/app.js.gz", "GZIP-BYTES");
+    sb.write("root/app.js.br", "BROTLI-BYTES");
+    sb.write("root/image.png", vec![0u8; 5000]);
+    sb.write("root/.hidden", "dot");
+    sb.write("root/.git/config", "[core]");
+    sb.write("root/docs/.htpasswd", "user:hash");
+    sb.write("root/.well-known/acme-challenge/token", "challenge");
+    sb.write("other/doc.txt", "mounted doc\n");
+    sb.write("other/sub/deep.txt", "deep\n");
+    std::os::unix::fs::symlink("../secret.txt", sb.join("other/escape.txt")).expect("symlink");
+    let root = sb.join("root");
+    let mount = format!("/doc={}", sb.join("other").display());
+    let mut args = vec![
+        "web".to_string(),
+        "--path".into(),
+        root.to_str().expect("utf-8").into(),
+        "--port".into(),
+        "tcp:0:interface=127.0.0.1".into(),
+        "--mount".into(),
+        mount,
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let twistd = sb.twistd(&args);
+    (sb, twistd)
+}
+
+#[test]
+fn ignore_ext_finds_the_file_with_the_extension() {
+    let (_sb, twistd) = serve(&["--ignore-ext", ".html"]);
+    let r = curl(&twistd.url(0, "/about"), &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "about us\n"));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(curl(&twistd.url(0, "/about.html"), &[]).status, 200);
+    assert_eq!(curl(&twistd.url(0, "/nothing"), &[]).status, 404);
+    let (_sb, plain) = serve(&[]);
+    assert_eq!(
+        curl(&plain.url(0, "/about"), &[]).status,
+        404,
+        "off by default"
+    );
+}
+
+#[test]
+fn mime_overrides_win_over_the_built_in_table() {
+    let (_sb, twistd) = serve(&["--mime", ".md=text/markdown", "--mime", ".CSS=text/plain"]);
+    let md = curl(&twistd.url(0, "/notes.md"), &[]);
+    assert_eq!(md.header("content-type"), Some("text/markdown"));
+    let css = curl(&twistd.url(0, "/style.css"), &[]);
+    assert_eq!(css.header("content-type"), Some("text/plain"));
+}
+
+#[test]
+fn listings_show_the_modified_column() {
+    let (_sb, twistd) = serve(&[]);
+    let html = curl(&twistd.url(0, "/doc/"), &[]).text();
+    assert!(html.contains("<th>Last modified</th>"), "{html}");
+    assert!(html.contains(" GMT</td>"), "{html}");
+    assert!(html.contains("sub/") && html.contains("doc.txt"));
+}
+
+#[test]
+fn dotfiles_are_404_except_well_known() {
+    let (_sb, twistd) = serve(&[]);
+    for path in [
+        "/.hidden",
+        "/.git/config",
+        "/.git/",
+        "/docs/.htpasswd",
+        "/%2ehidden",
+    ] {
+        let r = curl(&twistd.url(0, path), &[]);
+        assert_eq!(r.status, 404, "{path}");
+    }
+    let r = curl(&twistd.url(0, "/.well-known/acme-challenge/token"), &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "challenge"));
+    let listing = curl(&twistd.url(0, "/"), &["-H", "X: y"]);
+    assert!(!listing.text().contains(".hidden"));
+
+    let (_sb, open) = serve(&["--serve-dotfiles"]);
+    assert_eq!(curl(&open.url(0, "/.hidden"), &[]).text(), "dot");
+    assert_eq!(curl(&open.url(0, "/.git/config"), &[]).text(), "[core]");
+}
+
+#[test]
+fn added_headers_are_on_every_response() {
+    let (_sb, twistd) = serve(&[
+        "--add-header",
+        "X-Frame-Options: DENY",
+        "--add-header",
+        "Strict-Transport-Security: max-age=60",
+    ]);
+    for path in ["/", "/missing", "/doc"] {
+        let r = curl(&twistd.url(0, path), &[]);
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=60"),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn mounts_serve_another_directory_and_stay_inside_it() {
+    let (sb, twistd) = serve(&[]);
+    assert_eq!(
+        curl(&twistd.url(0, "/doc/doc.txt"), &[]).text(),
+        "mounted doc\n"
+    );
+    assert_eq!(
+        curl(&twistd.url(0, "/doc/sub/deep.txt"), &[]).text(),
+        "deep\n"
+    );
+    let r = curl(&twistd.url(0, "/doc"), &[]);
+    assert_eq!((r.status, r.header("location")), (301, Some("/doc/")));
+    // The root's own files are still there.
+    assert_eq!(curl(&twistd.url(0, "/about.html"), &[]).status, 200);
+    for path in [
+        "/doc/../secret.txt",
+        "/doc/%2e%2e/secret.txt",
+        "/doc/%2e%2e/%2e%2e/secret.txt",
+        "/doc/escape.txt",
+        "/doc/sub/../../secret.txt",
+        "/doc%2f..%2fsecret.txt",
+        "/doc/..%2fsecret.txt",
+    ] {
+        let answer = raw_request(
+            twistd.addr(0),
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(!answer.contains(SECRET), "{path}: {answer}");
+        assert!(matches!(raw_status(&answer), 400 | 404), "{path}: {answer}");
+        assert!(
+            !answer.contains(sb.path().to_str().expect("utf-8")),
+            "{path} shows a path"
+        );
+    }
+}
+
+#[test]
+fn user_directories_are_only_public_html_of_real_users() {
+    let (sb, twistd) = serve(&["--user"]);
+    for path in [
+        "/~no-such-user-here/",
+        "/~nobody/",
+        "/~/",
+        "/~root/../secret.txt",
+        "/~nobody/%2e%2e/%2e%2e/etc/passwd",
+    ] {
+        let r = curl(&twistd.url(0, path), &[]);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.status);
+        assert!(!r.text().contains("root:"), "{path}");
+        assert!(!r.text().contains(sb.path().to_str().expect("utf-8")));
+    }
+    // Without --user, /~name/ is an ordinary (missing) path.
+    let (_sb, plain) = serve(&[]);
+    assert_eq!(curl(&plain.url(0, "/~nobody/"), &[]).status, 404);
+}
+
+#[test]
+fn error_pages_never_show_filesystem_paths() {
+    let (sb, twistd) = serve(&["--user"]);
+    let base = sb.path().to_str().expect("utf-8").to_string();
+    for (path, args) in [
+        ("/missing", vec![]),
+        ("/../x", vec![]),
+        ("/doc/missing", vec![]),
+        ("/", vec!["-X", "DELETE"]),
+        ("/digits.txt", vec!["-r", "100-"]),
+        ("/digits.txt", vec!["-H", "If-Match: \"nope\""]),
+    ] {
+        let r = curl(&twistd.url(0, path), &args);
+        assert!(r.status >= 400, "{path}");
+        assert!(!r.text().contains(&base), "{path}: {}", r.text());
+        assert!(!r.text().contains("/tmp"), "{path}: {}", r.text());
+    }
+}
+
+#[test]
+fn single_ranges_get_206() {
+    let (_sb, twistd) = serve(&[]);
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "2-5"]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "2345");
+    assert_eq!(r.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(r.header("content-length"), Some("4"));
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "-3"]);
+    assert_eq!((r.status, r.text().as_str()), (206, "789"));
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "7-"]);
+    assert_eq!(r.header("content-range"), Some("bytes 7-9/10"));
+    let full = curl(&twistd.url(0, "/digits.txt"), &[]);
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+}
+
+#[test]
+fn a_range_of_a_large_file_is_streamed_exactly() {
+    let sb = Sandbox::new();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    sb.write("root/big.bin", &data);
+    let root = sb.join("root");
+    let twistd = sb.twistd(&[
+        "web",
+        "--path",
+        root.to_str().expect("utf-8"),
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+    ]);
+    let r = curl(&twistd.url(0, "/big.bin"), &["-r", "100000-899999"]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.len(), 800_000);
+    assert!(r.body == data[100_000..900_000], "the range differs");
+}
+
+#[test]
+fn several_ranges_are_multipart_byteranges() {
+    let (_sb, twistd) = serve(&[]);
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "0-1,5-6"]);
+    assert_eq!(r.status, 206);
+    let ctype = r.header("content-type").expect("content-type").to_string();
+    let boundary = ctype
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap_or_else(|| panic!("{ctype}"));
+    let body = r.text();
+    assert_eq!(
+        body,
+        format!(
+            "\r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n01\
+             \r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 5-6/10\r\n\r\n56\
+             \r\n--{boundary}--\r\n"
+        )
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+}
+
+#[test]
+fn unsatisfiable_ranges_get_416_with_the_length() {
+    let (_sb, twistd) = serve(&[]);
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "10-20"]);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
+}
+
+#[test]
+fn overlapping_or_too_many_ranges_get_the_whole_body() {
+    let (_sb, twistd) = serve(&[]);
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", "0-5,3-8"]);
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    let many: Vec<String> = (0..30).map(|i| format!("{}-{}", i % 10, i % 10)).collect();
+    let r = curl(&twistd.url(0, "/digits.txt"), &["-r", &many.join(",")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    let r = curl(
+        &twistd.url(0, "/digits.txt"),
+        &["-H", "Range: bytes=nonsense"],
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn validators_and_conditional_requests() {
+    let (_sb, twistd) = serve(&[]);
+    let url = twistd.url(0, "/digits.txt");
+    let r = curl(&url, &[]);
+    let etag = r.header("etag").expect("an ETag").to_string();
+    assert!(etag.starts_with('"'), "strong: {etag}");
+    let modified = r
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
+
+    let r = curl(&url, &["-H", &format!("If-None-Match: \"other\", {etag}")]);
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert!(r.body.is_empty());
+    let r = curl(&url, &["-H", &format!("If-Modified-Since: {modified}")]);
+    assert_eq!(r.status, 304);
+    let r = curl(
+        &url,
+        &["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT"],
+    );
+    assert_eq!(r.status, 200);
+    let r = curl(&url, &["-H", "If-None-Match: \"other\""]);
+    assert_eq!(r.status, 200);
+
+    let r = curl(&url, &["-H", "If-Match: \"other\""]);
+    assert_eq!(r.status, 412);
+    let r = curl(&url, &["-H", &format!("If-Match: {etag}")]);
+    assert_eq!(r.status, 200);
+    let r = curl(
+        &url,
+        &["-H", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT"],
+    );
+    assert_eq!(r.status, 412);
+    let r = curl(&url, &["-H", &format!("If-Unmodified-Since: {modified}")]);
+    assert_eq!(r.status, 200);
+
+    // If-Range: the range only while the validator still names this file.
+    let r = curl(&url, &["-r", "0-1", "-H", &format!("If-Range: {etag}")]);
+    assert_eq!((r.status, r.text().as_str()), (206, "01"));
+    let r = curl(&url, &["-r", "0-1", "-H", &format!("If-Range: {modified}")]);
+    assert_eq!(r.status, 206);
+    let r = curl(&url, &["-r", "0-1", "-H", "If-Range: \"stale\""]);
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+}
+
+#[test]
+fn precompressed_siblings_are_served_when_accepted() {
+    let (_sb, twistd) = serve(&[]);
+    let url = twistd.url(0, "/app.js");
+    let br = curl(&url, &["-H", "Accept-Encoding: gzip, br"]);
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    assert_eq!(br.text(), "BROTLI-BYTES");
+    assert_eq!(br.header("content-type"), Some("text/javascript"));
+    assert_eq!(br.header("vary"), Some("Accept-Encoding"));
+    let gz = curl(&url, &["-H", "Accept-Encoding: gzip"]);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.text(), "GZIP-BYTES");
+    assert_ne!(
+        gz.header("etag"),
+        br.header("etag"),
+        "each encoding its own ETag"
+    );
+    let plain = curl(&url, &[]);
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.text(), text(100));
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"));
+    let refused = curl(&url, &["-H", "Accept-Encoding: br;q=0, gzip;q=0"]);
+    assert_eq!(refused.header("content-encoding"), None);
+}
+
+#[test]
+fn compressible_files_are_gzipped_on_the_fly() {
+    let (_sb, twistd) = serve(&[]);
+    let r = curl(&twistd.url(0, "/big.txt"), &["--compressed"]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert!(r.header("etag").is_some_and(|e| e.starts_with("W/")));
+    let length: usize = r
+        .header("content-length")
+        .expect("length")
+        .parse()
+        .expect("number");
+    assert!(length < text(200).len() / 2, "compressed to {length}");
+    assert_eq!(r.text(), text(200), "curl decoded it back");
+    // Small files, incompressible types and ranges are sent as they are.
+    for (path, extra) in [
+        ("/style.css", None),
+        ("/image.png", None),
+        ("/big.txt", Some("0-9")),
+    ] {
+        let mut args = vec!["--compressed"];
+        if let Some(range) = extra {
+            args.extend(["-r", range]);
+        }
+        let r = curl(&twistd.url(0, path), &args);
+        assert_eq!(r.header("content-encoding"), None, "{path}");
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"), "{path}");
+    }
+    let (_sb, off) = serve(&["--no-compress"]);
+    let r = curl(&off.url(0, "/big.txt"), &["--compressed"]);
+    assert_eq!(r.header("content-encoding"), None);
+    // Precompressed files are still used.
+    let r = curl(&off.url(0, "/app.js"), &["-H", "Accept-Encoding: gzip"]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}
