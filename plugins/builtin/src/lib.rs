@@ -5,5 +5,7 @@ use host::Registry;
 
 /// Every built-in plugin, in the order `--help` lists them.
 pub fn registry() -> Registry {
-    Registry::new().with::<web::WebPlugin>()
+    Registry::new()
+        .with::<web::WebPlugin>()
+        .with::<mail::MailPlugin>()
 }

@@ -1,1 +1,361 @@
-//! The `mail` plugin: SMTP into Maildir domains, and POP3. (Being built: not yet registered.)
+//! The `mail` plugin: SMTP into Maildir domains, and POP3 out of them.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`MailPlugin`] (the maker) and [`MailConfig`] (its options, the only serde type),
+//!   with the command-line reading that keeps `-u` attached to the `-d` before it.
+//! - [`users`]: domains and users: Argon2id password hashes, the password file, and resolving
+//!   an address to a Maildir (with `--default` and `--bounce-to-postmaster`).
+//! - [`maildir`]: the Maildir layout, unique file names, and the [`maildir::Deliverer`], the
+//!   group-commit writer that only acknowledges a message once it is fsynced into `new/`.
+//! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
+//!   only ends at CRLF.CRLF.
+//! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.
+//! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
+//! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+use host::{Endpoint, Plugin, Service};
+use serde::{Deserialize, Serialize};
+
+pub mod lines;
+pub mod maildir;
+pub mod pop3;
+pub mod service;
+pub mod smtp;
+pub mod users;
+
+pub use service::MailService;
+
+/// Twisted's `mail` tap listens for SMTP on 8025 and POP3 on 8110 unless told otherwise.
+pub const DEFAULT_SMTP_PORT: u16 = 8025;
+pub const DEFAULT_POP3_PORT: u16 = 8110;
+/// 25 MiB, as the issue and Postfix's `message_size_limit` (near enough) say.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+
+/// The protocol names a service's listeners are given in `protocols`.
+pub const PROTOCOLS: [&str; 3] = ["smtp", "pop3", "pop3s"];
+
+fn tcp(port: u16) -> Endpoint {
+    Endpoint::Tcp {
+        v6: false,
+        port,
+        interface: None,
+        backlog: None,
+    }
+}
+
+/// The mail plugin's options as the tap stores them.
+///
+/// The command line (`MailArgs`) is richer: `-d`/`-u` pairs become `domains` and `users`
+/// (passwords hashed on the spot), and the endpoints of `--smtp`, `--pop3` and `--pop3s` move
+/// into the tap's `listen` list, with `protocols` saying, position by position, which protocol
+/// each listener speaks. Keeping the endpoints out of the config means the listen list can be
+/// edited (or rewritten to port 0 by a test) without the two disagreeing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Domain name (lowercase) to the directory holding its users' Maildirs.
+    pub domains: BTreeMap<String, PathBuf>,
+    /// `user@domain` (lowercase) to an Argon2id PHC string. Never a plain password.
+    pub users: BTreeMap<String, String>,
+    /// `user@domain:password` lines, read when the service starts.
+    pub password_file: Option<PathBuf>,
+    /// Mail for unknown local users goes to the domain's `postmaster` instead of a 550.
+    pub bounce_to_postmaster: bool,
+    /// An aliases(5) file (not read yet: see the README's status).
+    pub aliases: Option<PathBuf>,
+    /// The domain that takes mail for domains it does not know (`-D`).
+    pub default_domain: Option<String>,
+    /// The protocol of each listener, in the order of the tap's `listen` list.
+    pub protocols: Vec<String>,
+    /// The name in the greeting and Received headers; empty means the system's host name.
+    pub hostname: String,
+    /// The largest message SMTP accepts, in octets.
+    pub max_message_size: u64,
+    /// Endpoints from the command line, on their way to the tap's listen list.
+    #[serde(skip)]
+    pub listen: Vec<Endpoint>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            domains: BTreeMap::new(),
+            users: BTreeMap::new(),
+            password_file: None,
+            bounce_to_postmaster: false,
+            aliases: None,
+            default_domain: None,
+            protocols: vec!["smtp".into(), "pop3".into()],
+            hostname: String::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            listen: Vec::new(),
+        }
+    }
+}
+
+/// The command line of `mktap mail` / `twistd mail`, named as in Twisted's mail tap.
+#[derive(Debug, Clone, Args)]
+struct MailArgs {
+    /// A domain and the directory of its users' Maildirs (repeatable).
+    #[arg(short = 'd', long = "maildirdbmdomain", value_name = "NAME=PATH")]
+    domains: Vec<String>,
+
+    /// A user of the last domain given before it; their password is stored as an Argon2id hash
+    /// (repeatable).
+    #[arg(short = 'u', long = "user", value_name = "USER=PASS")]
+    users: Vec<String>,
+
+    /// A file of `user@domain:password` lines, read when the service starts.
+    #[arg(long = "passwordfile", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Deliver mail for unknown users to the domain's postmaster.
+    #[arg(short = 'b', long = "bounce-to-postmaster")]
+    bounce_to_postmaster: bool,
+
+    /// An aliases(5) file.
+    #[arg(short = 'A', long = "aliases", value_name = "FILE")]
+    aliases: Option<PathBuf>,
+
+    /// The last domain given takes mail for unknown domains.
+    #[arg(short = 'D', long = "default")]
+    default: bool,
+
+    /// Where SMTP listens (default tcp:8025).
+    #[arg(short = 's', long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    smtp: Option<Endpoint>,
+
+    /// Where POP3 listens (default tcp:8110).
+    #[arg(short = 'p', long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    pop3: Option<Endpoint>,
+
+    /// Do not serve SMTP.
+    #[arg(long = "no-smtp", conflicts_with = "smtp")]
+    no_smtp: bool,
+
+    /// Do not serve POP3.
+    #[arg(long = "no-pop3", conflicts_with = "pop3")]
+    no_pop3: bool,
+
+    /// The host name in the greeting and Received headers (default: the system's).
+    #[arg(short = 'H', long, value_name = "NAME")]
+    hostname: Option<String>,
+
+    /// The largest message accepted, in octets.
+    #[arg(long = "max-message-size", value_name = "OCTETS", default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: u64,
+}
+
+impl Args for MailConfig {
+    fn augment_args(cmd: Command) -> Command {
+        MailArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        MailArgs::augment_args_for_update(cmd)
+    }
+}
+
+fn usage_error(message: String) -> clap::Error {
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, message + "\n")
+}
+
+impl FromArgMatches for MailConfig {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let args = MailArgs::from_arg_matches(matches)?;
+        let mut config = MailConfig {
+            password_file: args.password_file,
+            bounce_to_postmaster: args.bounce_to_postmaster,
+            aliases: args.aliases,
+            hostname: args.hostname.unwrap_or_default(),
+            max_message_size: args.max_message_size,
+            protocols: Vec::new(),
+            ..MailConfig::default()
+        };
+
+        // `-u` belongs to the `-d` before it, as in Twisted: interleave by argument position.
+        let positions = |id: &str| -> Vec<usize> {
+            matches
+                .indices_of(id)
+                .map(|i| i.collect())
+                .unwrap_or_default()
+        };
+        let mut events: Vec<(usize, bool, &String)> = positions("domains")
+            .into_iter()
+            .zip(&args.domains)
+            .map(|(i, d)| (i, true, d))
+            .chain(
+                positions("users")
+                    .into_iter()
+                    .zip(&args.users)
+                    .map(|(i, u)| (i, false, u)),
+            )
+            .collect();
+        events.sort_by_key(|(i, _, _)| *i);
+        let mut last_domain: Option<String> = None;
+        for (_, is_domain, value) in events {
+            if is_domain {
+                let (name, path) = value.split_once('=').ok_or_else(|| {
+                    usage_error(format!("--maildirdbmdomain '{value}': expected NAME=PATH"))
+                })?;
+                let name = name.to_ascii_lowercase();
+                config.domains.insert(name.clone(), PathBuf::from(path));
+                last_domain = Some(name);
+            } else {
+                let (user, password) = value.split_once('=').ok_or_else(|| {
+                    // The value holds a password: name the option, never echo the value.
+                    usage_error("--user: expected USER=PASS".to_string())
+                })?;
+                let domain = last_domain.as_ref().ok_or_else(|| {
+                    usage_error(format!(
+                        "--user {user}: give a domain (-d NAME=PATH) before its users"
+                    ))
+                })?;
+                let hash = users::hash_password(password)
+                    .map_err(|e| usage_error(format!("--user {user}: {e}")))?;
+                config
+                    .users
+                    .insert(format!("{}@{domain}", user.to_ascii_lowercase()), hash);
+            }
+        }
+        if args.default {
+            config.default_domain = Some(last_domain.ok_or_else(|| {
+                usage_error("--default: give a domain (-d NAME=PATH) first".to_string())
+            })?);
+        }
+
+        if !args.no_smtp {
+            config.protocols.push("smtp".into());
+            config
+                .listen
+                .push(args.smtp.unwrap_or_else(|| tcp(DEFAULT_SMTP_PORT)));
+        }
+        if !args.no_pop3 {
+            config.protocols.push("pop3".into());
+            config
+                .listen
+                .push(args.pop3.unwrap_or_else(|| tcp(DEFAULT_POP3_PORT)));
+        }
+        Ok(config)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = MailConfig::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// The maker of the mail service.
+pub struct MailPlugin;
+
+impl Plugin for MailPlugin {
+    const NAME: &'static str = "mail";
+    const DESCRIPTION: &'static str = "An SMTP server delivering into Maildir domains, and POP3";
+    type Config = MailConfig;
+
+    fn take_listen(config: &mut MailConfig) -> Vec<Endpoint> {
+        std::mem::take(&mut config.listen)
+    }
+
+    fn default_listen() -> Vec<Endpoint> {
+        vec![tcp(DEFAULT_SMTP_PORT), tcp(DEFAULT_POP3_PORT)]
+    }
+
+    fn validate(config: &MailConfig, listen: &[Endpoint]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if config.domains.is_empty() {
+            problems.push("--maildirdbmdomain: no domain given (-d NAME=PATH)".to_string());
+        }
+        for (name, path) in &config.domains {
+            if !users::is_domain_name(name) {
+                problems.push(format!("--maildirdbmdomain '{name}': not a domain name"));
+            }
+            if path.as_os_str().is_empty() {
+                problems.push(format!("--maildirdbmdomain {name}: no path"));
+            }
+        }
+        for (address, hash) in &config.users {
+            match address.split_once('@') {
+                Some((user, domain)) => {
+                    if !users::is_user_name(user) {
+                        problems.push(format!(
+                            "--user {address}: a user name is letters, digits and . _ + - \
+                             (not starting with a dot)"
+                        ));
+                    }
+                    if !config.domains.contains_key(domain) {
+                        problems.push(format!("--user {address}: no domain '{domain}'"));
+                    }
+                }
+                None => problems.push(format!("--user {address}: expected user@domain")),
+            }
+            if !users::is_password_hash(hash) {
+                problems.push(format!(
+                    "--user {address}: the stored password is not an Argon2 PHC string"
+                ));
+            }
+        }
+        if let Some(domain) = &config.default_domain {
+            if !config.domains.contains_key(domain) {
+                problems.push(format!("--default: no domain '{domain}'"));
+            }
+        }
+        for (option, path) in [
+            ("--passwordfile", &config.password_file),
+            ("--aliases", &config.aliases),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    problems.push(format!("{option} {}: not a readable file", path.display()));
+                }
+            }
+        }
+        if config.aliases.is_some() {
+            problems.push("--aliases: alias files are not supported yet".to_string());
+        }
+        if !config.hostname.is_empty() && !users::is_domain_name(&config.hostname) {
+            problems.push(format!("--hostname '{}': not a host name", config.hostname));
+        }
+        if config.max_message_size == 0 {
+            problems.push("--max-message-size: must be above 0".to_string());
+        }
+        for protocol in &config.protocols {
+            if protocol == "pop3s" {
+                problems.push("--pop3s: TLS is not supported yet".to_string());
+            } else if !PROTOCOLS.contains(&protocol.as_str()) {
+                problems.push(format!(
+                    "protocols: unknown protocol '{protocol}' (known: smtp, pop3)"
+                ));
+            }
+        }
+        if config.protocols.is_empty() {
+            problems.push("nothing to serve: both --no-smtp and --no-pop3".to_string());
+        }
+        if config.protocols.len() != listen.len() {
+            problems.push(format!(
+                "listen: {} endpoints for {} protocols ({}); they pair up in order",
+                listen.len(),
+                config.protocols.len(),
+                config.protocols.join(", ")
+            ));
+        }
+        problems
+    }
+
+    fn build(
+        config: MailConfig,
+        _state: Option<serde_json::Value>,
+    ) -> Result<Arc<dyn Service>, String> {
+        Ok(Arc::new(MailService::new(&config)?))
+    }
+
+    fn holds_secrets(config: &MailConfig) -> bool {
+        !config.users.is_empty()
+    }
+}

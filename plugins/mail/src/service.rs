@@ -1,0 +1,107 @@
+//! The running mail service: one per tap entry, serving SMTP and POP3 listeners side by side.
+//!
+//! The tap's `listen` list and the config's `protocols` pair up position by position, so each
+//! [`BoundListener`] is matched to its protocol without looking at its address.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use host::service::{serve, ServiceContext};
+use host::{BoundListener, Service};
+
+use crate::maildir::{self, Deliverer};
+use crate::pop3::Pop3;
+use crate::smtp::Smtp;
+use crate::users::{hash_password, Directory};
+use crate::MailConfig;
+
+/// The running mail service.
+#[derive(Debug)]
+pub struct MailService {
+    directory: Directory,
+    hostname: String,
+    max_message_size: u64,
+    protocols: Vec<String>,
+}
+
+/// The system's host name, for greetings when `--hostname` names none.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl MailService {
+    pub fn new(config: &MailConfig) -> Result<Self, String> {
+        let directory = Directory::load(config).map_err(|e| e.to_string())?;
+        let hostname = if config.hostname.is_empty() {
+            system_hostname()
+        } else {
+            config.hostname.clone()
+        };
+        Ok(MailService {
+            directory,
+            hostname,
+            max_message_size: config.max_message_size,
+            protocols: config.protocols.clone(),
+        })
+    }
+}
+
+impl Service for MailService {
+    fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String> {
+        if listeners.len() != self.protocols.len() {
+            return Err(format!(
+                "{} listeners for {} protocols",
+                listeners.len(),
+                self.protocols.len()
+            ));
+        }
+        // Every known user's Maildir exists before the first message or login arrives.
+        for mailbox in self.directory.mailboxes() {
+            maildir::ensure(&mailbox.path)
+                .map_err(|e| format!("maildir {}: {e}", mailbox.path.display()))?;
+        }
+        let deliverer = Deliverer::start(self.hostname.clone())
+            .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
+        let smtp = Arc::new(Smtp {
+            directory: self.directory.clone(),
+            hostname: self.hostname.clone(),
+            max_message_size: self.max_message_size,
+            deliverer,
+        });
+        let pop3 = Arc::new(Pop3 {
+            directory: self.directory.clone(),
+            hostname: self.hostname.clone(),
+            locked: Arc::new(Mutex::new(HashSet::new())),
+            decoy_hash: hash_password("decoy").map_err(|e| e.to_string())?,
+        });
+        for (protocol, bound) in self.protocols.iter().zip(listeners) {
+            let endpoint = bound.endpoint.to_string();
+            let listener = bound
+                .listener
+                .into_async()
+                .map_err(|e| format!("{protocol} on {endpoint}: {e}"))?;
+            let conn_ctx = ctx.clone();
+            match protocol.as_str() {
+                "smtp" => {
+                    let smtp = smtp.clone();
+                    serve(ctx, listener, move |stream, peer| {
+                        crate::smtp::session(smtp.clone(), conn_ctx.clone(), stream, peer)
+                    });
+                }
+                "pop3" => {
+                    let pop3 = pop3.clone();
+                    serve(ctx, listener, move |stream, peer| {
+                        crate::pop3::session(pop3.clone(), conn_ctx.clone(), stream, peer)
+                    });
+                }
+                other => return Err(format!("protocols: '{other}' cannot be served")),
+            }
+            tracing::info!(parent: ctx.span(), "{protocol} on {endpoint}");
+        }
+        Ok(())
+    }
+}

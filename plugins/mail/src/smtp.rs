@@ -1,0 +1,475 @@
+//! The SMTP server session (RFC 5321), with the ESMTP extensions SIZE, 8BITMIME, PIPELINING and
+//! ENHANCEDSTATUSCODES.
+//!
+//! The session reads one line at a time with a length limit and answers every command, so no
+//! input ends it except QUIT, a closed connection, a timeout, too many errors, or the service
+//! stopping (a 421 to a session waiting for a command; a message in flight is finished first).
+//!
+//! DATA ends only at CRLF "." CRLF, with the CRLF before the dot really ending the previous line.
+//! A message with a bare CR or bare LF anywhere is refused whole (as Postfix's
+//! `smtpd_forbid_bare_newline = reject` does): every shape of SMTP smuggling depends on some
+//! server reading one of those as a line end, and refusing them means nothing after a fake end
+//! is ever taken as a command or delivered as a message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use host::net::Peer;
+use host::ServiceContext;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::lines::{read_line, trim_eol, Line};
+use crate::maildir::Deliverer;
+use crate::users::{Directory, Mailbox, Route};
+
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Command lines get the
+/// same limit (the RFC's 512 is a floor servers may exceed).
+pub const MAX_LINE: usize = 1000;
+/// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients; more get 452.
+pub const MAX_RECIPIENTS: usize = 100;
+/// RFC 5321 4.5.3.2.7: at least five minutes for a command; the same for each line of DATA.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// After this many refused commands the client is cut off (Postfix's `smtpd_hard_error_limit`).
+pub const MAX_ERRORS: u32 = 20;
+
+/// What every SMTP session of a service shares.
+#[derive(Debug)]
+pub struct Smtp {
+    pub directory: Directory,
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub deliverer: Deliverer,
+}
+
+/// Queue ids for Received headers and logs: unique within the process, increasing.
+static QUEUE_ID: AtomicU64 = AtomicU64::new(0);
+
+fn queue_id() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "{seconds:X}{:06X}",
+        QUEUE_ID.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF
+    )
+}
+
+/// Why a session ended early.
+enum End {
+    /// The connection closed, failed or timed out; nothing more can be said.
+    Gone,
+    /// The session is over; the reply has been queued.
+    Closing,
+}
+
+struct Session<S> {
+    io: BufReader<S>,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    peer: Peer,
+    helo: Option<String>,
+    esmtp: bool,
+    /// `Some("")` is the null reverse-path of bounces.
+    sender: Option<String>,
+    recipients: Vec<(String, Mailbox)>,
+    errors: u32,
+}
+
+/// Runs one SMTP session to its end.
+pub async fn session<S>(smtp: Arc<Smtp>, ctx: ServiceContext, stream: S, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut s = Session {
+        io: BufReader::new(stream),
+        out: Vec::with_capacity(512),
+        line: Vec::with_capacity(128),
+        peer,
+        helo: None,
+        esmtp: false,
+        sender: None,
+        recipients: Vec::new(),
+        errors: 0,
+    };
+    s.reply(&format!("220 {} ESMTP taphost", smtp.hostname));
+    loop {
+        if s.io.buffer().is_empty() && s.flush().await.is_err() {
+            return;
+        }
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                read_line(&mut s.io, MAX_LINE, &mut s.line),
+            ) => read,
+            () = ctx.stopping() => {
+                s.reply("421 4.3.2 service shutting down, try again later");
+                break;
+            }
+        };
+        let line = match read {
+            Err(_) => {
+                s.reply("421 4.4.2 timeout waiting for a command");
+                break;
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+            Ok(Ok(Line::TooLong)) => {
+                s.refuse("500 5.5.2 line too long");
+                continue;
+            }
+            Ok(Ok(Line::Complete)) => String::from_utf8_lossy(trim_eol(&s.line)).into_owned(),
+        };
+        match s.command(&smtp, &line).await {
+            Ok(()) => {}
+            Err(End::Closing) => break,
+            Err(End::Gone) => return,
+        }
+        if s.errors >= MAX_ERRORS {
+            s.reply("421 4.7.0 too many errors, closing the connection");
+            break;
+        }
+    }
+    let _ = s.flush().await;
+    let _ = s.io.get_mut().shutdown().await;
+}
+
+/// Splits `FROM:<addr> PARAMS` after its keyword; `None` if the keyword is missing.
+fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = args.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword)
+        .then(|| args[keyword.len()..].trim_start())
+}
+
+/// A reverse- or forward-path: `<local@domain>` (a source route is dropped), or `<>` when
+/// `allow_null`; returns the address and the parameters after it.
+fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    let (inside, params) = (&rest[..end], &rest[end + 1..]);
+    if !params.is_empty() && !params.starts_with(' ') {
+        return None;
+    }
+    let inside = match inside.strip_prefix('@') {
+        Some(routed) => routed.split_once(':')?.1,
+        None => inside,
+    };
+    if inside.is_empty() {
+        return allow_null.then(|| (String::new(), params.trim()));
+    }
+    if inside.len() > 254 || inside.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'<') {
+        return None;
+    }
+    Some((inside.to_string(), params.trim()))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn refuse(&mut self, text: &str) {
+        self.errors += 1;
+        self.reply(text);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let stream = self.io.get_mut();
+            stream.write_all(&self.out).await?;
+            stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.sender = None;
+        self.recipients.clear();
+    }
+
+    async fn command(&mut self, smtp: &Smtp, line: &str) -> Result<(), End> {
+        let (verb, args) = match line.split_once(' ') {
+            Some((verb, args)) => (verb, args.trim()),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" if args.is_empty() || args.contains(' ') => {
+                self.refuse(&format!("501 5.5.4 syntax: {verb} hostname"));
+            }
+            "EHLO" => {
+                self.reset();
+                self.helo = Some(args.to_string());
+                self.esmtp = true;
+                self.reply(&format!("250-{} greets {args}", smtp.hostname));
+                self.reply(&format!("250-SIZE {}", smtp.max_message_size));
+                self.reply("250-8BITMIME");
+                self.reply("250-PIPELINING");
+                self.reply("250 ENHANCEDSTATUSCODES");
+            }
+            "HELO" => {
+                self.reset();
+                self.helo = Some(args.to_string());
+                self.esmtp = false;
+                self.reply(&format!("250 {}", smtp.hostname));
+            }
+            "MAIL" => self.mail(smtp, args),
+            "RCPT" => self.rcpt(smtp, args),
+            "DATA" if !args.is_empty() => self.refuse("501 5.5.4 syntax: DATA"),
+            "DATA" => return self.data(smtp).await,
+            "RSET" => {
+                self.reset();
+                self.reply("250 2.0.0 Ok");
+            }
+            "NOOP" => self.reply("250 2.0.0 Ok"),
+            "VRFY" => self.reply("252 2.5.2 cannot verify the user, but will try delivery"),
+            "EXPN" => self.refuse("502 5.5.1 EXPN is not available"),
+            "HELP" => self.reply("214 2.0.0 see RFC 5321"),
+            "QUIT" => {
+                self.reply("221 2.0.0 bye");
+                return Err(End::Closing);
+            }
+            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" => {
+                self.refuse("502 5.5.1 command not implemented");
+            }
+            _ => self.refuse("500 5.5.2 command unrecognized"),
+        }
+        Ok(())
+    }
+
+    fn mail(&mut self, smtp: &Smtp, args: &str) {
+        if self.helo.is_none() {
+            return self.refuse("503 5.5.1 send HELO or EHLO first");
+        }
+        if self.sender.is_some() {
+            return self.refuse("503 5.5.1 nested MAIL command");
+        }
+        let Some((sender, params)) = after_keyword(args, "FROM:").and_then(|r| parse_path(r, true))
+        else {
+            return self.refuse("501 5.1.7 syntax: MAIL FROM:<address>");
+        };
+        for param in params.split_ascii_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" if self.esmtp => match value.parse::<u64>() {
+                    Ok(size) if size > smtp.max_message_size => {
+                        return self.refuse("552 5.3.4 message size exceeds fixed limit");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.refuse("501 5.5.4 bad SIZE parameter"),
+                },
+                "BODY" if self.esmtp => {
+                    if !value.eq_ignore_ascii_case("7BIT")
+                        && !value.eq_ignore_ascii_case("8BITMIME")
+                    {
+                        return self.refuse("501 5.5.4 BODY is 7BIT or 8BITMIME");
+                    }
+                }
+                _ => {
+                    return self.refuse(&format!("555 5.5.4 unsupported parameter {key}"));
+                }
+            }
+        }
+        self.sender = Some(sender);
+        self.reply("250 2.1.0 Ok");
+    }
+
+    fn rcpt(&mut self, smtp: &Smtp, args: &str) {
+        if self.sender.is_none() {
+            return self.refuse("503 5.5.1 need MAIL before RCPT");
+        }
+        let Some((address, params)) = after_keyword(args, "TO:").and_then(|r| parse_path(r, false))
+        else {
+            return self.refuse("501 5.1.3 syntax: RCPT TO:<address>");
+        };
+        if !params.is_empty() {
+            return self.refuse("555 5.5.4 RCPT parameters are not supported");
+        }
+        if self.recipients.len() >= MAX_RECIPIENTS {
+            // Not an error of the client's: it sends the rest in another transaction.
+            return self.reply("452 4.5.3 too many recipients");
+        }
+        // RFC 5321 4.5.1: plain <postmaster> must work.
+        let (local, domain) = match address.rsplit_once('@') {
+            Some((local, domain)) => (local, domain),
+            None if address.eq_ignore_ascii_case("postmaster") => ("postmaster", ""),
+            None => return self.refuse("501 5.1.3 the address needs a domain"),
+        };
+        let route = if domain.is_empty() {
+            smtp.directory.postmaster()
+        } else {
+            smtp.directory.route(local, domain)
+        };
+        match route {
+            Route::Local(mailbox) => {
+                self.recipients.push((address, mailbox));
+                self.reply("250 2.1.5 Ok");
+            }
+            Route::UnknownUser => self.refuse(&format!(
+                "550 5.1.1 <{address}>: recipient address rejected: user unknown"
+            )),
+            Route::Foreign => self.refuse(&format!("550 5.7.1 <{address}>: relay access denied")),
+        }
+    }
+
+    async fn data(&mut self, smtp: &Smtp) -> Result<(), End> {
+        if self.sender.is_none() {
+            self.refuse("503 5.5.1 need MAIL before DATA");
+            return Ok(());
+        }
+        if self.recipients.is_empty() {
+            self.refuse("503 5.5.1 no valid recipients");
+            return Ok(());
+        }
+        self.reply("354 End data with <CR><LF>.<CR><LF>");
+        self.flush().await.map_err(|_| End::Gone)?;
+
+        let id = queue_id();
+        let mut body: Vec<u8> = Vec::new();
+        let (mut bare, mut too_long, mut too_big) = (false, false, false);
+        // The line before ended with CRLF (true for the first line after 354).
+        let mut after_crlf = true;
+        loop {
+            let read = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                read_line(&mut self.io, MAX_LINE, &mut self.line),
+            )
+            .await;
+            match read {
+                Err(_) => {
+                    self.reply("421 4.4.2 timeout reading the message");
+                    return Err(End::Closing);
+                }
+                Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Err(End::Gone),
+                Ok(Ok(Line::TooLong)) => {
+                    too_long = true;
+                    // Where the long line ended is unknown territory: no end-of-data right after.
+                    after_crlf = false;
+                    continue;
+                }
+                Ok(Ok(Line::Complete)) => {}
+            }
+            let line = &self.line;
+            if after_crlf && line.as_slice() == b".\r\n" {
+                break;
+            }
+            let text = match line.strip_suffix(b"\r\n") {
+                Some(text) => {
+                    after_crlf = true;
+                    text
+                }
+                None => {
+                    after_crlf = false;
+                    bare = true;
+                    line.strip_suffix(b"\n").unwrap_or(line)
+                }
+            };
+            if text.contains(&b'\r') || text.contains(&b'\n') {
+                bare = true;
+            }
+            let text = text.strip_prefix(b".").unwrap_or(text);
+            if too_big || (body.len() + text.len() + 1) as u64 > smtp.max_message_size {
+                too_big = true;
+                body = Vec::new();
+                continue;
+            }
+            body.extend_from_slice(text);
+            body.push(b'\n');
+        }
+
+        let sender = self.sender.take().unwrap_or_default();
+        let recipients = std::mem::take(&mut self.recipients);
+        if bare {
+            self.refuse("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
+            return Ok(());
+        }
+        if too_long {
+            self.refuse("500 5.5.2 message refused: a line is longer than 1000 octets");
+            return Ok(());
+        }
+        if too_big {
+            self.refuse("552 5.3.4 message size exceeds fixed limit");
+            return Ok(());
+        }
+
+        let mut message = self.trace_headers(smtp, &id, &sender, &recipients);
+        message.extend_from_slice(&body);
+        drop(body);
+        let mut maildirs: Vec<_> = recipients.iter().map(|(_, m)| m.path.clone()).collect();
+        maildirs.sort();
+        maildirs.dedup();
+        match smtp.deliverer.deliver(maildirs, message).await {
+            Ok(()) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    id = %id,
+                    from = %sender,
+                    to = %recipients.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(","),
+                    "delivered"
+                );
+                self.reply(&format!("250 2.0.0 Ok: queued as {id}"));
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, id = %id, "delivery failed: {e}");
+                self.reply("451 4.3.0 local delivery failed, try again later");
+            }
+        }
+        Ok(())
+    }
+
+    /// Return-Path and Received, with LF line endings like the stored message.
+    fn trace_headers(
+        &self,
+        smtp: &Smtp,
+        id: &str,
+        sender: &str,
+        recipients: &[(String, Mailbox)],
+    ) -> Vec<u8> {
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let ip = match self.peer.ip() {
+            Some(ip) => format!("[{ip}]"),
+            None => "local".into(),
+        };
+        let with = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let rcpt = match recipients {
+            [(address, _)] => format!("\n\tfor <{address}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Return-Path: <{sender}>\nReceived: from {helo} ({ip})\n\tby {} (taphost) with {with} id {id}{rcpt};\n\t{date}\n",
+            smtp.hostname
+        )
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("<a@b.c> SIZE=10", false),
+            Some(("a@b.c".into(), "SIZE=10"))
+        );
+        assert_eq!(parse_path("<>", true), Some((String::new(), "")));
+        assert_eq!(parse_path("<>", false), None);
+        assert_eq!(
+            parse_path("<@relay.x:a@b.c>", false),
+            Some(("a@b.c".into(), ""))
+        );
+        assert_eq!(parse_path("a@b.c", false), None);
+        assert_eq!(parse_path("<a b@c>", false), None);
+        assert_eq!(parse_path("<a@b>x", false), None);
+        assert_eq!(after_keyword("from:<x>", "FROM:"), Some("<x>"));
+        assert_eq!(after_keyword("FROM: <x>", "FROM:"), Some("<x>"));
+        assert_eq!(after_keyword("TO:<x>", "FROM:"), None);
+        assert_eq!(after_keyword("é", "FROM:"), None);
+    }
+}
