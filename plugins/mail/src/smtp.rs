@@ -255,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match key.to_ascii_uppercase().as_str() {
                 "SIZE" if self.esmtp => match value.parse::<u64>() {
                     Ok(size) if size > smtp.max_message_size => {
-                        return self.refuse("552 5.3.4 message size exceeds fixed limit");
+                        return self.reply("552 5.3.4 message size exceeds fixed limit");
                     }
                     Ok(_) => {}
                     Err(_) => return self.refuse("501 5.5.4 bad SIZE parameter"),
@@ -307,10 +307,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.recipients.push((address, mailbox));
                 self.reply("250 2.1.5 Ok");
             }
-            Route::UnknownUser => self.refuse(&format!(
+            // Recipient and message refusals are not protocol errors: they do not count
+            // towards MAX_ERRORS.
+            Route::UnknownUser => self.reply(&format!(
                 "550 5.1.1 <{address}>: recipient address rejected: user unknown"
             )),
-            Route::Foreign => self.refuse(&format!("550 5.7.1 <{address}>: relay access denied")),
+            Route::Foreign => self.reply(&format!("550 5.7.1 <{address}>: relay access denied")),
         }
     }
 
@@ -382,15 +384,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let sender = self.sender.take().unwrap_or_default();
         let recipients = std::mem::take(&mut self.recipients);
         if bare {
-            self.refuse("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
+            self.reply("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
             return Ok(());
         }
         if too_long {
-            self.refuse("500 5.5.2 message refused: a line is longer than 1000 octets");
+            self.reply("500 5.5.2 message refused: a line is longer than 1000 octets");
             return Ok(());
         }
         if too_big {
-            self.refuse("552 5.3.4 message size exceeds fixed limit");
+            self.reply("552 5.3.4 message size exceeds fixed limit");
             return Ok(());
         }
 

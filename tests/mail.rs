@@ -1,0 +1,800 @@
+//! The mail plugin through the real binaries: mktap's tap, SMTP with Python's smtplib and a raw
+//! socket (every rejection and smuggling shape), Maildirs read by Python's `mailbox`, POP3 with
+//! poplib, graceful stop, and a kill -9 in the middle of 1000 deliveries.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{stderr, stdout, Sandbox, Twistd, TIMEOUT};
+
+const LOOPBACK0: &str = "tcp:0:interface=127.0.0.1";
+
+/// `twistd mail` on two loopback ports (SMTP first, then POP3) with alice and bob in
+/// example.com, Maildirs under `maildir/`.
+fn serve(sb: &Sandbox, extra: &[&str]) -> Twistd {
+    let mut args = vec![
+        "mail",
+        "-d",
+        "example.com=maildir",
+        "-u",
+        "alice=wonderland",
+        "-u",
+        "bob=hunter2",
+        "-s",
+        LOOPBACK0,
+        "-p",
+        LOOPBACK0,
+        "-H",
+        "mx.example.com",
+    ];
+    args.extend_from_slice(extra);
+    sb.twistd(&args)
+}
+
+/// Runs a Python snippet with `args` in `sys.argv[1:]`; returns its stdout, failing on error.
+fn python(dir: &Path, code: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+/// The files of a user's Maildir subdirectory (`new`, `cur` or `tmp`), as text.
+fn files(sb: &Sandbox, user: &str, sub: &str) -> Vec<(PathBuf, String)> {
+    let dir = sb.join(&format!("maildir/{user}/{sub}"));
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let text = String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned();
+            (path, text)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A raw SMTP or POP3 client that speaks exactly the bytes it is given.
+struct Raw {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Raw {
+            writer: stream.try_clone().expect("clone"),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Connects and reads the SMTP greeting.
+    fn smtp(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr);
+        let greeting = raw.reply();
+        assert!(greeting.starts_with("220 mx.example.com"), "{greeting}");
+        raw
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read a line");
+        line
+    }
+
+    /// One SMTP reply, all its lines (up to the one with a space after the code).
+    fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let line = self.line();
+            assert!(
+                line.ends_with("\r\n"),
+                "a CRLF-terminated line, not {line:?}"
+            );
+            reply.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return reply;
+            }
+        }
+    }
+
+    fn cmd(&mut self, command: &str) -> String {
+        self.send(format!("{command}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends a command and insists on the reply code.
+    fn expect(&mut self, command: &str, code: &str) -> String {
+        let reply = self.cmd(command);
+        assert!(
+            reply.starts_with(code),
+            "{command:?} got {reply:?}, not {code}"
+        );
+        reply
+    }
+
+    /// Waits for the server to close the connection, returning what it said meanwhile.
+    fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        let _ = self.reader.read_to_string(&mut rest);
+        rest
+    }
+}
+
+/// A transaction up to the 354, for tests that then send raw DATA bytes.
+fn start_data(raw: &mut Raw, rcpt: &str) {
+    raw.expect("EHLO client.test", "250");
+    raw.expect("MAIL FROM:<sender@remote.test>", "250 2.1.0");
+    raw.expect(&format!("RCPT TO:<{rcpt}>"), "250 2.1.5");
+    raw.expect("DATA", "354");
+}
+
+#[test]
+fn mktap_stores_argon2id_hashes_in_a_private_tap() {
+    let sb = Sandbox::new();
+    sb.mktap_ok(&[
+        "mail",
+        "-d",
+        "example.com=md",
+        "-u",
+        "alice=wonderland",
+        "-d",
+        "Other.test=od",
+        "-u",
+        "carol=pass:with:colons",
+        "-D",
+        "-b",
+        "--no-pop3",
+    ]);
+    let mode = std::fs::metadata(sb.join("mail.tap"))
+        .expect("tap")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a tap with password hashes is private");
+    let text = sb.read("mail.tap");
+    assert!(
+        !text.contains("wonderland") && !text.contains("pass:with"),
+        "{text}"
+    );
+    let tap: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let service = &tap["services"][0];
+    assert_eq!(service["listen"], serde_json::json!(["tcp:8025"]));
+    let config = &service["config"];
+    assert_eq!(config["protocols"], serde_json::json!(["smtp"]));
+    assert_eq!(
+        config["default_domain"], "other.test",
+        "-D takes the last domain"
+    );
+    assert_eq!(config["bounce_to_postmaster"], true);
+    for user in ["alice@example.com", "carol@other.test"] {
+        let hash = config["users"][user].as_str().expect("a hash per user");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+    }
+
+    // The defaults are Twisted's ports; a tap without users is not private.
+    sb.mktap_ok(&["-n", "plain", "mail", "-d", "example.com=md"]);
+    let plain: serde_json::Value = serde_json::from_str(&sb.read("plain.tap")).expect("json");
+    assert_eq!(
+        plain["services"][0]["listen"],
+        serde_json::json!(["tcp:8025", "tcp:8110"])
+    );
+}
+
+#[test]
+fn bad_options_are_refused_naming_the_option() {
+    let sb = Sandbox::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["mail", "-u", "alice=x"], "--user alice: give a domain"),
+        (
+            &["mail", "-d", "example.com"],
+            "--maildirdbmdomain 'example.com': expected NAME=PATH",
+        ),
+        (
+            &["mail", "-d", "example.com=md", "-u", "alice"],
+            "--user: expected USER=PASS",
+        ),
+        (
+            &["mail", "-d", "bad_domain!=md"],
+            "--maildirdbmdomain 'bad_domain!': not a domain",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "-u", "../x=p"],
+            "--user ../x@e.com: a user name",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "--no-smtp", "--no-pop3"],
+            "nothing to serve",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "--max-message-size", "0"],
+            "--max-message-size",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "--passwordfile", "nope"],
+            "--passwordfile nope",
+        ),
+        (&["mail"], "no domain given"),
+    ];
+    for (args, message) in cases {
+        let out = sb.mktap(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("alice=x"),
+            "passwords are never echoed"
+        );
+    }
+    assert!(!sb.join("mail.tap").exists());
+}
+
+#[test]
+fn smtplib_delivers_durably_and_mailbox_reads_it() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let smtp = twistd.addr(0).to_string();
+    python(
+        sb.path(),
+        r#"
+import smtplib, sys
+from email.message import EmailMessage
+host, port = sys.argv[1].rsplit(':', 1)
+m = EmailMessage()
+m['From'] = 'sender@remote.test'
+m['To'] = 'alice@example.com, bob@example.com'
+m['Subject'] = 'greetings'
+m.set_content('hello\n.a line starting with a dot\nbye\n')
+with smtplib.SMTP(host, int(port)) as s:
+    refused = s.send_message(m, to_addrs=['alice@example.com', 'BOB@Example.COM'])
+    assert refused == {}, refused
+"#,
+        &[&smtp],
+    );
+    // Python's mailbox module reads both Maildirs.
+    let seen = python(
+        sb.path(),
+        r#"
+import mailbox
+for user in ['alice', 'bob']:
+    box = mailbox.Maildir('maildir/' + user, factory=None, create=False)
+    msgs = list(box)
+    assert len(msgs) == 1, (user, len(msgs))
+    m = msgs[0]
+    print(user, m['Subject'], m['Return-Path'], m.get_payload().splitlines()[1])
+    assert 'by mx.example.com' in m['Received'], m['Received']
+"#,
+        &[],
+    );
+    assert_eq!(
+        seen,
+        "alice greetings <sender@remote.test> .a line starting with a dot\n\
+         bob greetings <sender@remote.test> .a line starting with a dot\n"
+    );
+    for user in ["alice", "bob"] {
+        let new = files(&sb, user, "new");
+        assert_eq!(new.len(), 1);
+        let mode = std::fs::metadata(&new[0].0)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!new[0].1.contains('\r'), "stored with LF line endings");
+        assert!(files(&sb, user, "tmp").is_empty(), "nothing left in tmp/");
+        let dir_mode = std::fs::metadata(sb.join(&format!("maildir/{user}")))
+            .expect("maildir")
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+    }
+    let (status, log) = twistd.stop();
+    assert!(status.success(), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("delivered")), "{log:?}");
+}
+
+#[test]
+fn ehlo_helo_and_the_simple_commands() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &["--max-message-size", "5000"]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let ehlo = raw.expect("EHLO client.test", "250");
+    for extension in ["SIZE 5000", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"] {
+        assert!(ehlo.contains(extension), "{ehlo}");
+    }
+    assert!(
+        !ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    raw.expect("HELO client.test", "250 mx.example.com");
+    raw.expect("NOOP", "250 2.0.0");
+    raw.expect("RSET", "250 2.0.0");
+    raw.expect("VRFY alice", "252");
+    raw.expect("HELP", "214");
+    raw.expect("EXPN staff", "502");
+    raw.expect("noop", "250");
+    raw.expect("QUIT", "221 2.0.0");
+    assert_eq!(raw.rest(), "", "the server closes after QUIT");
+}
+
+#[test]
+fn every_rejection_has_its_code_and_the_session_goes_on() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &["--max-message-size", "2000"]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("MAIL FROM:<a@b.test>", "503 5.5.1");
+    raw.expect("EHLO", "501");
+    raw.expect("FROB", "500 5.5.2");
+    raw.expect("EHLO client.test", "250");
+    raw.expect("RCPT TO:<alice@example.com>", "503 5.5.1");
+    raw.expect("DATA", "503 5.5.1");
+    raw.expect("MAIL FROM:a@b.test", "501 5.1.7");
+    raw.expect("MAIL FROM:<a@b.test> SIZE=2001", "552 5.3.4");
+    raw.expect("MAIL FROM:<a@b.test> SIZE=big", "501");
+    raw.expect("MAIL FROM:<a@b.test> SMTPUTF8", "555");
+    raw.expect("MAIL FROM:<a@b.test> SIZE=100 BODY=8BITMIME", "250 2.1.0");
+    raw.expect("MAIL FROM:<c@d.test>", "503 5.5.1");
+    raw.expect("DATA", "503 5.5.1");
+    raw.expect("RCPT TO:<nobody@example.com>", "550 5.1.1");
+    raw.expect("RCPT TO:<someone@elsewhere.test>", "550 5.7.1");
+    raw.expect("RCPT TO:<alice@example.com", "501");
+    raw.expect("RCPT TO:<alice>", "501");
+    // A line over 1000 octets is a 500, and the session stays usable.
+    let long = format!("NOOP {}", "x".repeat(1100));
+    raw.expect(&long, "500 5.5.2");
+    raw.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
+    for _ in 1..100 {
+        raw.expect("RCPT TO:<bob@example.com>", "250");
+    }
+    raw.expect("RCPT TO:<bob@example.com>", "452 4.5.3");
+    raw.expect("DATA", "354");
+    let line = format!("{}\r\n", "y".repeat(900));
+    raw.send(format!("Subject: big\r\n\r\n{line}{line}{line}.\r\n").as_bytes());
+    let too_big = raw.reply();
+    assert!(too_big.starts_with("552 5.3.4"), "{too_big}");
+    // A message with a line over 1000 octets is refused whole.
+    raw.expect("MAIL FROM:<>", "250");
+    raw.expect("RCPT TO:<alice@example.com>", "250");
+    raw.expect("DATA", "354");
+    raw.send(
+        format!(
+            "Subject: long\r\n\r\n{}\r\nafter\r\n.\r\n",
+            "z".repeat(1200)
+        )
+        .as_bytes(),
+    );
+    let long_line = raw.reply();
+    assert!(long_line.starts_with("500 5.5.2"), "{long_line}");
+    // Nothing was delivered, and the session still works.
+    raw.expect("NOOP", "250");
+    assert!(files(&sb, "alice", "new").is_empty());
+    assert!(files(&sb, "bob", "new").is_empty());
+    // A bounce (null sender) to plain <postmaster> needs a postmaster: none here.
+    raw.expect("MAIL FROM:<>", "250");
+    raw.expect("RCPT TO:<postmaster>", "550 5.1.1");
+    raw.expect("QUIT", "221");
+}
+
+#[test]
+fn too_many_errors_end_the_session() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    for _ in 0..19 {
+        raw.expect("BOGUS", "500");
+    }
+    let last = raw.cmd("BOGUS");
+    assert!(last.starts_with("500"), "{last}");
+    assert!(raw.reply().starts_with("421 4.7.0"));
+    assert_eq!(raw.rest(), "");
+}
+
+/// Each shape puts a fake end of DATA, then a whole smuggled transaction, then the real end.
+#[test]
+fn smuggling_shapes_never_end_data() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let shapes: &[&[u8]] = &[
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r.\r",
+        b"\r\n.\r\r\n",
+        b"\r\n\x00.\r\n",
+    ];
+    for shape in shapes {
+        let mut raw = Raw::smtp(twistd.addr(0));
+        start_data(&mut raw, "alice@example.com");
+        let mut data = b"Subject: cover\r\n\r\ninnocent".to_vec();
+        data.extend_from_slice(shape);
+        data.extend_from_slice(
+            b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n\
+              Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n",
+        );
+        raw.send(&data);
+        let reply = raw.reply();
+        let shape_text = String::from_utf8_lossy(shape).escape_debug().to_string();
+        // Either refused whole (bare CR/LF) or one message: never a second reply.
+        assert!(
+            reply.starts_with("554 5.6.0") || reply.starts_with("250 2.0.0"),
+            "{shape_text}: {reply}"
+        );
+        raw.expect("NOOP", "250");
+        assert!(
+            files(&sb, "bob", "new").is_empty(),
+            "{shape_text}: the smuggled message reached bob"
+        );
+        for (_, text) in files(&sb, "alice", "new") {
+            assert!(text.contains("\nSubject: cover\n"), "{shape_text}: {text}");
+        }
+    }
+    // The one shape without a bare CR or LF is a single, whole message.
+    let delivered = files(&sb, "alice", "new");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0]
+        .1
+        .contains("innocent\n\0.\nMAIL FROM:<evil@attacker.test>\n"));
+}
+
+#[test]
+fn dot_stuffing_is_undone_and_pipelined_commands_are_answered_in_order() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("EHLO client.test", "250");
+    raw.send(
+        b"MAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.com>\r\n\
+          RCPT TO:<nobody@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
+    );
+    for code in ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354"] {
+        let reply = raw.reply();
+        assert!(reply.starts_with(code), "{reply} instead of {code}");
+    }
+    raw.send(b"Subject: dots\r\n\r\n..leading\r\n...\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    raw.expect("QUIT", "221");
+    let alice = files(&sb, "alice", "new");
+    assert_eq!(alice.len(), 1);
+    assert!(
+        alice[0].1.ends_with("Subject: dots\n\n.leading\n..\n"),
+        "{}",
+        alice[0].1
+    );
+    assert!(alice[0].1.starts_with(
+        "Return-Path: <sender@remote.test>\nReceived: from client.test ([127.0.0.1])\n"
+    ));
+    assert!(
+        !alice[0].1.contains("\tfor <"),
+        "two recipients: no 'for' clause"
+    );
+    assert_eq!(files(&sb, "bob", "new").len(), 1);
+}
+
+#[test]
+fn pop3_with_poplib() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let smtp = twistd.addr(0).to_string();
+    let pop3 = twistd.addr(1).to_string();
+    python(
+        sb.path(),
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    for i in range(3):
+        s.sendmail('s@remote.test', ['alice@example.com'],
+                   f'Subject: m{i}\r\n\r\nline one\r\n.starts with a dot\r\nline three\r\n')
+"#,
+        &[&smtp],
+    );
+    let out = python(
+        sb.path(),
+        r#"
+import poplib, sys, time
+host, port = sys.argv[1].rsplit(':', 1)
+def login():
+    # A dropped session releases the mailbox once the server has seen the close: retry while
+    # it is still in use.
+    for attempt in range(2000):
+        p = poplib.POP3(host, int(port), timeout=20)
+        p.user('alice@example.com')
+        try:
+            p.pass_('wonderland')
+            return p
+        except poplib.error_proto as e:
+            if b'IN-USE' not in e.args[0]:
+                raise
+            p.quit()
+            time.sleep(0.01)
+    raise SystemExit('the mailbox stayed locked')
+p = login()
+caps = p.capa()
+assert 'UIDL' in caps and 'TOP' in caps and 'RESP-CODES' in caps, caps
+count, size = p.stat()
+assert count == 3, count
+listing = p.list()[1]
+assert sum(int(l.split()[1]) for l in listing) == size
+uids = p.uidl()[1]
+resp, lines, octets = p.retr(2)
+assert lines[-3:] == [b'line one', b'.starts with a dot', b'line three'], lines
+assert b'Subject: m1' in lines
+assert octets == int(listing[1].split()[1]), (octets, listing)
+top = p.top(1, 1)[1]
+assert top[-2:] == [b'', b'line one'], top
+p.dele(1)
+try:
+    p.retr(1); raise SystemExit('deleted message retrieved')
+except poplib.error_proto as e:
+    assert b'deleted' in e.args[0]
+assert p.stat()[0] == 2
+p.rset()
+assert p.stat()[0] == 3
+p.dele(1)
+# Dropped without QUIT: nothing is deleted.
+p.file.close(); p.sock.close()
+p = login()
+assert p.uidl()[1] == uids, 'UIDLs are stable across sessions'
+p.dele(1)
+p.quit()
+p = login()
+assert p.uidl()[1] == [b'1 ' + uids[1].split()[1], b'2 ' + uids[2].split()[1]], p.uidl()[1]
+p.quit()
+print('ok')
+"#,
+        &[&pop3],
+    );
+    assert_eq!(out, "ok\n");
+    assert_eq!(files(&sb, "alice", "new").len(), 2);
+    drop(twistd);
+}
+
+#[test]
+fn pop3_locks_mailboxes_and_delays_and_logs_failed_logins() {
+    let sb = Sandbox::new();
+    let mut twistd = serve(&sb, &[]);
+    let pop3 = twistd.addr(1);
+    let mut first = Raw::connect(pop3);
+    assert!(first.line().starts_with("+OK"));
+    first.send(b"USER alice\r\nPASS wonderland\r\n");
+    assert!(first.line().starts_with("+OK"));
+    assert!(first
+        .line()
+        .starts_with("+OK alice@example.com has 0 messages"));
+
+    let mut second = Raw::connect(pop3);
+    assert!(second.line().starts_with("+OK"));
+    second.send(b"USER alice@example.com\r\nPASS wonderland\r\n");
+    assert!(second.line().starts_with("+OK"));
+    let in_use = second.line();
+    assert!(in_use.starts_with("-ERR [IN-USE]"), "{in_use}");
+
+    second.send(b"USER bob\r\nPASS not-his-password\r\n");
+    assert!(second.line().starts_with("+OK"));
+    let refused = second.line();
+    assert!(refused.starts_with("-ERR [AUTH]"), "{refused}");
+    twistd.wait_for("pop3 login failed");
+
+    first.send(b"QUIT\r\n");
+    assert!(first.line().starts_with("+OK"));
+    // Released at QUIT: the second session may log in now.
+    second.send(
+        b"USER alice\r\nPASS wonderland\r\nSTAT\r\nUSER x\r\nFROB\r\nRETR 1\r\nLIST 7\r\nQUIT\r\n",
+    );
+    let said: Vec<String> = (0..8).map(|_| second.line()).collect();
+    assert!(said[1].starts_with("+OK alice"), "{said:?}");
+    assert_eq!(said[2], "+OK 0 0\r\n");
+    assert!(said[3..7].iter().all(|l| l.starts_with("-ERR")), "{said:?}");
+    assert!(said[7].starts_with("+OK bye"));
+    let (_, log) = twistd.stop();
+    assert!(!log.iter().any(|l| l.contains("not-his-password")));
+    assert!(!log.iter().any(|l| l.contains("wonderland")));
+}
+
+#[test]
+fn password_file_two_domains_default_domain_and_postmaster() {
+    let sb = Sandbox::new();
+    sb.write(
+        "passwords",
+        "# user@domain:password\ncarol@other.test:se:cret\n\npostmaster@other.test:pm\n",
+    );
+    let twistd = sb.twistd(&[
+        "mail",
+        "-d",
+        "example.com=maildir",
+        "-u",
+        "alice=wonderland",
+        "-d",
+        "other.test=other",
+        "--passwordfile",
+        "passwords",
+        "-D",
+        "-b",
+        "-s",
+        LOOPBACK0,
+        "-p",
+        LOOPBACK0,
+        "-H",
+        "mx.example.com",
+    ]);
+    let smtp = twistd.addr(0).to_string();
+    let pop3 = twistd.addr(1).to_string();
+    let out = python(
+        sb.path(),
+        r#"
+import smtplib, poplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('x@remote.test', ['carol@other.test'], 'Subject: to carol\r\n\r\nhi\r\n')
+    # Unknown user: the postmaster (-b). Unknown domain: the default domain (-D).
+    s.sendmail('x@remote.test', ['nobody@example.com'], 'Subject: to nobody\r\n\r\nhi\r\n')
+    s.sendmail('x@remote.test', ['carol@unknown.test'], 'Subject: via default\r\n\r\nhi\r\n')
+    s.sendmail('', ['postmaster'], 'Subject: plain postmaster\r\n\r\nhi\r\n')
+host, port = sys.argv[2].rsplit(':', 1)
+p = poplib.POP3(host, int(port))
+try:
+    p.user('carol'); p.pass_('se:cret'); raise SystemExit('bare user name with two domains')
+except poplib.error_proto:
+    pass
+p.user('carol@other.test'); p.pass_('se:cret')
+print(p.stat()[0])
+p.quit()
+"#,
+        &[&smtp, &pop3],
+    );
+    assert_eq!(out, "2\n", "carol's own and the one via the default domain");
+    let postmaster: Vec<String> = std::fs::read_dir(sb.join("other/postmaster/new"))
+        .expect("postmaster maildir")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(postmaster.len(), 1, "{postmaster:?}");
+    assert!(postmaster[0].contains("Subject: plain postmaster"));
+    assert!(postmaster[0].contains("Return-Path: <>"));
+    let bounced = files(&sb, "postmaster", "new");
+    assert_eq!(
+        bounced.len(),
+        1,
+        "example.com's postmaster takes its unknown users"
+    );
+    assert!(bounced[0].1.contains("Subject: to nobody"));
+    assert!(files(&sb, "alice", "new").is_empty());
+}
+
+#[test]
+fn stopping_says_421_to_idle_sessions_and_ends_pop3_without_deleting() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut smtp = Raw::smtp(twistd.addr(0));
+    smtp.expect("EHLO client.test", "250");
+    smtp.expect("MAIL FROM:<a@remote.test>", "250");
+    smtp.expect("RCPT TO:<alice@example.com>", "250");
+    smtp.expect("DATA", "354");
+    smtp.send(b"Subject: before stop\r\n\r\nkept\r\n.\r\n");
+    assert!(smtp.reply().starts_with("250 2.0.0"));
+
+    let mut pop = Raw::connect(twistd.addr(1));
+    pop.line();
+    pop.send(b"USER alice\r\nPASS wonderland\r\nDELE 1\r\n");
+    for _ in 0..3 {
+        assert!(pop.line().starts_with("+OK"));
+    }
+    let (status, log) = twistd.stop();
+    assert!(status.success(), "{log:?}");
+    assert!(
+        smtp.rest().starts_with("421 4.3.2"),
+        "idle SMTP sessions hear 421"
+    );
+    assert!(pop.rest().starts_with("-ERR [SYS/TEMP]"));
+    assert_eq!(
+        files(&sb, "alice", "new").len(),
+        1,
+        "DELE without QUIT deletes nothing"
+    );
+}
+
+/// Sends 1000 numbered messages over four sessions, kills twistd with SIGKILL part-way, and
+/// checks that every message that got its 250 is in the Maildir exactly once, and that every
+/// file in `new/` is a whole message.
+#[test]
+fn kill_9_loses_no_acknowledged_message_and_leaves_no_partial_file() {
+    let sb = Sandbox::new();
+    sb.mktap_ok(&[
+        "mail",
+        "-d",
+        "example.com=maildir",
+        "-u",
+        "alice=wonderland",
+        "-s",
+        LOOPBACK0,
+        "--no-pop3",
+        "-H",
+        "mx.example.com",
+    ]);
+    let twistd = sb.twistd(&["-f", "mail.tap"]);
+    let smtp = twistd.addr(0).to_string();
+    let script = util::repo().join("tests/mail/flood.py");
+    let mut flood = Command::new("python3")
+        .arg(&script)
+        .args([&smtp, "1000", "4", "acked"])
+        .current_dir(sb.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run flood.py");
+    // Kill once a good share has been acknowledged (and flood.py has written that down).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let acked = std::fs::read_to_string(sb.join("acked")).unwrap_or_default();
+        if acked.lines().count() >= 300 {
+            break;
+        }
+        assert!(
+            flood.try_wait().expect("poll flood").is_none(),
+            "flood.py ended early"
+        );
+        assert!(Instant::now() < deadline, "too few messages acknowledged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    twistd.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = flood
+        .wait()
+        .expect("flood.py exits once the server is gone");
+    drop(twistd);
+
+    let acked: Vec<u32> = std::fs::read_to_string(sb.join("acked"))
+        .expect("acked")
+        .lines()
+        .map(|l| l.parse().expect("a number"))
+        .collect();
+    assert!(acked.len() >= 300 && acked.len() < 1000, "{}", acked.len());
+
+    // A restart serves the same Maildir; the stored messages are whole and unique.
+    let again = sb.twistd(&["-f", "mail.tap"]);
+    let mut seen = std::collections::BTreeMap::<u32, usize>::new();
+    for (path, text) in files(&sb, "alice", "new") {
+        let number: u32 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Seq: "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no X-Seq header: {text:?}", path.display()));
+        assert!(
+            text.ends_with(&format!("end of message {number}\n")),
+            "{}: a partial file in new/",
+            path.display()
+        );
+        *seen.entry(number).or_default() += 1;
+    }
+    for number in &acked {
+        assert_eq!(
+            seen.get(number),
+            Some(&1),
+            "message {number} was acknowledged"
+        );
+    }
+    assert!(seen.values().all(|&n| n == 1), "no message is stored twice");
+    // And the restarted server accepts mail again.
+    let mut raw = Raw::smtp(again.addr(0));
+    raw.expect("QUIT", "221");
+}
