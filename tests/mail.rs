@@ -798,3 +798,38 @@ fn kill_9_loses_no_acknowledged_message_and_leaves_no_partial_file() {
     let mut raw = Raw::smtp(again.addr(0));
     raw.expect("QUIT", "221");
 }
+
+/// configs/mail.tas works as its comment says: alice's documented password logs in, and mail
+/// sent to her arrives (run here on free ports with the Maildirs in a sandbox).
+#[test]
+fn the_example_tap_works_as_documented() {
+    let sb = Sandbox::new();
+    let (mut app, format) =
+        host::tapfile::load(&util::repo().join("configs/mail.tas")).expect("configs/mail.tas");
+    for endpoint in &mut app.services[0].listen {
+        if let host::Endpoint::Tcp { port, .. } = endpoint {
+            *port = 0;
+        }
+    }
+    app.services[0].config["domains"]["example.com"] =
+        serde_json::Value::String(sb.join("maildir").display().to_string());
+    let copy = sb.join(&format!("mail.{}", format.extension()));
+    host::tapfile::save(&app, &copy, format, true).expect("save the copy");
+    let twistd = sb.twistd(&["-o", "-f", copy.to_str().expect("utf-8")]);
+    let out = python(
+        sb.path(),
+        r#"
+import smtplib, poplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('bob@example.com', ['alice@example.com'], 'Subject: hi\r\n\r\nhello alice\r\n')
+host, port = sys.argv[2].rsplit(':', 1)
+p = poplib.POP3(host, int(port))
+p.user('alice'); p.pass_('wonderland')
+print(p.retr(1)[1][-1].decode())
+p.quit()
+"#,
+        &[&twistd.addr(0).to_string(), &twistd.addr(1).to_string()],
+    );
+    assert_eq!(out, "hello alice\n");
+}
