@@ -833,3 +833,49 @@ p.quit()
     );
     assert_eq!(out, "hello alice\n");
 }
+
+#[test]
+fn aliases_expand_include_and_reload_when_changed() {
+    let sb = Sandbox::new();
+    sb.write("staff.list", "bob\n# a comment\nalice@example.com\n");
+    sb.write(
+        "aliases",
+        "# aliases(5)\npostmaster: alice\nstaff: postmaster,\n\t:include:staff.list\n",
+    );
+    let twistd = serve(&sb, &["-A", "aliases"]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let send = |raw: &mut Raw, rcpt: &str, subject: &str| {
+        start_data(raw, rcpt);
+        raw.send(format!("Subject: {subject}\r\n\r\nhi\r\n.\r\n").as_bytes());
+        let reply = raw.reply();
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    };
+    send(&mut raw, "staff@example.com", "to staff");
+    send(&mut raw, "postmaster", "to plain postmaster");
+    assert_eq!(
+        files(&sb, "alice", "new").len(),
+        2,
+        "alice once per message"
+    );
+    assert_eq!(files(&sb, "bob", "new").len(), 1);
+
+    // Edited while running: the next RCPT sees the new file.
+    sb.write("aliases", "staff: bob\nnowhere: ghost\n");
+    send(&mut raw, "staff@example.com", "after the edit");
+    assert_eq!(files(&sb, "alice", "new").len(), 2);
+    assert_eq!(files(&sb, "bob", "new").len(), 2);
+    raw.expect("MAIL FROM:<a@remote.test>", "250");
+    raw.expect("RCPT TO:<postmaster@example.com>", "550 5.1.1");
+    raw.expect("RCPT TO:<nowhere@example.com>", "550 5.1.1");
+    raw.expect("QUIT", "221");
+
+    // A bad aliases file is refused before anything starts, naming the line.
+    sb.write("bad", "ok: alice\nrun: |/bin/sh -c evil\n");
+    let out = sb.mktap(&["mail", "-d", "example.com=maildir", "-A", "bad"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--aliases bad line 2"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -6,6 +6,7 @@
 //!   with the command-line reading that keeps `-u` attached to the `-d` before it.
 //! - [`users`]: domains and users: Argon2id password hashes, the password file, and resolving
 //!   an address to a Maildir (with `--default` and `--bounce-to-postmaster`).
+//! - [`aliases`]: the aliases(5) file with `:include:`, reloaded when a file changes.
 //! - [`maildir`]: the Maildir layout, unique file names, and the [`maildir::Deliverer`], the
 //!   group-commit writer that only acknowledges a message once it is fsynced into `new/`.
 //! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
@@ -22,6 +23,7 @@ use clap::{ArgMatches, Args, Command, FromArgMatches};
 use host::{Endpoint, Plugin, Service};
 use serde::{Deserialize, Serialize};
 
+pub mod aliases;
 pub mod lines;
 pub mod maildir;
 pub mod pop3;
@@ -67,7 +69,7 @@ pub struct MailConfig {
     pub password_file: Option<PathBuf>,
     /// Mail for unknown local users goes to the domain's `postmaster` instead of a 550.
     pub bounce_to_postmaster: bool,
-    /// An aliases(5) file (not read yet: see the README's status).
+    /// An aliases(5) file, re-read when it changes.
     pub aliases: Option<PathBuf>,
     /// The domain that takes mail for domains it does not know (`-D`).
     pub default_domain: Option<String>,
@@ -119,7 +121,7 @@ struct MailArgs {
     #[arg(short = 'b', long = "bounce-to-postmaster")]
     bounce_to_postmaster: bool,
 
-    /// An aliases(5) file.
+    /// An aliases(5) file (addresses and :include:), re-read when it changes.
     #[arg(short = 'A', long = "aliases", value_name = "FILE")]
     aliases: Option<PathBuf>,
 
@@ -316,8 +318,10 @@ impl Plugin for MailPlugin {
                 }
             }
         }
-        if config.aliases.is_some() {
-            problems.push("--aliases: alias files are not supported yet".to_string());
+        if let Some(path) = config.aliases.as_deref().filter(|p| p.is_file()) {
+            if let Err(e) = aliases::Aliases::load(path) {
+                problems.push(e.to_string());
+            }
         }
         if !config.hostname.is_empty() && !users::is_domain_name(&config.hostname) {
             problems.push(format!("--hostname '{}': not a host name", config.hostname));

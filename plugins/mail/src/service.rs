@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use host::service::{serve, ServiceContext};
 use host::{BoundListener, Service};
 
+use crate::aliases::Aliases;
 use crate::maildir::{self, Deliverer};
 use crate::pop3::Pop3;
 use crate::smtp::Smtp;
@@ -19,6 +20,7 @@ use crate::MailConfig;
 #[derive(Debug)]
 pub struct MailService {
     directory: Directory,
+    aliases: Option<std::path::PathBuf>,
     hostname: String,
     max_message_size: u64,
     protocols: Vec<String>,
@@ -43,6 +45,7 @@ impl MailService {
         };
         Ok(MailService {
             directory,
+            aliases: config.aliases.clone(),
             hostname,
             max_message_size: config.max_message_size,
             protocols: config.protocols.clone(),
@@ -66,8 +69,13 @@ impl Service for MailService {
         }
         let deliverer = Deliverer::start(self.hostname.clone())
             .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
+        let aliases = match &self.aliases {
+            Some(path) => Some(Aliases::load(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let smtp = Arc::new(Smtp {
             directory: self.directory.clone(),
+            aliases,
             hostname: self.hostname.clone(),
             max_message_size: self.max_message_size,
             deliverer,

@@ -19,6 +19,7 @@ use host::net::Peer;
 use host::ServiceContext;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
+use crate::aliases::Aliases;
 use crate::lines::{read_line, trim_eol, Line};
 use crate::maildir::Deliverer;
 use crate::users::{Directory, Mailbox, Route};
@@ -37,6 +38,7 @@ pub const MAX_ERRORS: u32 = 20;
 #[derive(Debug)]
 pub struct Smtp {
     pub directory: Directory,
+    pub aliases: Option<Aliases>,
     pub hostname: String,
     pub max_message_size: u64,
     pub deliverer: Deliverer,
@@ -73,7 +75,10 @@ struct Session<S> {
     esmtp: bool,
     /// `Some("")` is the null reverse-path of bounces.
     sender: Option<String>,
+    /// Each accepted RCPT's address and mailbox; an alias adds one entry per mailbox.
     recipients: Vec<(String, Mailbox)>,
+    /// Accepted RCPT commands (what the 100-recipient limit counts).
+    rcpt_count: usize,
     errors: u32,
 }
 
@@ -91,6 +96,7 @@ where
         esmtp: false,
         sender: None,
         recipients: Vec::new(),
+        rcpt_count: 0,
         errors: 0,
     };
     s.reply(&format!("220 {} ESMTP taphost", smtp.hostname));
@@ -188,6 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn reset(&mut self) {
         self.sender = None;
         self.recipients.clear();
+        self.rcpt_count = 0;
     }
 
     async fn command(&mut self, smtp: &Smtp, line: &str) -> Result<(), End> {
@@ -287,31 +294,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !params.is_empty() {
             return self.refuse("555 5.5.4 RCPT parameters are not supported");
         }
-        if self.recipients.len() >= MAX_RECIPIENTS {
+        if self.rcpt_count >= MAX_RECIPIENTS {
             // Not an error of the client's: it sends the rest in another transaction.
             return self.reply("452 4.5.3 too many recipients");
         }
         // RFC 5321 4.5.1: plain <postmaster> must work.
         let (local, domain) = match address.rsplit_once('@') {
-            Some((local, domain)) => (local, domain),
-            None if address.eq_ignore_ascii_case("postmaster") => ("postmaster", ""),
+            Some((local, domain)) => (local.to_string(), domain.to_string()),
+            None if address.eq_ignore_ascii_case("postmaster") => (
+                "postmaster".to_string(),
+                smtp.directory.postmaster_domain().unwrap_or_default(),
+            ),
             None => return self.refuse("501 5.1.3 the address needs a domain"),
         };
-        let route = if domain.is_empty() {
-            smtp.directory.postmaster()
-        } else {
-            smtp.directory.route(local, domain)
+        // Recipient refusals are not protocol errors: they do not count towards MAX_ERRORS.
+        let unknown = format!("550 5.1.1 <{address}>: recipient address rejected: user unknown");
+        let alias = match (&smtp.aliases, smtp.directory.local_domain(&domain)) {
+            (Some(aliases), Some(local_domain)) => {
+                aliases.expand(&smtp.directory, &local, &local_domain)
+            }
+            _ => None,
         };
-        match route {
+        if let Some(mailboxes) = alias {
+            if mailboxes.is_empty() {
+                return self.reply(&unknown);
+            }
+            self.recipients
+                .extend(mailboxes.into_iter().map(|m| (address.clone(), m)));
+            self.rcpt_count += 1;
+            return self.reply("250 2.1.5 Ok");
+        }
+        match smtp.directory.route(&local, &domain) {
             Route::Local(mailbox) => {
                 self.recipients.push((address, mailbox));
+                self.rcpt_count += 1;
                 self.reply("250 2.1.5 Ok");
             }
-            // Recipient and message refusals are not protocol errors: they do not count
-            // towards MAX_ERRORS.
-            Route::UnknownUser => self.reply(&format!(
-                "550 5.1.1 <{address}>: recipient address rejected: user unknown"
-            )),
+            Route::UnknownUser => self.reply(&unknown),
             Route::Foreign => self.reply(&format!("550 5.7.1 <{address}>: relay access denied")),
         }
     }
@@ -383,6 +402,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
         let sender = self.sender.take().unwrap_or_default();
         let recipients = std::mem::take(&mut self.recipients);
+        let single = self.rcpt_count == 1;
+        self.rcpt_count = 0;
         if bare {
             self.reply("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
             return Ok(());
@@ -396,7 +417,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(());
         }
 
-        let mut message = self.trace_headers(smtp, &id, &sender, &recipients);
+        let for_clause = single.then(|| recipients[0].0.as_str());
+        let mut message = self.trace_headers(smtp, &id, &sender, for_clause);
         message.extend_from_slice(&body);
         drop(body);
         let mut maildirs: Vec<_> = recipients.iter().map(|(_, m)| m.path.clone()).collect();
@@ -408,7 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     peer = %self.peer,
                     id = %id,
                     from = %sender,
-                    to = %recipients.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(","),
+                    to = %recipients.iter().map(|(_, m)| m.to_string()).collect::<Vec<_>>().join(","),
                     "delivered"
                 );
                 self.reply(&format!("250 2.0.0 Ok: queued as {id}"));
@@ -427,7 +449,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         smtp: &Smtp,
         id: &str,
         sender: &str,
-        recipients: &[(String, Mailbox)],
+        recipient: Option<&str>,
     ) -> Vec<u8> {
         let date = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc2822)
@@ -438,9 +460,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             None => "local".into(),
         };
         let with = if self.esmtp { "ESMTP" } else { "SMTP" };
-        let rcpt = match recipients {
-            [(address, _)] => format!("\n\tfor <{address}>"),
-            _ => String::new(),
+        let rcpt = match recipient {
+            Some(address) => format!("\n\tfor <{address}>"),
+            None => String::new(),
         };
         format!(
             "Return-Path: <{sender}>\nReceived: from {helo} ({ip})\n\tby {} (taphost) with {with} id {id}{rcpt};\n\t{date}\n",

@@ -185,17 +185,21 @@ impl Directory {
         Route::UnknownUser
     }
 
-    /// Where plain `<postmaster>` (RFC 5321 4.5.1) goes: the postmaster of the default domain,
-    /// or of the only domain.
-    pub fn postmaster(&self) -> Route {
-        let domain = self
-            .default_domain
-            .clone()
-            .or_else(|| (self.domains.len() == 1).then(|| self.domains.keys().next().cloned())?);
-        match domain {
-            Some(domain) => self.route("postmaster", &domain),
-            None => Route::UnknownUser,
+    /// The local domain mail for `domain` goes to: itself, or the default domain (`-D`).
+    pub fn local_domain(&self, domain: &str) -> Option<String> {
+        let domain = domain.to_ascii_lowercase();
+        if self.domains.contains_key(&domain) {
+            Some(domain)
+        } else {
+            self.default_domain.clone()
         }
+    }
+
+    /// The domain of plain `<postmaster>` (RFC 5321 4.5.1): the default domain, or the only one.
+    pub fn postmaster_domain(&self) -> Option<String> {
+        self.default_domain
+            .clone()
+            .or_else(|| (self.domains.len() == 1).then(|| self.domains.keys().next().cloned())?)
     }
 
     /// The mailbox and password hash of a POP3 login name: `user@domain`, or `user` when there
