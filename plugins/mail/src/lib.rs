@@ -12,6 +12,8 @@
 //! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
 //!   only ends at CRLF.CRLF.
 //! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.
+//! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, and the connection type
+//!   that STARTTLS and STLS upgrade in place.
 //! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
 //! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
 
@@ -29,6 +31,7 @@ pub mod maildir;
 pub mod pop3;
 pub mod service;
 pub mod smtp;
+pub mod tls;
 pub mod users;
 
 pub use service::MailService;
@@ -73,8 +76,17 @@ pub struct MailConfig {
     pub aliases: Option<PathBuf>,
     /// The domain that takes mail for domains it does not know (`-D`).
     pub default_domain: Option<String>,
-    /// The protocol of each listener, in the order of the tap's `listen` list.
+    /// The protocol of each listener, in the order of the tap's `listen` list: `smtp`, `pop3`
+    /// or `pop3s` (POP3 inside TLS from the first byte).
     pub protocols: Vec<String>,
+    /// A PEM certificate chain: enables STARTTLS, STLS and `pop3s`.
+    pub certificate: Option<PathBuf>,
+    /// The PEM private key (default: looked for in the certificate file).
+    pub privkey: Option<PathBuf>,
+    /// SMTP AUTH PLAIN and LOGIN against the users.
+    pub auth: bool,
+    /// Passwords without TLS: SMTP AUTH offered in plain text, POP3 USER/PASS before STLS.
+    pub allow_plaintext_auth: bool,
     /// The name in the greeting and Received headers; empty means the system's host name.
     pub hostname: String,
     /// The largest message SMTP accepts, in octets.
@@ -94,6 +106,10 @@ impl Default for MailConfig {
             aliases: None,
             default_domain: None,
             protocols: vec!["smtp".into(), "pop3".into()],
+            certificate: None,
+            privkey: None,
+            auth: false,
+            allow_plaintext_auth: false,
             hostname: String::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             listen: Vec::new(),
@@ -145,6 +161,28 @@ struct MailArgs {
     #[arg(long = "no-pop3", conflicts_with = "pop3")]
     no_pop3: bool,
 
+    /// Where POP3 over TLS listens (needs --certificate).
+    #[arg(long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    pop3s: Option<Endpoint>,
+
+    /// A PEM certificate (chain) for STARTTLS, STLS and --pop3s; may hold the key too.
+    #[arg(short = 'c', long, value_name = "PEM")]
+    certificate: Option<PathBuf>,
+
+    /// The PEM private key of --certificate.
+    #[arg(long, value_name = "PEM", requires = "certificate")]
+    privkey: Option<PathBuf>,
+
+    /// Offer SMTP AUTH PLAIN and LOGIN against the users (under TLS only, unless
+    /// --allow-plaintext-auth).
+    #[arg(long)]
+    auth: bool,
+
+    /// Take passwords without TLS: SMTP AUTH before STARTTLS, and POP3 USER/PASS before STLS
+    /// when a certificate is configured.
+    #[arg(long = "allow-plaintext-auth")]
+    allow_plaintext_auth: bool,
+
     /// The host name in the greeting and Received headers (default: the system's).
     #[arg(short = 'H', long, value_name = "NAME")]
     hostname: Option<String>,
@@ -178,6 +216,10 @@ impl FromArgMatches for MailConfig {
             hostname: args.hostname.unwrap_or_default(),
             max_message_size: args.max_message_size,
             protocols: Vec::new(),
+            certificate: args.certificate,
+            privkey: args.privkey,
+            auth: args.auth,
+            allow_plaintext_auth: args.allow_plaintext_auth,
             ..MailConfig::default()
         };
 
@@ -243,6 +285,10 @@ impl FromArgMatches for MailConfig {
             config
                 .listen
                 .push(args.pop3.unwrap_or_else(|| tcp(DEFAULT_POP3_PORT)));
+        }
+        if let Some(endpoint) = args.pop3s {
+            config.protocols.push("pop3s".into());
+            config.listen.push(endpoint);
         }
         Ok(config)
     }
@@ -330,12 +376,28 @@ impl Plugin for MailPlugin {
             problems.push("--max-message-size: must be above 0".to_string());
         }
         for protocol in &config.protocols {
-            if protocol == "pop3s" {
-                problems.push("--pop3s: TLS is not supported yet".to_string());
-            } else if !PROTOCOLS.contains(&protocol.as_str()) {
+            if !PROTOCOLS.contains(&protocol.as_str()) {
                 problems.push(format!(
-                    "protocols: unknown protocol '{protocol}' (known: smtp, pop3)"
+                    "protocols: unknown protocol '{protocol}' (known: smtp, pop3, pop3s)"
                 ));
+            }
+        }
+        if config.protocols.iter().any(|p| p == "pop3s") && config.certificate.is_none() {
+            problems.push("--pop3s: needs --certificate".to_string());
+        }
+        if config.auth && config.certificate.is_none() && !config.allow_plaintext_auth {
+            problems.push(
+                "--auth: AUTH is only offered under TLS: give --certificate (or \
+                 --allow-plaintext-auth)"
+                    .to_string(),
+            );
+        }
+        if config.privkey.is_some() && config.certificate.is_none() {
+            problems.push("--privkey: needs --certificate".to_string());
+        }
+        if let Some(certificate) = &config.certificate {
+            if let Err(e) = tls::acceptor(certificate, config.privkey.as_deref()) {
+                problems.push(e.to_string());
             }
         }
         if config.protocols.is_empty() {

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use host::net::Peer;
 use host::ServiceContext;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_rustls::TlsAcceptor;
 
 use crate::lines::{read_line, trim_eol, Line};
 use crate::maildir::{self, Message};
+use crate::tls::{upgrade_buffered, Conn};
 use crate::users::{verify_password, Directory};
 
 /// RFC 2449 allows 255 octets of command; a little slack for clients that pad.
@@ -26,7 +28,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 
 /// What every POP3 session of a service shares.
-#[derive(Debug)]
 pub struct Pop3 {
     pub directory: Directory,
     pub hostname: String,
@@ -34,6 +35,17 @@ pub struct Pop3 {
     pub locked: Arc<Mutex<HashSet<PathBuf>>>,
     /// A real hash to verify unknown users against, so they take as long as known ones.
     pub decoy_hash: String,
+    /// STLS is offered when there is a certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// With a certificate, passwords are only taken under TLS unless this is set
+    /// (`--allow-plaintext-auth`), as Dovecot's `disable_plaintext_auth`.
+    pub allow_plaintext_auth: bool,
+}
+
+impl Pop3 {
+    fn takes_passwords(&self, tls: bool) -> bool {
+        tls || self.tls.is_none() || self.allow_plaintext_auth
+    }
 }
 
 /// A mailbox held by one session; dropping it releases the mailbox.
@@ -95,8 +107,8 @@ impl Transaction {
     }
 }
 
-struct Session<S> {
-    io: BufReader<S>,
+struct Session {
+    io: BufReader<Conn>,
     out: Vec<u8>,
     line: Vec<u8>,
     peer: Peer,
@@ -105,10 +117,7 @@ struct Session<S> {
 }
 
 /// Runs one POP3 session to its end.
-pub async fn session<S>(pop3: Arc<Pop3>, ctx: ServiceContext, stream: S, peer: Peer)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn session(pop3: Arc<Pop3>, ctx: ServiceContext, stream: Conn, peer: Peer) {
     let mut s = Session {
         io: BufReader::new(stream),
         out: Vec::with_capacity(512),
@@ -150,7 +159,7 @@ where
     let _ = s.io.get_mut().shutdown().await;
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     fn reply(&mut self, text: &str) {
         self.out.extend_from_slice(text.as_bytes());
         self.out.extend_from_slice(b"\r\n");
@@ -175,8 +184,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match verb.as_str() {
             "CAPA" => {
                 self.reply("+OK capability list follows");
+                let tls = self.io.get_ref().is_tls();
+                if pop3.takes_passwords(tls) {
+                    self.reply("USER");
+                }
+                if pop3.tls.is_some() && !tls && self.transaction.is_none() {
+                    self.reply("STLS");
+                }
                 for capability in [
-                    "USER",
                     "TOP",
                     "UIDL",
                     "PIPELINING",
@@ -201,6 +216,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn authorization(&mut self, pop3: &Pop3, verb: &str, arg: &str) {
         match verb {
+            "STLS" => self.stls(pop3).await,
+            "USER" | "PASS" if !pop3.takes_passwords(self.io.get_ref().is_tls()) => {
+                self.reply("-ERR [AUTH] plaintext authentication is disallowed without TLS (STLS)")
+            }
             "USER" if arg.is_empty() => self.reply("-ERR syntax: USER name"),
             "USER" => {
                 self.user = Some(arg.trim().to_string());
@@ -213,6 +232,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.login(pop3, &user, arg).await;
             }
             _ => self.reply("-ERR not valid before login (USER, PASS, CAPA, QUIT)"),
+        }
+    }
+
+    /// RFC 2595 STLS: only before login; pipelined plain text after it is discarded.
+    async fn stls(&mut self, pop3: &Pop3) {
+        let Some(acceptor) = &pop3.tls else {
+            return self.reply("-ERR STLS is not available");
+        };
+        if self.io.get_ref().is_tls() {
+            return self.reply("-ERR TLS is already active");
+        }
+        self.reply("+OK begin TLS negotiation");
+        if self.flush().await.is_err() {
+            return;
+        }
+        self.user = None;
+        if let Err(e) = upgrade_buffered(&mut self.io, acceptor).await {
+            tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
         }
     }
 
@@ -316,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ("STAT" | "LIST" | "UIDL" | "DELE" | "RSET" | "NOOP" | "RETR" | "TOP", ..) => {
                 Err(format!("-ERR syntax error in {verb}"))
             }
-            ("USER" | "PASS", ..) => Err("-ERR already logged in".into()),
+            ("USER" | "PASS" | "STLS", ..) => Err("-ERR already logged in".into()),
             _ => Err("-ERR unknown command".into()),
         };
         match result {

@@ -13,17 +13,21 @@ use crate::aliases::Aliases;
 use crate::maildir::{self, Deliverer};
 use crate::pop3::Pop3;
 use crate::smtp::Smtp;
+use crate::tls::Conn;
 use crate::users::{hash_password, Directory};
 use crate::MailConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// The running mail service.
-#[derive(Debug)]
 pub struct MailService {
     directory: Directory,
     aliases: Option<std::path::PathBuf>,
     hostname: String,
     max_message_size: u64,
     protocols: Vec<String>,
+    tls: Option<TlsAcceptor>,
+    auth: bool,
+    allow_plaintext_auth: bool,
 }
 
 /// The system's host name, for greetings when `--hostname` names none.
@@ -43,7 +47,17 @@ impl MailService {
         } else {
             config.hostname.clone()
         };
+        let tls = match &config.certificate {
+            Some(certificate) => Some(
+                crate::tls::acceptor(certificate, config.privkey.as_deref())
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
         Ok(MailService {
+            tls,
+            auth: config.auth,
+            allow_plaintext_auth: config.allow_plaintext_auth,
             directory,
             aliases: config.aliases.clone(),
             hostname,
@@ -69,6 +83,7 @@ impl Service for MailService {
         }
         let deliverer = Deliverer::start(self.hostname.clone())
             .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
+        let decoy_hash = hash_password("decoy").map_err(|e| e.to_string())?;
         let aliases = match &self.aliases {
             Some(path) => Some(Aliases::load(path).map_err(|e| e.to_string())?),
             None => None,
@@ -79,12 +94,18 @@ impl Service for MailService {
             hostname: self.hostname.clone(),
             max_message_size: self.max_message_size,
             deliverer,
+            tls: self.tls.clone(),
+            auth: self.auth,
+            allow_plaintext_auth: self.allow_plaintext_auth,
+            decoy_hash: decoy_hash.clone(),
         });
         let pop3 = Arc::new(Pop3 {
             directory: self.directory.clone(),
             hostname: self.hostname.clone(),
             locked: Arc::new(Mutex::new(HashSet::new())),
-            decoy_hash: hash_password("decoy").map_err(|e| e.to_string())?,
+            decoy_hash,
+            tls: self.tls.clone(),
+            allow_plaintext_auth: self.allow_plaintext_auth,
         });
         for (protocol, bound) in self.protocols.iter().zip(listeners) {
             let endpoint = bound.endpoint.to_string();
@@ -97,13 +118,37 @@ impl Service for MailService {
                 "smtp" => {
                     let smtp = smtp.clone();
                     serve(ctx, listener, move |stream, peer| {
-                        crate::smtp::session(smtp.clone(), conn_ctx.clone(), stream, peer)
+                        crate::smtp::session(
+                            smtp.clone(),
+                            conn_ctx.clone(),
+                            Conn::Plain(stream),
+                            peer,
+                        )
                     });
                 }
                 "pop3" => {
                     let pop3 = pop3.clone();
                     serve(ctx, listener, move |stream, peer| {
-                        crate::pop3::session(pop3.clone(), conn_ctx.clone(), stream, peer)
+                        crate::pop3::session(
+                            pop3.clone(),
+                            conn_ctx.clone(),
+                            Conn::Plain(stream),
+                            peer,
+                        )
+                    });
+                }
+                "pop3s" => {
+                    let pop3 = pop3.clone();
+                    let acceptor = self.tls.clone().ok_or("pop3s: no --certificate")?;
+                    serve(ctx, listener, move |stream, peer| {
+                        let (pop3, ctx, acceptor) =
+                            (pop3.clone(), conn_ctx.clone(), acceptor.clone());
+                        async move {
+                            match Conn::Plain(stream).upgrade(&acceptor).await {
+                                Ok(conn) => crate::pop3::session(pop3, ctx, conn, peer).await,
+                                Err(e) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                            }
+                        }
                     });
                 }
                 other => return Err(format!("protocols: '{other}' cannot be served")),

@@ -15,14 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use host::net::Peer;
 use host::ServiceContext;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_rustls::TlsAcceptor;
 
 use crate::aliases::Aliases;
 use crate::lines::{read_line, trim_eol, Line};
 use crate::maildir::Deliverer;
-use crate::users::{Directory, Mailbox, Route};
+use crate::tls::{upgrade_buffered, Conn};
+use crate::users::{verify_password, Directory, Mailbox, Route};
 
 /// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Command lines get the
 /// same limit (the RFC's 512 is a floor servers may exceed).
@@ -35,13 +38,37 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_ERRORS: u32 = 20;
 
 /// What every SMTP session of a service shares.
-#[derive(Debug)]
 pub struct Smtp {
     pub directory: Directory,
     pub aliases: Option<Aliases>,
     pub hostname: String,
     pub max_message_size: u64,
     pub deliverer: Deliverer,
+    /// STARTTLS is offered when there is a certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// AUTH PLAIN and LOGIN (`--auth`)...
+    pub auth: bool,
+    /// ...offered without TLS too (`--allow-plaintext-auth`).
+    pub allow_plaintext_auth: bool,
+    /// A real hash to verify unknown users against, so they take as long as known ones.
+    pub decoy_hash: String,
+}
+
+impl Smtp {
+    fn offers_auth(&self, tls: bool) -> bool {
+        self.auth && (tls || self.allow_plaintext_auth)
+    }
+}
+
+/// How long a failed AUTH waits before its answer, to slow down password guessing.
+pub const FAILED_AUTH_DELAY: Duration = Duration::from_secs(1);
+
+/// Base64 as SASL uses it; `=` alone is an empty response.
+fn decode(text: &str) -> Option<Vec<u8>> {
+    if text == "=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 /// Queue ids for Received headers and logs: unique within the process, increasing.
@@ -66,8 +93,8 @@ enum End {
     Closing,
 }
 
-struct Session<S> {
-    io: BufReader<S>,
+struct Session {
+    io: BufReader<Conn>,
     out: Vec<u8>,
     line: Vec<u8>,
     peer: Peer,
@@ -80,13 +107,12 @@ struct Session<S> {
     /// Accepted RCPT commands (what the 100-recipient limit counts).
     rcpt_count: usize,
     errors: u32,
+    /// The user that passed AUTH, as `user@domain`.
+    authenticated: Option<String>,
 }
 
 /// Runs one SMTP session to its end.
-pub async fn session<S>(smtp: Arc<Smtp>, ctx: ServiceContext, stream: S, peer: Peer)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: Peer) {
     let mut s = Session {
         io: BufReader::new(stream),
         out: Vec::with_capacity(512),
@@ -98,6 +124,7 @@ where
         recipients: Vec::new(),
         rcpt_count: 0,
         errors: 0,
+        authenticated: None,
     };
     s.reply(&format!("220 {} ESMTP taphost", smtp.hostname));
     loop {
@@ -170,7 +197,7 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
     Some((inside.to_string(), params.trim()))
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     fn reply(&mut self, text: &str) {
         self.out.extend_from_slice(text.as_bytes());
         self.out.extend_from_slice(b"\r\n");
@@ -210,11 +237,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reset();
                 self.helo = Some(args.to_string());
                 self.esmtp = true;
-                self.reply(&format!("250-{} greets {args}", smtp.hostname));
-                self.reply(&format!("250-SIZE {}", smtp.max_message_size));
-                self.reply("250-8BITMIME");
-                self.reply("250-PIPELINING");
-                self.reply("250 ENHANCEDSTATUSCODES");
+                let tls = self.io.get_ref().is_tls();
+                let mut lines = vec![
+                    format!("{} greets {args}", smtp.hostname),
+                    format!("SIZE {}", smtp.max_message_size),
+                    "8BITMIME".into(),
+                    "PIPELINING".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                ];
+                if smtp.tls.is_some() && !tls {
+                    lines.push("STARTTLS".into());
+                }
+                if smtp.offers_auth(tls) {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
+                let last = lines.len() - 1;
+                for (i, line) in lines.iter().enumerate() {
+                    let dash = if i == last { ' ' } else { '-' };
+                    self.reply(&format!("250{dash}{line}"));
+                }
             }
             "HELO" => {
                 self.reset();
@@ -238,7 +279,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply("221 2.0.0 bye");
                 return Err(End::Closing);
             }
-            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" => {
+            "STARTTLS" => return self.starttls(smtp, args).await,
+            "AUTH" => return self.auth(smtp, args).await,
+            "BDAT" | "ETRN" | "TURN" => {
                 self.refuse("502 5.5.1 command not implemented");
             }
             _ => self.refuse("500 5.5.2 command unrecognized"),
@@ -267,6 +310,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(_) => {}
                     Err(_) => return self.refuse("501 5.5.4 bad SIZE parameter"),
                 },
+                // RFC 4954 5: the sender's own AUTH= is accepted and not passed on.
+                "AUTH" if smtp.offers_auth(self.io.get_ref().is_tls()) => {}
                 "BODY" if self.esmtp => {
                     if !value.eq_ignore_ascii_case("7BIT")
                         && !value.eq_ignore_ascii_case("8BITMIME")
@@ -332,6 +377,167 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Route::UnknownUser => self.reply(&unknown),
             Route::Foreign => self.reply(&format!("550 5.7.1 <{address}>: relay access denied")),
+        }
+    }
+
+    /// RFC 3207. Whatever the client sent after STARTTLS in plain text is thrown away, and the
+    /// session starts over (no HELO, no transaction): nothing said before the handshake can
+    /// act after it.
+    async fn starttls(&mut self, smtp: &Smtp, args: &str) -> Result<(), End> {
+        let Some(acceptor) = &smtp.tls else {
+            self.refuse("502 5.5.1 STARTTLS is not available");
+            return Ok(());
+        };
+        if !args.is_empty() {
+            self.refuse("501 5.5.4 syntax: STARTTLS");
+            return Ok(());
+        }
+        if self.io.get_ref().is_tls() {
+            self.refuse("503 5.5.1 TLS is already active");
+            return Ok(());
+        }
+        self.reply("220 2.0.0 ready to start TLS");
+        self.flush().await.map_err(|_| End::Gone)?;
+        if !self.io.buffer().is_empty() {
+            tracing::warn!(peer = %self.peer, "plain text pipelined after STARTTLS; discarded");
+        }
+        if let Err(e) = upgrade_buffered(&mut self.io, acceptor).await {
+            tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
+            return Err(End::Gone);
+        }
+        self.helo = None;
+        self.esmtp = false;
+        self.reset();
+        Ok(())
+    }
+
+    /// RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN, against the users' password hashes.
+    async fn auth(&mut self, smtp: &Smtp, args: &str) -> Result<(), End> {
+        let tls = self.io.get_ref().is_tls();
+        if !smtp.auth {
+            self.refuse("502 5.5.1 AUTH is not available");
+            return Ok(());
+        }
+        if !smtp.offers_auth(tls) {
+            self.refuse("538 5.7.11 encryption required: use STARTTLS first");
+            return Ok(());
+        }
+        if self.helo.is_none() || !self.esmtp {
+            self.refuse("503 5.5.1 send EHLO first");
+            return Ok(());
+        }
+        if self.authenticated.is_some() {
+            self.refuse("503 5.5.1 already authenticated");
+            return Ok(());
+        }
+        if self.sender.is_some() {
+            self.refuse("503 5.5.1 AUTH is not allowed during a mail transaction");
+            return Ok(());
+        }
+        let mut words = args.split_ascii_whitespace();
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        if words.next().is_some() {
+            self.refuse("501 5.5.4 syntax: AUTH mechanism [initial-response]");
+            return Ok(());
+        }
+        let credentials = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(response) => response.to_string(),
+                    None => match self.challenge("").await? {
+                        Some(response) => response,
+                        None => return Ok(()),
+                    },
+                };
+                decode(&response).and_then(|plain| {
+                    // authzid NUL authcid NUL password; an authzid other than the user is refused.
+                    let mut parts = plain.splitn(3, |&b| b == 0);
+                    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    (authzid.is_empty() || authzid.eq_ignore_ascii_case(&user))
+                        .then_some((user, password))
+                })
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(response) => response.to_string(),
+                    None => match self.challenge("VXNlcm5hbWU6").await? {
+                        Some(response) => response,
+                        None => return Ok(()),
+                    },
+                };
+                let Some(password) = self.challenge("UGFzc3dvcmQ6").await? else {
+                    return Ok(());
+                };
+                decode(&user).zip(decode(&password)).and_then(|(u, p)| {
+                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?))
+                })
+            }
+            _ => {
+                self.refuse("504 5.5.4 unrecognized authentication mechanism");
+                return Ok(());
+            }
+        };
+        let Some((user, password)) = credentials else {
+            self.refuse("501 5.5.2 cannot decode the response");
+            return Ok(());
+        };
+        let account = smtp
+            .directory
+            .login(&user)
+            .map(|(mailbox, hash)| (mailbox.to_string(), hash.to_string()));
+        let hash = account
+            .as_ref()
+            .map(|(_, hash)| hash.clone())
+            .unwrap_or_else(|| smtp.decoy_hash.clone());
+        let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        match account {
+            Some((name, _)) if verified => {
+                tracing::info!(peer = %self.peer, user = %name, "smtp auth");
+                self.authenticated = Some(name);
+                self.reply("235 2.7.0 authentication successful");
+            }
+            _ => {
+                tracing::warn!(peer = %self.peer, user = %user, "smtp auth failed");
+                tokio::time::sleep(FAILED_AUTH_DELAY).await;
+                self.refuse("535 5.7.8 authentication credentials invalid");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a 334 challenge and reads the answer; `None` when the client cancelled with `*`
+    /// or sent a line too long (the reply is queued).
+    async fn challenge(&mut self, text: &str) -> Result<Option<String>, End> {
+        self.reply(&format!("334 {text}"));
+        self.flush().await.map_err(|_| End::Gone)?;
+        let read = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            read_line(&mut self.io, MAX_LINE, &mut self.line),
+        )
+        .await;
+        match read {
+            Err(_) => {
+                self.reply("421 4.4.2 timeout waiting for a command");
+                Err(End::Closing)
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => Err(End::Gone),
+            Ok(Ok(Line::TooLong)) => {
+                self.refuse("500 5.5.6 authentication exchange line too long");
+                Ok(None)
+            }
+            Ok(Ok(Line::Complete)) => {
+                let answer = String::from_utf8_lossy(trim_eol(&self.line)).into_owned();
+                if answer == "*" {
+                    self.refuse("501 5.7.0 authentication cancelled");
+                    return Ok(None);
+                }
+                Ok(Some(answer))
+            }
         }
     }
 
@@ -459,7 +665,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(ip) => format!("[{ip}]"),
             None => "local".into(),
         };
-        let with = if self.esmtp { "ESMTP" } else { "SMTP" };
+        // RFC 3848's protocol names.
+        let with = match (
+            self.esmtp,
+            self.io.get_ref().is_tls(),
+            self.authenticated.is_some(),
+        ) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
         let rcpt = match recipient {
             Some(address) => format!("\n\tfor <{address}>"),
             None => String::new(),
