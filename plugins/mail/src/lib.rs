@@ -14,6 +14,8 @@
 //! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.
 //! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, and the connection type
 //!   that STARTTLS and STLS upgrade in place.
+//! - [`relay`]: the relay queue (a Maildir of envelope + message files), its worker that
+//!   delivers to `--smarthost` with back-off, and bounces (RFC 3464 reports).
 //! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
 //! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
 
@@ -29,6 +31,7 @@ pub mod aliases;
 pub mod lines;
 pub mod maildir;
 pub mod pop3;
+pub mod relay;
 pub mod service;
 pub mod smtp;
 pub mod tls;
@@ -41,6 +44,11 @@ pub const DEFAULT_SMTP_PORT: u16 = 8025;
 pub const DEFAULT_POP3_PORT: u16 = 8110;
 /// 25 MiB, as the issue and Postfix's `message_size_limit` (near enough) say.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+
+/// Postfix's `minimal_backoff_time`, `maximal_backoff_time` and `maximal_queue_lifetime`.
+pub const DEFAULT_MIN_BACKOFF: u64 = 300;
+pub const DEFAULT_MAX_BACKOFF: u64 = 4000;
+pub const DEFAULT_QUEUE_LIFETIME: u64 = 5 * 24 * 3600;
 
 /// The protocol names a service's listeners are given in `protocols`.
 pub const PROTOCOLS: [&str; 3] = ["smtp", "pop3", "pop3s"];
@@ -87,6 +95,16 @@ pub struct MailConfig {
     pub auth: bool,
     /// Passwords without TLS: SMTP AUTH offered in plain text, POP3 USER/PASS before STLS.
     pub allow_plaintext_auth: bool,
+    /// The relay queue directory: mail for other domains from local or authenticated clients.
+    pub relay: Option<PathBuf>,
+    /// Where relayed mail goes, `HOST:PORT`.
+    pub smarthost: Option<String>,
+    /// Seconds before the first retry of a deferred relay delivery; doubled each time.
+    pub relay_min_backoff: u64,
+    /// The longest wait between retries, in seconds.
+    pub relay_max_backoff: u64,
+    /// Seconds a message may stay in the relay queue before it is bounced.
+    pub queue_lifetime: u64,
     /// The name in the greeting and Received headers; empty means the system's host name.
     pub hostname: String,
     /// The largest message SMTP accepts, in octets.
@@ -108,6 +126,11 @@ impl Default for MailConfig {
             protocols: vec!["smtp".into(), "pop3".into()],
             certificate: None,
             privkey: None,
+            relay: None,
+            smarthost: None,
+            relay_min_backoff: DEFAULT_MIN_BACKOFF,
+            relay_max_backoff: DEFAULT_MAX_BACKOFF,
+            queue_lifetime: DEFAULT_QUEUE_LIFETIME,
             auth: false,
             allow_plaintext_auth: false,
             hostname: String::new(),
@@ -183,6 +206,27 @@ struct MailArgs {
     #[arg(long = "allow-plaintext-auth")]
     allow_plaintext_auth: bool,
 
+    /// Queue mail for other domains from local or authenticated clients in this directory and
+    /// relay it (needs --smarthost).
+    #[arg(long, value_name = "QUEUEDIR")]
+    relay: Option<PathBuf>,
+
+    /// Where relayed mail is delivered: HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", requires = "relay")]
+    smarthost: Option<String>,
+
+    /// Seconds before the first retry of a deferred relay delivery (doubled each time).
+    #[arg(long = "relay-min-backoff", value_name = "SECONDS", default_value_t = DEFAULT_MIN_BACKOFF)]
+    relay_min_backoff: u64,
+
+    /// The longest wait between relay retries, in seconds.
+    #[arg(long = "relay-max-backoff", value_name = "SECONDS", default_value_t = DEFAULT_MAX_BACKOFF)]
+    relay_max_backoff: u64,
+
+    /// Seconds a message may wait in the relay queue before it is bounced to its sender.
+    #[arg(long = "queue-lifetime", value_name = "SECONDS", default_value_t = DEFAULT_QUEUE_LIFETIME)]
+    queue_lifetime: u64,
+
     /// The host name in the greeting and Received headers (default: the system's).
     #[arg(short = 'H', long, value_name = "NAME")]
     hostname: Option<String>,
@@ -216,6 +260,11 @@ impl FromArgMatches for MailConfig {
             hostname: args.hostname.unwrap_or_default(),
             max_message_size: args.max_message_size,
             protocols: Vec::new(),
+            relay: args.relay,
+            smarthost: args.smarthost,
+            relay_min_backoff: args.relay_min_backoff,
+            relay_max_backoff: args.relay_max_backoff,
+            queue_lifetime: args.queue_lifetime,
             certificate: args.certificate,
             privkey: args.privkey,
             auth: args.auth,
@@ -394,6 +443,30 @@ impl Plugin for MailPlugin {
         }
         if config.privkey.is_some() && config.certificate.is_none() {
             problems.push("--privkey: needs --certificate".to_string());
+        }
+        match (&config.relay, &config.smarthost) {
+            (Some(queue), Some(smarthost)) => {
+                if queue.as_os_str().is_empty() {
+                    problems.push("--relay: no queue directory".to_string());
+                }
+                let port = smarthost
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                    problems.push(format!("--smarthost '{smarthost}': expected HOST:PORT"));
+                }
+            }
+            (Some(_), None) => problems.push(
+                "--relay: give --smarthost HOST:PORT (MX lookup is not supported)".to_string(),
+            ),
+            (None, Some(_)) => problems.push("--smarthost: needs --relay QUEUEDIR".to_string()),
+            (None, None) => {}
+        }
+        if config.relay_min_backoff == 0 {
+            problems.push("--relay-min-backoff: must be at least 1 second".to_string());
+        }
+        if config.relay_max_backoff < config.relay_min_backoff {
+            problems.push("--relay-max-backoff: below --relay-min-backoff".to_string());
         }
         if let Some(certificate) = &config.certificate {
             if let Err(e) = tls::acceptor(certificate, config.privkey.as_deref()) {

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -51,10 +51,10 @@ pub fn unique_name(hostname: &str, size: usize, crlf_size: usize) -> String {
     )
 }
 
-/// One message for one or more Maildirs; `ack` hears whether it is durably in every `new/`.
+/// Files for one or more Maildirs (the relay queue is one too); `ack` hears whether every one
+/// is durably in its `new/`.
 struct Job {
-    maildirs: Vec<PathBuf>,
-    content: Vec<u8>,
+    targets: Vec<(PathBuf, Arc<Vec<u8>>)>,
     ack: oneshot::Sender<io::Result<()>>,
 }
 
@@ -91,13 +91,16 @@ impl Deliverer {
     /// Delivers `content` (LF line endings) into each Maildir's `new/`; returns once it is
     /// flushed to disk there, or with the error that stopped it (then it is in none of them).
     pub async fn deliver(&self, maildirs: Vec<PathBuf>, content: Vec<u8>) -> io::Result<()> {
+        let content = Arc::new(content);
+        self.deliver_each(maildirs.into_iter().map(|m| (m, content.clone())).collect())
+            .await
+    }
+
+    /// Like [`Deliverer::deliver`], with its own content for each Maildir; all or none.
+    pub async fn deliver_each(&self, targets: Vec<(PathBuf, Arc<Vec<u8>>)>) -> io::Result<()> {
         let (ack, done) = oneshot::channel();
         self.jobs
-            .send(Job {
-                maildirs,
-                content,
-                ack,
-            })
+            .send(Job { targets, ack })
             .map_err(|_| io::Error::other("the maildir writer has stopped"))?;
         done.await
             .unwrap_or_else(|_| Err(io::Error::other("the maildir writer has stopped")))
@@ -118,16 +121,16 @@ fn commit(hostname: &str, batch: Vec<Job>) {
     let mut failed: Vec<Option<io::Error>> = batch.iter().map(|_| None).collect();
     let mut placed: Vec<Placed> = Vec::new();
     for (index, job) in batch.iter().enumerate() {
-        let crlf_size = job.content.len() + job.content.iter().filter(|&&b| b == b'\n').count();
-        for maildir in &job.maildirs {
-            let name = unique_name(hostname, job.content.len(), crlf_size);
+        for (maildir, content) in &job.targets {
+            let crlf_size = content.len() + content.iter().filter(|&&b| b == b'\n').count();
+            let name = unique_name(hostname, content.len(), crlf_size);
             let tmp = maildir.join("tmp").join(&name);
             let written = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
-                .and_then(|mut file| file.write_all(&job.content).map(|()| file));
+                .and_then(|mut file| file.write_all(content).map(|()| file));
             match written {
                 Ok(file) => placed.push(Placed {
                     job: index,

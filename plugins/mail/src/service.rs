@@ -12,10 +12,12 @@ use host::{BoundListener, Service};
 use crate::aliases::Aliases;
 use crate::maildir::{self, Deliverer};
 use crate::pop3::Pop3;
+use crate::relay::{Relay, RelaySettings};
 use crate::smtp::Smtp;
 use crate::tls::Conn;
 use crate::users::{hash_password, Directory};
 use crate::MailConfig;
+use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 /// The running mail service.
@@ -28,6 +30,7 @@ pub struct MailService {
     tls: Option<TlsAcceptor>,
     auth: bool,
     allow_plaintext_auth: bool,
+    relay: Option<RelaySettings>,
 }
 
 /// The system's host name, for greetings when `--hostname` names none.
@@ -54,7 +57,19 @@ impl MailService {
             ),
             None => None,
         };
+        let relay = match (&config.relay, &config.smarthost) {
+            (Some(queue), Some(smarthost)) => Some(RelaySettings {
+                queue: queue.clone(),
+                smarthost: smarthost.clone(),
+                hostname: hostname.clone(),
+                min_backoff: Duration::from_secs(config.relay_min_backoff),
+                max_backoff: Duration::from_secs(config.relay_max_backoff),
+                lifetime: Duration::from_secs(config.queue_lifetime),
+            }),
+            _ => None,
+        };
         Ok(MailService {
+            relay,
             tls,
             auth: config.auth,
             allow_plaintext_auth: config.allow_plaintext_auth,
@@ -83,6 +98,14 @@ impl Service for MailService {
         }
         let deliverer = Deliverer::start(self.hostname.clone())
             .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
+        let relay = match &self.relay {
+            Some(settings) => {
+                maildir::ensure(&settings.queue)
+                    .map_err(|e| format!("--relay {}: {e}", settings.queue.display()))?;
+                Some(Arc::new(Relay::new(settings.clone())))
+            }
+            None => None,
+        };
         let decoy_hash = hash_password("decoy").map_err(|e| e.to_string())?;
         let aliases = match &self.aliases {
             Some(path) => Some(Aliases::load(path).map_err(|e| e.to_string())?),
@@ -98,6 +121,7 @@ impl Service for MailService {
             auth: self.auth,
             allow_plaintext_auth: self.allow_plaintext_auth,
             decoy_hash: decoy_hash.clone(),
+            relay,
         });
         let pop3 = Arc::new(Pop3 {
             directory: self.directory.clone(),
@@ -154,6 +178,10 @@ impl Service for MailService {
                 other => return Err(format!("protocols: '{other}' cannot be served")),
             }
             tracing::info!(parent: ctx.span(), "{protocol} on {endpoint}");
+        }
+        // Last, so a start that fails above leaves no worker behind.
+        if let Some(relay) = &smtp.relay {
+            relay.start(ctx, smtp.deliverer.clone(), self.directory.clone());
         }
         Ok(())
     }

@@ -24,8 +24,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::aliases::Aliases;
 use crate::lines::{read_line, trim_eol, Line};
 use crate::maildir::Deliverer;
+use crate::relay::Relay;
 use crate::tls::{upgrade_buffered, Conn};
-use crate::users::{verify_password, Directory, Mailbox, Route};
+use crate::users::{is_domain_name, verify_password, Directory, Mailbox, Route};
 
 /// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Command lines get the
 /// same limit (the RFC's 512 is a floor servers may exceed).
@@ -52,6 +53,8 @@ pub struct Smtp {
     pub allow_plaintext_auth: bool,
     /// A real hash to verify unknown users against, so they take as long as known ones.
     pub decoy_hash: String,
+    /// The relay queue (`--relay`) for loopback and authenticated clients.
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl Smtp {
@@ -104,8 +107,10 @@ struct Session {
     sender: Option<String>,
     /// Each accepted RCPT's address and mailbox; an alias adds one entry per mailbox.
     recipients: Vec<(String, Mailbox)>,
-    /// Accepted RCPT commands (what the 100-recipient limit counts).
-    rcpt_count: usize,
+    /// The address of each accepted RCPT (what the 100-recipient limit counts).
+    accepted: Vec<String>,
+    /// Accepted addresses in other domains, for the relay queue.
+    relayed: Vec<String>,
     errors: u32,
     /// The user that passed AUTH, as `user@domain`.
     authenticated: Option<String>,
@@ -122,7 +127,8 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
         esmtp: false,
         sender: None,
         recipients: Vec::new(),
-        rcpt_count: 0,
+        accepted: Vec::new(),
+        relayed: Vec::new(),
         errors: 0,
         authenticated: None,
     };
@@ -221,7 +227,8 @@ impl Session {
     fn reset(&mut self) {
         self.sender = None;
         self.recipients.clear();
-        self.rcpt_count = 0;
+        self.accepted.clear();
+        self.relayed.clear();
     }
 
     async fn command(&mut self, smtp: &Smtp, line: &str) -> Result<(), End> {
@@ -339,7 +346,7 @@ impl Session {
         if !params.is_empty() {
             return self.refuse("555 5.5.4 RCPT parameters are not supported");
         }
-        if self.rcpt_count >= MAX_RECIPIENTS {
+        if self.accepted.len() >= MAX_RECIPIENTS {
             // Not an error of the client's: it sends the rest in another transaction.
             return self.reply("452 4.5.3 too many recipients");
         }
@@ -366,13 +373,21 @@ impl Session {
             }
             self.recipients
                 .extend(mailboxes.into_iter().map(|m| (address.clone(), m)));
-            self.rcpt_count += 1;
+            self.accepted.push(address);
             return self.reply("250 2.1.5 Ok");
         }
         match smtp.directory.route(&local, &domain) {
             Route::Local(mailbox) => {
-                self.recipients.push((address, mailbox));
-                self.rcpt_count += 1;
+                self.recipients.push((address.clone(), mailbox));
+                self.accepted.push(address);
+                self.reply("250 2.1.5 Ok");
+            }
+            Route::Foreign if smtp.relay.is_some() && self.may_relay() => {
+                if !is_domain_name(&domain) {
+                    return self.refuse("501 5.1.3 not a domain name after the @");
+                }
+                self.relayed.push(address.clone());
+                self.accepted.push(address);
                 self.reply("250 2.1.5 Ok");
             }
             Route::UnknownUser => self.reply(&unknown),
@@ -546,7 +561,7 @@ impl Session {
             self.refuse("503 5.5.1 need MAIL before DATA");
             return Ok(());
         }
-        if self.recipients.is_empty() {
+        if self.accepted.is_empty() {
             self.refuse("503 5.5.1 no valid recipients");
             return Ok(());
         }
@@ -608,8 +623,8 @@ impl Session {
 
         let sender = self.sender.take().unwrap_or_default();
         let recipients = std::mem::take(&mut self.recipients);
-        let single = self.rcpt_count == 1;
-        self.rcpt_count = 0;
+        let accepted = std::mem::take(&mut self.accepted);
+        let relayed = std::mem::take(&mut self.relayed);
         if bare {
             self.reply("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
             return Ok(());
@@ -623,22 +638,41 @@ impl Session {
             return Ok(());
         }
 
-        let for_clause = single.then(|| recipients[0].0.as_str());
-        let mut message = self.trace_headers(smtp, &id, &sender, for_clause);
+        let for_clause = match accepted.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let mut message = self.received_header(smtp, &id, for_clause);
         message.extend_from_slice(&body);
         drop(body);
         let mut maildirs: Vec<_> = recipients.iter().map(|(_, m)| m.path.clone()).collect();
         maildirs.sort();
         maildirs.dedup();
-        match smtp.deliverer.deliver(maildirs, message).await {
+        let mut targets = Vec::new();
+        if !maildirs.is_empty() {
+            let mut local = format!("Return-Path: <{sender}>\n").into_bytes();
+            local.extend_from_slice(&message);
+            let local = Arc::new(local);
+            targets.extend(maildirs.into_iter().map(|m| (m, local.clone())));
+        }
+        if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
+            let file = relay.queue_file(&sender, &relayed, &message);
+            targets.push((relay.queue().to_path_buf(), Arc::new(file)));
+        }
+        drop(message);
+        match smtp.deliverer.deliver_each(targets).await {
             Ok(()) => {
                 tracing::info!(
                     peer = %self.peer,
                     id = %id,
                     from = %sender,
                     to = %recipients.iter().map(|(_, m)| m.to_string()).collect::<Vec<_>>().join(","),
+                    relay = %relayed.join(","),
                     "delivered"
                 );
+                if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
+                    relay.wake();
+                }
                 self.reply(&format!("250 2.0.0 Ok: queued as {id}"));
             }
             Err(e) => {
@@ -649,14 +683,13 @@ impl Session {
         Ok(())
     }
 
-    /// Return-Path and Received, with LF line endings like the stored message.
-    fn trace_headers(
-        &self,
-        smtp: &Smtp,
-        id: &str,
-        sender: &str,
-        recipient: Option<&str>,
-    ) -> Vec<u8> {
+    /// Relay rights: a local client (loopback or a Unix socket), or an authenticated one.
+    fn may_relay(&self) -> bool {
+        self.authenticated.is_some() || self.peer.ip().is_none_or(|ip| ip.is_loopback())
+    }
+
+    /// The Received header, with an LF line ending like the stored message.
+    fn received_header(&self, smtp: &Smtp, id: &str, recipient: Option<&str>) -> Vec<u8> {
         let date = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc2822)
             .unwrap_or_default();
@@ -682,7 +715,7 @@ impl Session {
             None => String::new(),
         };
         format!(
-            "Return-Path: <{sender}>\nReceived: from {helo} ({ip})\n\tby {} (taphost) with {with} id {id}{rcpt};\n\t{date}\n",
+            "Received: from {helo} ({ip})\n\tby {} (taphost) with {with} id {id}{rcpt};\n\t{date}\n",
             smtp.hostname
         )
         .into_bytes()
