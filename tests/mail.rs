@@ -1322,3 +1322,22 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_message_with_too_many_received_headers_is_a_loop() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let hops = |n: usize| "Received: from somewhere\r\n".repeat(n);
+    start_data(&mut raw, "alice@example.com");
+    raw.send(format!("{}Subject: loop\r\n\r\nx\r\n.\r\n", hops(51)).as_bytes());
+    let looped = raw.reply();
+    assert!(looped.starts_with("554 5.4.6"), "{looped}");
+    // Fifty is still fine, and Received lines in the body do not count.
+    raw.expect("MAIL FROM:<a@remote.test>", "250");
+    raw.expect("RCPT TO:<alice@example.com>", "250");
+    raw.expect("DATA", "354");
+    raw.send(format!("{}Subject: ok\r\n\r\n{}.\r\n", hops(50), hops(10)).as_bytes());
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    assert_eq!(files(&sb, "alice", "new").len(), 1);
+}

@@ -16,7 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
@@ -28,6 +28,29 @@ pub fn ensure(path: &Path) -> io::Result<()> {
         builder.create(path.join(sub))?;
     }
     Ok(())
+}
+
+/// How old a file in `tmp/` must be before [`clean_tmp`] removes it: the Maildir
+/// specification's 36 hours, long past any delivery that could still be writing it.
+pub const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+
+/// Removes files in `tmp/` last modified more than `max_age` before `now` (what a crash
+/// mid-delivery leaves behind); returns how many went.
+pub fn clean_tmp(maildir: &Path, now: SystemTime, max_age: Duration) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(maildir.join("tmp"))? {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else { continue };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > max_age);
+        if meta.is_file() && stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Deliveries made by this process, for unique names.
@@ -279,6 +302,17 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.contains(".host\\057x\\072y,S=10,W=12"), "{a}");
         assert_eq!(crlf_size_from_name(&a), Some(12));
+    }
+
+    #[test]
+    fn stale_tmp_files_are_cleaned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        ensure(dir.path()).expect("maildir");
+        std::fs::write(dir.path().join("tmp/left-by-a-crash"), "partial").expect("write");
+        let now = SystemTime::now();
+        assert_eq!(clean_tmp(dir.path(), now, TMP_MAX_AGE).expect("clean"), 0);
+        let later = now + TMP_MAX_AGE + Duration::from_secs(60);
+        assert_eq!(clean_tmp(dir.path(), later, TMP_MAX_AGE).expect("clean"), 1);
     }
 
     #[test]

@@ -82,6 +82,15 @@ impl MailService {
     }
 }
 
+/// Removes what crashes left in a Maildir's `tmp/`; a failure only costs disk space.
+fn clean(maildir: &std::path::Path) {
+    match maildir::clean_tmp(maildir, std::time::SystemTime::now(), maildir::TMP_MAX_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(maildir = %maildir.display(), "removed {n} stale files from tmp/"),
+        Err(e) => tracing::warn!(maildir = %maildir.display(), "cannot clean tmp/: {e}"),
+    }
+}
+
 impl Service for MailService {
     fn start(&self, ctx: &ServiceContext, listeners: Vec<BoundListener>) -> Result<(), String> {
         if listeners.len() != self.protocols.len() {
@@ -95,6 +104,7 @@ impl Service for MailService {
         for mailbox in self.directory.mailboxes() {
             maildir::ensure(&mailbox.path)
                 .map_err(|e| format!("maildir {}: {e}", mailbox.path.display()))?;
+            clean(&mailbox.path);
         }
         let deliverer = Deliverer::start(self.hostname.clone())
             .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
@@ -102,6 +112,7 @@ impl Service for MailService {
             Some(settings) => {
                 maildir::ensure(&settings.queue)
                     .map_err(|e| format!("--relay {}: {e}", settings.queue.display()))?;
+                clean(&settings.queue);
                 Some(Arc::new(Relay::new(settings.clone())))
             }
             None => None,

@@ -35,6 +35,9 @@ pub const MAX_LINE: usize = 1000;
 pub const MAX_RECIPIENTS: usize = 100;
 /// RFC 5321 4.5.3.2.7: at least five minutes for a command; the same for each line of DATA.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// A message that already passed this many Received headers is in a loop (Postfix's
+/// `hopcount_limit`).
+pub const MAX_HOPS: usize = 50;
 /// After this many refused commands the client is cut off (Postfix's `smtpd_hard_error_limit`).
 pub const MAX_ERRORS: u32 = 20;
 
@@ -573,6 +576,7 @@ impl Session {
         let (mut bare, mut too_long, mut too_big) = (false, false, false);
         // The line before ended with CRLF (true for the first line after 354).
         let mut after_crlf = true;
+        let (mut in_headers, mut hops) = (true, 0usize);
         loop {
             let read = tokio::time::timeout(
                 COMMAND_TIMEOUT,
@@ -612,6 +616,13 @@ impl Session {
                 bare = true;
             }
             let text = text.strip_prefix(b".").unwrap_or(text);
+            if in_headers {
+                if text.is_empty() {
+                    in_headers = false;
+                } else if text.len() >= 9 && text[..9].eq_ignore_ascii_case(b"received:") {
+                    hops += 1;
+                }
+            }
             if too_big || (body.len() + text.len() + 1) as u64 > smtp.max_message_size {
                 too_big = true;
                 body = Vec::new();
@@ -635,6 +646,10 @@ impl Session {
         }
         if too_big {
             self.reply("552 5.3.4 message size exceeds fixed limit");
+            return Ok(());
+        }
+        if hops > MAX_HOPS {
+            self.reply("554 5.4.6 too many hops: a mail loop?");
             return Ok(());
         }
 
