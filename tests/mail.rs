@@ -799,23 +799,40 @@ fn kill_9_loses_no_acknowledged_message_and_leaves_no_partial_file() {
     raw.expect("QUIT", "221");
 }
 
-/// configs/mail.tas works as its comment says: alice's documented password logs in, and mail
-/// sent to her arrives (run here on free ports with the Maildirs in a sandbox).
+/// configs/mail.tas and configs/demo.tas work as their comments say: alice's documented
+/// password logs in, and mail sent to her arrives (run here on free ports with the Maildirs in a
+/// sandbox).
 #[test]
-fn the_example_tap_works_as_documented() {
+fn the_example_taps_work_as_documented() {
+    for example in ["configs/mail.tas", "configs/demo.tas"] {
+        example_works(example);
+    }
+}
+
+fn example_works(example: &str) {
     let sb = Sandbox::new();
-    let (mut app, format) =
-        host::tapfile::load(&util::repo().join("configs/mail.tas")).expect("configs/mail.tas");
-    for endpoint in &mut app.services[0].listen {
-        if let host::Endpoint::Tcp { port, .. } = endpoint {
-            *port = 0;
+    let (mut app, format) = host::tapfile::load(&util::repo().join(example)).expect(example);
+    let mut mail_listener = 0;
+    for service in &app.services {
+        if service.plugin == "mail" {
+            break;
+        }
+        mail_listener += service.listen.len();
+    }
+    for service in &mut app.services {
+        for endpoint in &mut service.listen {
+            if let host::Endpoint::Tcp { port, .. } = endpoint {
+                *port = 0;
+            }
+        }
+        if service.plugin == "mail" {
+            service.config["domains"]["example.com"] =
+                serde_json::Value::String(sb.join("maildir").display().to_string());
         }
     }
-    app.services[0].config["domains"]["example.com"] =
-        serde_json::Value::String(sb.join("maildir").display().to_string());
     let copy = sb.join(&format!("mail.{}", format.extension()));
     host::tapfile::save(&app, &copy, format, true).expect("save the copy");
-    let twistd = sb.twistd(&["-o", "-f", copy.to_str().expect("utf-8")]);
+    let twistd = Twistd::start(&util::repo(), &["-o", "-f", copy.to_str().expect("utf-8")]);
     let out = python(
         sb.path(),
         r#"
@@ -829,9 +846,12 @@ p.user('alice'); p.pass_('wonderland')
 print(p.retr(1)[1][-1].decode())
 p.quit()
 "#,
-        &[&twistd.addr(0).to_string(), &twistd.addr(1).to_string()],
+        &[
+            &twistd.addr(mail_listener).to_string(),
+            &twistd.addr(mail_listener + 1).to_string(),
+        ],
     );
-    assert_eq!(out, "hello alice\n");
+    assert_eq!(out, "hello alice\n", "{example}");
 }
 
 #[test]
@@ -1340,4 +1360,79 @@ fn a_message_with_too_many_received_headers_is_a_loop() {
     raw.send(format!("{}Subject: ok\r\n\r\n{}.\r\n", hops(50), hops(10)).as_bytes());
     assert!(raw.reply().starts_with("250 2.0.0"));
     assert_eq!(files(&sb, "alice", "new").len(), 1);
+}
+
+/// Deterministic noise: every byte value, NULs, bare CRs and LFs, invalid UTF-8.
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_never_disturbs_another_session() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let (smtp, pop3) = (twistd.addr(0), twistd.addr(1));
+    // A well-behaved client opens a transaction and waits while the others misbehave.
+    let mut good = Raw::smtp(smtp);
+    good.expect("EHLO good.test", "250");
+    good.expect("MAIL FROM:<a@remote.test>", "250");
+    good.expect("RCPT TO:<alice@example.com>", "250");
+
+    for seed in 0..8 {
+        for addr in [smtp, pop3] {
+            let mut bad = Raw::connect(addr);
+            bad.line();
+            // SMTP hangs up after 20 bad commands: a failed write is part of the game.
+            let _ = bad.writer.write_all(&noise(20_000, seed));
+            let _ = bad.writer.write_all(b"\r\n");
+        }
+    }
+    // A line that never ends, then a close; invalid UTF-8 and absurd numbers.
+    let mut endless = Raw::connect(smtp);
+    endless.line();
+    let _ = endless.writer.write_all(&vec![b'x'; 300_000]);
+    drop(endless);
+    let mut odd = Raw::smtp(smtp);
+    odd.expect("EHLO \u{ff}\u{fe}", "250");
+    odd.send(b"MAIL FROM:<\xff\xfe@x.test>\r\n");
+    assert!(odd.reply().starts_with("501"));
+    odd.expect("MAIL FROM:<a@b.test> SIZE=99999999999999999999999", "501");
+    odd.expect("QUIT", "221");
+    let mut pop = Raw::connect(pop3);
+    pop.line();
+    pop.send(b"USER \xff\x00\r\nPASS \x00\r\nUSER alice\r\nPASS wonderland\r\n");
+    for _ in 0..4 {
+        pop.line();
+    }
+    for command in [
+        "RETR 99999999999999999999999",
+        "TOP 1 -1",
+        "LIST 0",
+        "DELE -1",
+        "UIDL x",
+        "TOP",
+        "STAT 1 2 3",
+    ] {
+        pop.send(format!("{command}\r\n").as_bytes());
+        let reply = pop.line();
+        assert!(reply.starts_with("-ERR"), "{command}: {reply}");
+    }
+    pop.send(b"QUIT\r\n");
+    assert!(pop.line().starts_with("+OK"));
+
+    // The patient client finishes, and the server is still whole.
+    good.expect("DATA", "354");
+    good.send(b"Subject: still here\r\n\r\nfine\r\n.\r\n");
+    assert!(good.reply().starts_with("250 2.0.0"));
+    good.expect("QUIT", "221");
+    assert_eq!(files(&sb, "alice", "new").len(), 1);
+    let (status, log) = twistd.stop();
+    assert!(status.success(), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:?}");
 }
