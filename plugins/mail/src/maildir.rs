@@ -20,12 +20,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-/// Creates a Maildir (and its parents) if it is missing.
+/// Creates a Maildir (and its parents) if it is missing. A new one is flushed to disk, parent
+/// entry included, so that messages acknowledged into it cannot vanish with their directory.
 pub fn ensure(path: &Path) -> io::Result<()> {
+    if ["tmp", "new", "cur"]
+        .iter()
+        .all(|sub| path.join(sub).is_dir())
+    {
+        return Ok(());
+    }
     let mut builder = DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for sub in ["tmp", "new", "cur"] {
         builder.create(path.join(sub))?;
+    }
+    File::open(path)?.sync_all()?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)?.sync_all()?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@
 //! and a bounce is on disk before the file goes: a crash can repeat a delivery, never lose one.
 //! Retry times are kept in memory; after a restart every queued message is tried at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,7 +193,8 @@ impl Relay {
                     Vec::new()
                 }
             };
-            schedule.retain(|name, _| names.contains(name));
+            let present: HashSet<&String> = names.iter().collect();
+            schedule.retain(|name, _| present.contains(name));
             let mut next_wake: Option<Instant> = None;
             for name in names {
                 if ctx.is_stopping() {
