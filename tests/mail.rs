@@ -1436,3 +1436,26 @@ fn garbage_never_disturbs_another_session() {
     assert!(status.success(), "{log:?}");
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:?}");
 }
+
+#[test]
+fn a_message_in_flight_when_stopping_is_finished_and_acknowledged() {
+    let sb = Sandbox::new();
+    let mut twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    start_data(&mut raw, "alice@example.com");
+    raw.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    twistd.signal(nix::sys::signal::Signal::SIGTERM);
+    twistd.wait_for("stopping");
+    raw.send(b"second half\r\n.\r\n");
+    let reply = raw.reply();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert!(
+        raw.rest().starts_with("421 4.3.2"),
+        "then the session is closed"
+    );
+    let (status, _) = twistd.stop_waiting();
+    assert!(status.success());
+    let alice = files(&sb, "alice", "new");
+    assert_eq!(alice.len(), 1);
+    assert!(alice[0].1.ends_with("first half\nsecond half\n"));
+}

@@ -177,6 +177,11 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
     let _ = s.io.get_mut().shutdown().await;
 }
 
+/// Relay rights: a local client (loopback or a Unix socket), or an authenticated one.
+fn may_relay(peer: &Peer, authenticated: bool) -> bool {
+    authenticated || peer.ip().is_none_or(|ip| ip.is_loopback())
+}
+
 /// Splits `FROM:<addr> PARAMS` after its keyword; `None` if the keyword is missing.
 fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
     let head = args.get(..keyword.len())?;
@@ -698,9 +703,8 @@ impl Session {
         Ok(())
     }
 
-    /// Relay rights: a local client (loopback or a Unix socket), or an authenticated one.
     fn may_relay(&self) -> bool {
-        self.authenticated.is_some() || self.peer.ip().is_none_or(|ip| ip.is_loopback())
+        may_relay(&self.peer, self.authenticated.is_some())
     }
 
     /// The Received header, with an LF line ending like the stored message.
@@ -740,6 +744,22 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_rights() {
+        let outside = Peer::Tcp("192.0.2.7:2525".parse().expect("addr"));
+        assert!(!may_relay(&outside, false));
+        assert!(may_relay(&outside, true));
+        assert!(may_relay(
+            &Peer::Tcp("[::1]:2525".parse().expect("addr")),
+            false
+        ));
+        assert!(may_relay(
+            &Peer::Tcp("127.0.0.9:2525".parse().expect("addr")),
+            false
+        ));
+        assert!(may_relay(&Peer::Unix, false));
+    }
 
     #[test]
     fn paths() {
