@@ -398,7 +398,13 @@ fn garbage_never_disturbs_another_session() {
     let _ = endless.writer.write_all(&vec![b'x'; 300_000]);
     drop(endless);
     let mut odd = Raw::smtp(smtp);
-    odd.expect("EHLO \u{ff}\u{fe}", "250");
+    odd.expect("EHLO \u{ff}\u{fe}", "501");
+    odd.send(b"EHLO a\rb\r\n");
+    assert!(
+        odd.reply().starts_with("501"),
+        "no bare CR into a Received header"
+    );
+    odd.expect("EHLO odd.test", "250");
     odd.send(b"MAIL FROM:<\xff\xfe@x.test>\r\n");
     assert!(odd.reply().starts_with("501"));
     odd.expect("MAIL FROM:<a@b.test> SIZE=99999999999999999999999", "501");

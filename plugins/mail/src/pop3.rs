@@ -266,7 +266,7 @@ impl Session {
         let mailbox = match account {
             Some((mailbox, _)) if verified => mailbox,
             _ => {
-                tracing::warn!(peer = %self.peer, user = %user, "pop3 login failed");
+                tracing::warn!(peer = %self.peer, user = ?user, "pop3 login failed");
                 tokio::time::sleep(FAILED_LOGIN_DELAY).await;
                 return self.reply("-ERR [AUTH] invalid user name or password");
             }

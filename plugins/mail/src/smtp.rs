@@ -245,7 +245,8 @@ impl Session {
             None => (line, ""),
         };
         match verb.to_ascii_uppercase().as_str() {
-            "EHLO" | "HELO" if args.is_empty() || args.contains(' ') => {
+            // The name goes into Received headers: printable ASCII only, one word.
+            "EHLO" | "HELO" if args.is_empty() || !args.bytes().all(|b| b.is_ascii_graphic()) => {
                 self.refuse(&format!("501 5.5.4 syntax: {verb} hostname"));
             }
             "EHLO" => {
@@ -525,7 +526,7 @@ impl Session {
                 self.reply("235 2.7.0 authentication successful");
             }
             _ => {
-                tracing::warn!(peer = %self.peer, user = %user, "smtp auth failed");
+                tracing::warn!(peer = %self.peer, user = ?user, "smtp auth failed");
                 tokio::time::sleep(FAILED_AUTH_DELAY).await;
                 self.refuse("535 5.7.8 authentication credentials invalid");
             }
