@@ -113,6 +113,17 @@ fn pop3_locks_mailboxes_and_delays_and_logs_failed_logins() {
     assert!(refused.starts_with("-ERR [AUTH]"), "{refused}");
     twistd.wait_for("pop3 login failed");
 
+    // The third failure on one connection ends it.
+    let mut guesser = Raw::connect(pop3);
+    guesser.line();
+    guesser.send(b"USER bob\r\nPASS a\r\nUSER bob\r\nPASS b\r\nUSER bob\r\nPASS c\r\n");
+    let said = guesser.rest();
+    assert_eq!(said.matches("-ERR [AUTH] invalid").count(), 3, "{said}");
+    assert!(
+        said.ends_with("-ERR [AUTH] too many failed logins, closing the connection\r\n"),
+        "{said}"
+    );
+
     first.send(b"QUIT\r\n");
     assert!(first.line().starts_with("+OK"));
     // Released at QUIT: the second session may log in now.

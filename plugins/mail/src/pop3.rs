@@ -26,6 +26,8 @@ pub const MAX_LINE: usize = 512;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a failed login waits before its answer, to slow down password guessing.
 pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+/// Failed logins one connection may make before it is closed.
+pub const MAX_FAILED_LOGINS: u32 = 3;
 
 /// What every POP3 session of a service shares.
 pub struct Pop3 {
@@ -114,6 +116,7 @@ struct Session {
     peer: Peer,
     user: Option<String>,
     transaction: Option<Transaction>,
+    failed_logins: u32,
 }
 
 /// Runs one POP3 session to its end.
@@ -125,6 +128,7 @@ pub async fn session(pop3: Arc<Pop3>, ctx: ServiceContext, stream: Conn, peer: P
         peer,
         user: None,
         transaction: None,
+        failed_logins: 0,
     };
     s.reply(&format!("+OK {} POP3 server ready", pop3.hostname));
     loop {
@@ -208,7 +212,13 @@ impl Session {
                 self.quit().await;
                 return false;
             }
-            _ if self.transaction.is_none() => self.authorization(pop3, &verb, arg).await,
+            _ if self.transaction.is_none() => {
+                self.authorization(pop3, &verb, arg).await;
+                if self.failed_logins >= MAX_FAILED_LOGINS {
+                    self.reply("-ERR [AUTH] too many failed logins, closing the connection");
+                    return false;
+                }
+            }
             _ => self.transaction(&verb, arg).await,
         }
         true
@@ -267,6 +277,7 @@ impl Session {
             Some((mailbox, _)) if verified => mailbox,
             _ => {
                 tracing::warn!(peer = %self.peer, user = ?user, "pop3 login failed");
+                self.failed_logins += 1;
                 tokio::time::sleep(FAILED_LOGIN_DELAY).await;
                 return self.reply("-ERR [AUTH] invalid user name or password");
             }
