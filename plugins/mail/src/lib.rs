@@ -16,6 +16,8 @@
 //!   that STARTTLS and STLS upgrade in place.
 //! - [`relay`]: the relay queue (a Maildir of envelope + message files), its worker that
 //!   delivers to `--smarthost` with back-off, and bounces (RFC 3464 reports).
+//! - [`outbound`]: offering a message to the next server: `--smarthost` or each domain's MX
+//!   hosts, and the SMTP client.
 //! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
 //! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
 
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub mod aliases;
 pub mod lines;
 pub mod maildir;
+pub mod outbound;
 pub mod pop3;
 pub mod relay;
 pub mod service;
@@ -207,11 +210,11 @@ struct MailArgs {
     allow_plaintext_auth: bool,
 
     /// Queue mail for other domains from local or authenticated clients in this directory and
-    /// relay it (needs --smarthost).
+    /// relay it (to --smarthost, or by MX lookup).
     #[arg(long, value_name = "QUEUEDIR")]
     relay: Option<PathBuf>,
 
-    /// Where relayed mail is delivered: HOST:PORT.
+    /// Where relayed mail is delivered, HOST:PORT (default: each domain's MX hosts, port 25).
     #[arg(long, value_name = "HOST:PORT", requires = "relay")]
     smarthost: Option<String>,
 
@@ -456,9 +459,11 @@ impl Plugin for MailPlugin {
                     problems.push(format!("--smarthost '{smarthost}': expected HOST:PORT"));
                 }
             }
-            (Some(_), None) => problems.push(
-                "--relay: give --smarthost HOST:PORT (MX lookup is not supported)".to_string(),
-            ),
+            (Some(queue), None) => {
+                if queue.as_os_str().is_empty() {
+                    problems.push("--relay: no queue directory".to_string());
+                }
+            }
             (None, Some(_)) => problems.push("--smarthost: needs --relay QUEUEDIR".to_string()),
             (None, None) => {}
         }

@@ -1,4 +1,4 @@
-//! Relaying: the durable queue for mail to other domains, its delivery to the smarthost with
+//! Relaying: the durable queue for mail to other domains, its delivery (by [`outbound`]) with
 //! retries and back-off, and the bounce (a delivery status notification, RFC 3464) when a
 //! recipient fails for good or the message outlives the queue lifetime.
 //!
@@ -14,7 +14,7 @@
 //! Received: ...
 //! ```
 //!
-//! A file leaves the queue only after every recipient was accepted by the smarthost or bounced,
+//! A file leaves the queue only after every recipient was accepted by the next server or bounced,
 //! and a bounce is on disk before the file goes: a crash can repeat a delivery, never lose one.
 //! Retry times are kept in memory; after a restart every queued message is tried at once.
 
@@ -25,25 +25,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use host::ServiceContext;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::maildir::{self, Deliverer};
+use crate::outbound::{self, Outcome};
 use crate::users::{Directory, Route};
-
-/// How long to wait for the smarthost to answer one command (RFC 5321 4.5.3.2 gives 5 to 10
-/// minutes; the connection itself gets less).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The relay's settings, from `--relay`, `--smarthost`, `--relay-min-backoff`,
 /// `--relay-max-backoff` and `--queue-lifetime`.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub queue: PathBuf,
-    pub smarthost: String,
+    /// `HOST:PORT`; without it, each recipient domain's MX hosts on port 25.
+    pub smarthost: Option<String>,
     pub hostname: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -54,6 +49,7 @@ pub struct RelaySettings {
 #[derive(Debug)]
 pub struct Relay {
     settings: RelaySettings,
+    route: outbound::Route,
     wake: Notify,
 }
 
@@ -125,20 +121,15 @@ pub fn envelope(sender: &str, recipients: &[String], queued: u64) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// What became of one recipient at the smarthost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Delivered,
-    /// Try again later; the reply or error.
-    Deferred(String),
-    /// Bounce; the reply.
-    Failed(String),
-}
-
 impl Relay {
     pub fn new(settings: RelaySettings) -> Relay {
+        let route = match &settings.smarthost {
+            Some(host) => outbound::Route::Smarthost(host.clone()),
+            None => outbound::Route::mx(),
+        };
         Relay {
             settings,
+            route,
             wake: Notify::new(),
         }
     }
@@ -256,21 +247,21 @@ impl Relay {
         let queued = Queued::parse(&bytes)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a relay queue file"))?;
         drop(bytes);
-        let outcomes = match send(&self.settings, &queued).await {
-            Ok(outcomes) => outcomes,
-            Err(e) => queued
-                .recipients
-                .iter()
-                .map(|_| Outcome::Deferred(e.clone()))
-                .collect(),
-        };
+        let outcomes = outbound::deliver(
+            &self.route,
+            &self.settings.hostname,
+            &queued.sender,
+            &queued.recipients,
+            &queued.message,
+        )
+        .await;
         let expired = now_unix().saturating_sub(queued.queued) >= self.settings.lifetime.as_secs();
         let mut failed: Vec<(String, String, bool)> = Vec::new();
         let mut remaining = Vec::new();
         for (rcpt, outcome) in queued.recipients.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => {
-                    tracing::info!(file = %name, to = %rcpt, relay = %self.settings.smarthost, "relayed");
+                    tracing::info!(file = %name, to = %rcpt, via = %self.route, "relayed");
                 }
                 Outcome::Failed(reply) => {
                     tracing::warn!(file = %name, to = %rcpt, "relay failed: {reply}");
@@ -464,143 +455,6 @@ fn enhanced_status(reply: &str) -> Option<String> {
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
     .then(|| code.to_string())
-}
-
-/// An SMTP reply: its code and its text (lines joined).
-struct Reply {
-    code: u16,
-    text: String,
-}
-
-impl Reply {
-    fn class(&self) -> u16 {
-        self.code / 100
-    }
-}
-
-struct Client {
-    io: BufReader<TcpStream>,
-}
-
-impl Client {
-    async fn reply(&mut self) -> Result<Reply, String> {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            let read = tokio::time::timeout(REPLY_TIMEOUT, self.io.read_line(&mut line))
-                .await
-                .map_err(|_| "timeout waiting for the smarthost".to_string())?
-                .map_err(|e| format!("smarthost connection: {e}"))?;
-            if read == 0 {
-                return Err("the smarthost closed the connection".into());
-            }
-            if line.len() > 2000 {
-                return Err("the smarthost sent a line too long".into());
-            }
-            let code: u16 = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| format!("the smarthost said {:?}", line.trim_end()))?;
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(line.trim_end());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(Reply { code, text });
-            }
-        }
-    }
-
-    async fn command(&mut self, line: &str) -> Result<Reply, String> {
-        self.io
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(|e| format!("smarthost connection: {e}"))?;
-        self.reply().await
-    }
-}
-
-/// Offers the message to the smarthost; one outcome per recipient, or an error that defers
-/// them all (connection trouble, a refused greeting or sender with 4xx).
-async fn send(settings: &RelaySettings, queued: &Queued) -> Result<Vec<Outcome>, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&settings.smarthost))
-        .await
-        .map_err(|_| format!("timeout connecting to {}", settings.smarthost))?
-        .map_err(|e| format!("cannot connect to {}: {e}", settings.smarthost))?;
-    let mut client = Client {
-        io: BufReader::new(stream),
-    };
-    let greeting = client.reply().await?;
-    if greeting.class() != 2 {
-        return Err(format!("greeting: {}", greeting.text));
-    }
-    let mut hello = client
-        .command(&format!("EHLO {}", settings.hostname))
-        .await?;
-    if hello.class() != 2 {
-        hello = client
-            .command(&format!("HELO {}", settings.hostname))
-            .await?;
-        if hello.class() != 2 {
-            return Err(format!("HELO: {}", hello.text));
-        }
-    }
-    let everyone = |outcome: Outcome| queued.recipients.iter().map(|_| outcome.clone()).collect();
-    let mail = client
-        .command(&format!("MAIL FROM:<{}>", queued.sender))
-        .await?;
-    match mail.class() {
-        2 => {}
-        5 => return Ok(everyone(Outcome::Failed(mail.text))),
-        _ => return Err(format!("MAIL: {}", mail.text)),
-    }
-    let mut outcomes = Vec::new();
-    for rcpt in &queued.recipients {
-        let reply = client.command(&format!("RCPT TO:<{rcpt}>")).await?;
-        outcomes.push(match reply.class() {
-            2 => None,
-            5 => Some(Outcome::Failed(reply.text)),
-            _ => Some(Outcome::Deferred(reply.text)),
-        });
-    }
-    if outcomes.iter().all(Option::is_some) {
-        let _ = client.command("QUIT").await;
-        return Ok(outcomes.into_iter().flatten().collect());
-    }
-    let data = client.command("DATA").await?;
-    let verdict = if data.class() == 3 {
-        let mut wire = Vec::with_capacity(queued.message.len() + queued.message.len() / 16 + 8);
-        for line in queued.message.split_inclusive(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            if line.starts_with(b".") {
-                wire.push(b'.');
-            }
-            wire.extend_from_slice(line);
-            wire.extend_from_slice(b"\r\n");
-        }
-        wire.extend_from_slice(b".\r\n");
-        client
-            .io
-            .get_mut()
-            .write_all(&wire)
-            .await
-            .map_err(|e| format!("smarthost connection: {e}"))?;
-        client.reply().await?
-    } else {
-        data
-    };
-    let accepted = match verdict.class() {
-        2 => Outcome::Delivered,
-        5 => Outcome::Failed(verdict.text),
-        _ => Outcome::Deferred(verdict.text),
-    };
-    let _ = client.command("QUIT").await;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| accepted.clone()))
-        .collect())
 }
 
 #[cfg(test)]

@@ -57,17 +57,14 @@ impl MailService {
             ),
             None => None,
         };
-        let relay = match (&config.relay, &config.smarthost) {
-            (Some(queue), Some(smarthost)) => Some(RelaySettings {
-                queue: queue.clone(),
-                smarthost: smarthost.clone(),
-                hostname: hostname.clone(),
-                min_backoff: Duration::from_secs(config.relay_min_backoff),
-                max_backoff: Duration::from_secs(config.relay_max_backoff),
-                lifetime: Duration::from_secs(config.queue_lifetime),
-            }),
-            _ => None,
-        };
+        let relay = config.relay.as_ref().map(|queue| RelaySettings {
+            queue: queue.clone(),
+            smarthost: config.smarthost.clone(),
+            hostname: hostname.clone(),
+            min_backoff: Duration::from_secs(config.relay_min_backoff),
+            max_backoff: Duration::from_secs(config.relay_max_backoff),
+            lifetime: Duration::from_secs(config.queue_lifetime),
+        });
         Ok(MailService {
             relay,
             tls,
