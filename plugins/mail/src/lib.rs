@@ -15,7 +15,7 @@
 //! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, and the connection type
 //!   that STARTTLS and STLS upgrade in place.
 //! - [`relay`]: the relay queue (a Maildir of envelope + message files), its worker that
-//!   delivers to `--smarthost` with back-off, and bounces (RFC 3464 reports).
+//!   retries with back-off, and bounces (RFC 3464 reports).
 //! - [`outbound`]: offering a message to the next server: `--smarthost` or each domain's MX
 //!   hosts, and the SMTP client.
 //! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
