@@ -7,5 +7,6 @@ use host::Registry;
 pub fn registry() -> Registry {
     Registry::new()
         .with::<web::WebPlugin>()
+        .with::<mail::MailPlugin>()
         .with::<telnet::TelnetPlugin>()
 }

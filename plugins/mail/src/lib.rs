@@ -1,1 +1,505 @@
-//! The `mail` plugin: SMTP into Maildir domains, and POP3. (Being built: not yet registered.)
+//! The `mail` plugin: SMTP into Maildir domains, and POP3 out of them.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`MailPlugin`] (the maker) and [`MailConfig`] (its options, the only serde type),
+//!   with the command-line reading that keeps `-u` attached to the `-d` before it.
+//! - [`users`]: domains and users: Argon2id password hashes, the password file, and resolving
+//!   an address to a Maildir (with `--default` and `--bounce-to-postmaster`).
+//! - [`aliases`]: the aliases(5) file with `:include:`, reloaded when a file changes.
+//! - [`maildir`]: the Maildir layout, unique file names, and the [`maildir::Deliverer`], the
+//!   group-commit writer that only acknowledges a message once it is fsynced into `new/`.
+//! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
+//!   only ends at CRLF.CRLF.
+//! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.
+//! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, and the connection type
+//!   that STARTTLS and STLS upgrade in place.
+//! - [`relay`]: the relay queue (a Maildir of envelope + message files), its worker that
+//!   retries with back-off, and bounces (RFC 3464 reports).
+//! - [`outbound`]: offering a message to the next server: `--smarthost` or each domain's MX
+//!   hosts, and the SMTP client.
+//! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
+//! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+use host::{Endpoint, Plugin, Service};
+use serde::{Deserialize, Serialize};
+
+pub mod aliases;
+pub mod lines;
+pub mod maildir;
+pub mod outbound;
+pub mod pop3;
+pub mod relay;
+pub mod service;
+pub mod smtp;
+pub mod tls;
+pub mod users;
+
+pub use service::MailService;
+
+/// Twisted's `mail` tap listens for SMTP on 8025 and POP3 on 8110 unless told otherwise.
+pub const DEFAULT_SMTP_PORT: u16 = 8025;
+pub const DEFAULT_POP3_PORT: u16 = 8110;
+/// 25 MiB, as the issue and Postfix's `message_size_limit` (near enough) say.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+
+/// Postfix's `minimal_backoff_time`, `maximal_backoff_time` and `maximal_queue_lifetime`.
+pub const DEFAULT_MIN_BACKOFF: u64 = 300;
+pub const DEFAULT_MAX_BACKOFF: u64 = 4000;
+pub const DEFAULT_QUEUE_LIFETIME: u64 = 5 * 24 * 3600;
+
+/// The protocol names a service's listeners are given in `protocols`.
+pub const PROTOCOLS: [&str; 3] = ["smtp", "pop3", "pop3s"];
+
+fn tcp(port: u16) -> Endpoint {
+    Endpoint::Tcp {
+        v6: false,
+        port,
+        interface: None,
+        backlog: None,
+    }
+}
+
+/// The mail plugin's options as the tap stores them.
+///
+/// The command line (`MailArgs`) is richer: `-d`/`-u` pairs become `domains` and `users`
+/// (passwords hashed on the spot), and the endpoints of `--smtp`, `--pop3` and `--pop3s` move
+/// into the tap's `listen` list, with `protocols` saying, position by position, which protocol
+/// each listener speaks. Keeping the endpoints out of the config means the listen list can be
+/// edited (or rewritten to port 0 by a test) without the two disagreeing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Domain name (lowercase) to the directory holding its users' Maildirs.
+    pub domains: BTreeMap<String, PathBuf>,
+    /// `user@domain` (lowercase) to an Argon2id PHC string. Never a plain password.
+    pub users: BTreeMap<String, String>,
+    /// `user@domain:password` lines, read when the service starts.
+    pub password_file: Option<PathBuf>,
+    /// Mail for unknown local users goes to the domain's `postmaster` instead of a 550.
+    pub bounce_to_postmaster: bool,
+    /// An aliases(5) file, re-read when it changes.
+    pub aliases: Option<PathBuf>,
+    /// The domain that takes mail for domains it does not know (`-D`).
+    pub default_domain: Option<String>,
+    /// The protocol of each listener, in the order of the tap's `listen` list: `smtp`, `pop3`
+    /// or `pop3s` (POP3 inside TLS from the first byte).
+    pub protocols: Vec<String>,
+    /// A PEM certificate chain: enables STARTTLS, STLS and `pop3s`.
+    pub certificate: Option<PathBuf>,
+    /// The PEM private key (default: looked for in the certificate file).
+    pub privkey: Option<PathBuf>,
+    /// SMTP AUTH PLAIN and LOGIN against the users.
+    pub auth: bool,
+    /// Passwords without TLS: SMTP AUTH offered in plain text, POP3 USER/PASS before STLS.
+    pub allow_plaintext_auth: bool,
+    /// The relay queue directory: mail for other domains from local or authenticated clients.
+    pub relay: Option<PathBuf>,
+    /// Where relayed mail goes, `HOST:PORT`.
+    pub smarthost: Option<String>,
+    /// Seconds before the first retry of a deferred relay delivery; doubled each time.
+    pub relay_min_backoff: u64,
+    /// The longest wait between retries, in seconds.
+    pub relay_max_backoff: u64,
+    /// Seconds a message may stay in the relay queue before it is bounced.
+    pub queue_lifetime: u64,
+    /// The name in the greeting and Received headers; empty means the system's host name.
+    pub hostname: String,
+    /// The largest message SMTP accepts, in octets.
+    pub max_message_size: u64,
+    /// Endpoints from the command line, on their way to the tap's listen list.
+    #[serde(skip)]
+    pub listen: Vec<Endpoint>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            domains: BTreeMap::new(),
+            users: BTreeMap::new(),
+            password_file: None,
+            bounce_to_postmaster: false,
+            aliases: None,
+            default_domain: None,
+            protocols: vec!["smtp".into(), "pop3".into()],
+            certificate: None,
+            privkey: None,
+            relay: None,
+            smarthost: None,
+            relay_min_backoff: DEFAULT_MIN_BACKOFF,
+            relay_max_backoff: DEFAULT_MAX_BACKOFF,
+            queue_lifetime: DEFAULT_QUEUE_LIFETIME,
+            auth: false,
+            allow_plaintext_auth: false,
+            hostname: String::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            listen: Vec::new(),
+        }
+    }
+}
+
+/// The command line of `mktap mail` / `twistd mail`, named as in Twisted's mail tap.
+#[derive(Debug, Clone, Args)]
+struct MailArgs {
+    /// A domain and the directory of its users' Maildirs (repeatable).
+    #[arg(short = 'd', long = "maildirdbmdomain", value_name = "NAME=PATH")]
+    domains: Vec<String>,
+
+    /// A user of the last domain given before it; their password is stored as an Argon2id hash
+    /// (repeatable).
+    #[arg(short = 'u', long = "user", value_name = "USER=PASS")]
+    users: Vec<String>,
+
+    /// A file of `user@domain:password` lines, read when the service starts.
+    #[arg(long = "passwordfile", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Deliver mail for unknown users to the domain's postmaster.
+    #[arg(short = 'b', long = "bounce-to-postmaster")]
+    bounce_to_postmaster: bool,
+
+    /// An aliases(5) file (addresses and :include:), re-read when it changes.
+    #[arg(short = 'A', long = "aliases", value_name = "FILE")]
+    aliases: Option<PathBuf>,
+
+    /// The last domain given takes mail for unknown domains.
+    #[arg(short = 'D', long = "default")]
+    default: bool,
+
+    /// Where SMTP listens (default tcp:8025).
+    #[arg(short = 's', long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    smtp: Option<Endpoint>,
+
+    /// Where POP3 listens (default tcp:8110).
+    #[arg(short = 'p', long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    pop3: Option<Endpoint>,
+
+    /// Do not serve SMTP.
+    #[arg(long = "no-smtp", conflicts_with = "smtp")]
+    no_smtp: bool,
+
+    /// Do not serve POP3.
+    #[arg(long = "no-pop3", conflicts_with = "pop3")]
+    no_pop3: bool,
+
+    /// Where POP3 over TLS listens (needs --certificate).
+    #[arg(long, value_name = "ENDPOINT", value_parser = host::cli::parse_endpoint)]
+    pop3s: Option<Endpoint>,
+
+    /// A PEM certificate (chain) for STARTTLS, STLS and --pop3s; may hold the key too.
+    #[arg(short = 'c', long, value_name = "PEM")]
+    certificate: Option<PathBuf>,
+
+    /// The PEM private key of --certificate.
+    #[arg(long, value_name = "PEM", requires = "certificate")]
+    privkey: Option<PathBuf>,
+
+    /// Offer SMTP AUTH PLAIN and LOGIN against the users (under TLS only, unless
+    /// --allow-plaintext-auth).
+    #[arg(long)]
+    auth: bool,
+
+    /// Take passwords without TLS: SMTP AUTH before STARTTLS, and POP3 USER/PASS before STLS
+    /// when a certificate is configured.
+    #[arg(long = "allow-plaintext-auth")]
+    allow_plaintext_auth: bool,
+
+    /// Queue mail for other domains from local or authenticated clients in this directory and
+    /// relay it (to --smarthost, or by MX lookup).
+    #[arg(long, value_name = "QUEUEDIR")]
+    relay: Option<PathBuf>,
+
+    /// Where relayed mail is delivered, HOST:PORT (default: each domain's MX hosts, port 25).
+    #[arg(long, value_name = "HOST:PORT", requires = "relay")]
+    smarthost: Option<String>,
+
+    /// Seconds before the first retry of a deferred relay delivery (doubled each time).
+    #[arg(long = "relay-min-backoff", value_name = "SECONDS", default_value_t = DEFAULT_MIN_BACKOFF)]
+    relay_min_backoff: u64,
+
+    /// The longest wait between relay retries, in seconds.
+    #[arg(long = "relay-max-backoff", value_name = "SECONDS", default_value_t = DEFAULT_MAX_BACKOFF)]
+    relay_max_backoff: u64,
+
+    /// Seconds a message may wait in the relay queue before it is bounced to its sender.
+    #[arg(long = "queue-lifetime", value_name = "SECONDS", default_value_t = DEFAULT_QUEUE_LIFETIME)]
+    queue_lifetime: u64,
+
+    /// The host name in the greeting and Received headers (default: the system's).
+    #[arg(short = 'H', long, value_name = "NAME")]
+    hostname: Option<String>,
+
+    /// The largest message accepted, in octets.
+    #[arg(long = "max-message-size", value_name = "OCTETS", default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: u64,
+}
+
+impl Args for MailConfig {
+    fn augment_args(cmd: Command) -> Command {
+        MailArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        MailArgs::augment_args_for_update(cmd)
+    }
+}
+
+fn usage_error(message: String) -> clap::Error {
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, message + "\n")
+}
+
+impl FromArgMatches for MailConfig {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let args = MailArgs::from_arg_matches(matches)?;
+        let mut config = MailConfig {
+            password_file: args.password_file,
+            bounce_to_postmaster: args.bounce_to_postmaster,
+            aliases: args.aliases,
+            hostname: args.hostname.unwrap_or_default(),
+            max_message_size: args.max_message_size,
+            protocols: Vec::new(),
+            relay: args.relay,
+            smarthost: args.smarthost,
+            relay_min_backoff: args.relay_min_backoff,
+            relay_max_backoff: args.relay_max_backoff,
+            queue_lifetime: args.queue_lifetime,
+            certificate: args.certificate,
+            privkey: args.privkey,
+            auth: args.auth,
+            allow_plaintext_auth: args.allow_plaintext_auth,
+            ..MailConfig::default()
+        };
+
+        // `-u` belongs to the `-d` before it, as in Twisted: interleave by argument position.
+        let positions = |id: &str| -> Vec<usize> {
+            matches
+                .indices_of(id)
+                .map(|i| i.collect())
+                .unwrap_or_default()
+        };
+        let mut events: Vec<(usize, bool, &String)> = positions("domains")
+            .into_iter()
+            .zip(&args.domains)
+            .map(|(i, d)| (i, true, d))
+            .chain(
+                positions("users")
+                    .into_iter()
+                    .zip(&args.users)
+                    .map(|(i, u)| (i, false, u)),
+            )
+            .collect();
+        events.sort_by_key(|(i, _, _)| *i);
+        let mut last_domain: Option<String> = None;
+        for (_, is_domain, value) in events {
+            if is_domain {
+                let (name, path) = value.split_once('=').ok_or_else(|| {
+                    usage_error(format!("--maildirdbmdomain '{value}': expected NAME=PATH"))
+                })?;
+                let name = name.to_ascii_lowercase();
+                config.domains.insert(name.clone(), PathBuf::from(path));
+                last_domain = Some(name);
+            } else {
+                let (user, password) = value.split_once('=').ok_or_else(|| {
+                    // The value holds a password: name the option, never echo the value.
+                    usage_error("--user: expected USER=PASS".to_string())
+                })?;
+                let domain = last_domain.as_ref().ok_or_else(|| {
+                    usage_error(format!(
+                        "--user {user}: give a domain (-d NAME=PATH) before its users"
+                    ))
+                })?;
+                let hash = users::hash_password(password)
+                    .map_err(|e| usage_error(format!("--user {user}: {e}")))?;
+                config
+                    .users
+                    .insert(format!("{}@{domain}", user.to_ascii_lowercase()), hash);
+            }
+        }
+        if args.default {
+            config.default_domain = Some(last_domain.ok_or_else(|| {
+                usage_error("--default: give a domain (-d NAME=PATH) first".to_string())
+            })?);
+        }
+
+        if !args.no_smtp {
+            config.protocols.push("smtp".into());
+            config
+                .listen
+                .push(args.smtp.unwrap_or_else(|| tcp(DEFAULT_SMTP_PORT)));
+        }
+        if !args.no_pop3 {
+            config.protocols.push("pop3".into());
+            config
+                .listen
+                .push(args.pop3.unwrap_or_else(|| tcp(DEFAULT_POP3_PORT)));
+        }
+        if let Some(endpoint) = args.pop3s {
+            config.protocols.push("pop3s".into());
+            config.listen.push(endpoint);
+        }
+        Ok(config)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = MailConfig::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// The maker of the mail service.
+pub struct MailPlugin;
+
+impl Plugin for MailPlugin {
+    const NAME: &'static str = "mail";
+    const DESCRIPTION: &'static str = "An SMTP server delivering into Maildir domains, and POP3";
+    type Config = MailConfig;
+
+    fn take_listen(config: &mut MailConfig) -> Vec<Endpoint> {
+        std::mem::take(&mut config.listen)
+    }
+
+    fn default_listen() -> Vec<Endpoint> {
+        vec![tcp(DEFAULT_SMTP_PORT), tcp(DEFAULT_POP3_PORT)]
+    }
+
+    fn validate(config: &MailConfig, listen: &[Endpoint]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if config.domains.is_empty() {
+            problems.push("--maildirdbmdomain: no domain given (-d NAME=PATH)".to_string());
+        }
+        for (name, path) in &config.domains {
+            if !users::is_domain_name(name) {
+                problems.push(format!("--maildirdbmdomain '{name}': not a domain name"));
+            }
+            if path.as_os_str().is_empty() {
+                problems.push(format!("--maildirdbmdomain {name}: no path"));
+            }
+        }
+        for (address, hash) in &config.users {
+            match address.split_once('@') {
+                Some((user, domain)) => {
+                    if !users::is_user_name(user) {
+                        problems.push(format!(
+                            "--user {address}: a user name is letters, digits and . _ + - \
+                             (not starting with a dot)"
+                        ));
+                    }
+                    if !config.domains.contains_key(domain) {
+                        problems.push(format!("--user {address}: no domain '{domain}'"));
+                    }
+                }
+                None => problems.push(format!("--user {address}: expected user@domain")),
+            }
+            if !users::is_password_hash(hash) {
+                problems.push(format!(
+                    "--user {address}: the stored password is not an Argon2 PHC string"
+                ));
+            }
+        }
+        if let Some(domain) = &config.default_domain {
+            if !config.domains.contains_key(domain) {
+                problems.push(format!("--default: no domain '{domain}'"));
+            }
+        }
+        for (option, path) in [
+            ("--passwordfile", &config.password_file),
+            ("--aliases", &config.aliases),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    problems.push(format!("{option} {}: not a readable file", path.display()));
+                }
+            }
+        }
+        if let Some(path) = config.aliases.as_deref().filter(|p| p.is_file()) {
+            if let Err(e) = aliases::Aliases::load(path) {
+                problems.push(e.to_string());
+            }
+        }
+        if !config.hostname.is_empty() && !users::is_domain_name(&config.hostname) {
+            problems.push(format!("--hostname '{}': not a host name", config.hostname));
+        }
+        if config.max_message_size == 0 {
+            problems.push("--max-message-size: must be above 0".to_string());
+        }
+        for protocol in &config.protocols {
+            if !PROTOCOLS.contains(&protocol.as_str()) {
+                problems.push(format!(
+                    "protocols: unknown protocol '{protocol}' (known: smtp, pop3, pop3s)"
+                ));
+            }
+        }
+        if config.protocols.iter().any(|p| p == "pop3s") && config.certificate.is_none() {
+            problems.push("--pop3s: needs --certificate".to_string());
+        }
+        if config.auth && config.certificate.is_none() && !config.allow_plaintext_auth {
+            problems.push(
+                "--auth: AUTH is only offered under TLS: give --certificate (or \
+                 --allow-plaintext-auth)"
+                    .to_string(),
+            );
+        }
+        if config.privkey.is_some() && config.certificate.is_none() {
+            problems.push("--privkey: needs --certificate".to_string());
+        }
+        match (&config.relay, &config.smarthost) {
+            (Some(queue), Some(smarthost)) => {
+                if queue.as_os_str().is_empty() {
+                    problems.push("--relay: no queue directory".to_string());
+                }
+                let port = smarthost
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                    problems.push(format!("--smarthost '{smarthost}': expected HOST:PORT"));
+                }
+            }
+            (Some(queue), None) => {
+                if queue.as_os_str().is_empty() {
+                    problems.push("--relay: no queue directory".to_string());
+                }
+            }
+            (None, Some(_)) => problems.push("--smarthost: needs --relay QUEUEDIR".to_string()),
+            (None, None) => {}
+        }
+        if config.relay_min_backoff == 0 {
+            problems.push("--relay-min-backoff: must be at least 1 second".to_string());
+        }
+        if config.relay_max_backoff < config.relay_min_backoff {
+            problems.push("--relay-max-backoff: below --relay-min-backoff".to_string());
+        }
+        if let Some(certificate) = &config.certificate {
+            if let Err(e) = tls::acceptor(certificate, config.privkey.as_deref()) {
+                problems.push(e.to_string());
+            }
+        }
+        if config.protocols.is_empty() {
+            problems.push("nothing to serve: both --no-smtp and --no-pop3".to_string());
+        }
+        if config.protocols.len() != listen.len() {
+            problems.push(format!(
+                "listen: {} endpoints for {} protocols ({}); they pair up in order",
+                listen.len(),
+                config.protocols.len(),
+                config.protocols.join(", ")
+            ));
+        }
+        problems
+    }
+
+    fn build(
+        config: MailConfig,
+        _state: Option<serde_json::Value>,
+    ) -> Result<Arc<dyn Service>, String> {
+        Ok(Arc::new(MailService::new(&config)?))
+    }
+
+    fn holds_secrets(config: &MailConfig) -> bool {
+        !config.users.is_empty()
+    }
+}

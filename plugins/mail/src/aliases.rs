@@ -1,0 +1,364 @@
+//! The aliases file (aliases(5)): local names that expand to other addresses.
+//!
+//! ```text
+//! # comment
+//! postmaster: alice
+//! staff:      alice, bob@example.com,
+//!             :include:/etc/mail/staff.list
+//! ```
+//!
+//! A name is a local part and applies in every local domain (`name@domain` limits it to one).
+//! A target is a local user (in the domain of the address being expanded), `user@domain`,
+//! another alias, or `:include:FILE`, a file of targets (relative to the aliases file). Pipes
+//! and file targets (`|cmd`, `/path`) are refused: this server never runs programs or writes
+//! outside Maildirs. The file and every included file are re-read when one of them changes
+//! (checked by modification time and size at each lookup).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::users::{Directory, Mailbox, Route};
+
+/// How deep aliases may nest (including `:include:`) before expansion stops: a loop guard.
+pub const MAX_DEPTH: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AliasError {
+    #[error("--aliases {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--aliases {path} line {line}: {reason}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// What an alias expands to, before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A local part or a full address.
+    Address(String),
+    /// The targets of another file.
+    Include(Vec<Target>),
+}
+
+/// One file's identity at load time, to notice a change.
+type Stamp = (PathBuf, Option<(SystemTime, u64)>);
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    (path.to_path_buf(), meta)
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// `name` or `name@domain`, lowercase, to its targets.
+    entries: BTreeMap<String, Vec<Target>>,
+    /// The aliases file and every file it includes.
+    stamps: Vec<Stamp>,
+}
+
+/// The aliases of a service, reloaded when their files change.
+#[derive(Debug)]
+pub struct Aliases {
+    path: PathBuf,
+    table: Mutex<Table>,
+}
+
+impl Aliases {
+    /// Loads the file now; its problems are errors naming the file and line.
+    pub fn load(path: &Path) -> Result<Aliases, AliasError> {
+        Ok(Aliases {
+            path: path.to_path_buf(),
+            table: Mutex::new(parse_file(path)?),
+        })
+    }
+
+    /// Re-reads the files if one changed since the last load. A file that no longer parses
+    /// leaves the previous table in force (and is logged), so a half-edited file never
+    /// bounces mail.
+    fn refresh(&self, table: &mut Table) {
+        if table.stamps.iter().all(|(path, old)| stamp(path).1 == *old) {
+            return;
+        }
+        match parse_file(&self.path) {
+            Ok(fresh) => {
+                tracing::info!(path = %self.path.display(), "aliases reloaded");
+                *table = fresh;
+            }
+            Err(e) => {
+                tracing::error!("{e}; keeping the aliases loaded before");
+                // Remember the broken version, so the error is logged once per change.
+                table.stamps = table.stamps.iter().map(|(p, _)| stamp(p)).collect();
+            }
+        }
+    }
+
+    /// The mailboxes `local@domain` expands to, or `None` if it is not an alias. Targets that
+    /// lead nowhere (unknown users, foreign domains, loops) are logged and skipped.
+    pub fn expand(&self, directory: &Directory, local: &str, domain: &str) -> Option<Vec<Mailbox>> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut table);
+        let targets = lookup(&table, local, domain)?.clone();
+        let mut found = Vec::new();
+        expand_targets(&table, directory, &targets, domain, 0, &mut found);
+        found.sort();
+        found.dedup();
+        Some(found)
+    }
+}
+
+fn lookup<'t>(table: &'t Table, local: &str, domain: &str) -> Option<&'t Vec<Target>> {
+    let local = local.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    table
+        .entries
+        .get(&format!("{local}@{domain}"))
+        .or_else(|| table.entries.get(&local))
+}
+
+fn expand_targets(
+    table: &Table,
+    directory: &Directory,
+    targets: &[Target],
+    domain: &str,
+    depth: usize,
+    found: &mut Vec<Mailbox>,
+) {
+    if depth >= MAX_DEPTH {
+        tracing::warn!("aliases nest deeper than {MAX_DEPTH}: a loop? expansion stopped");
+        return;
+    }
+    for target in targets {
+        match target {
+            Target::Include(inner) => {
+                expand_targets(table, directory, inner, domain, depth + 1, found)
+            }
+            Target::Address(address) => {
+                let (local, target_domain) = address
+                    .rsplit_once('@')
+                    .unwrap_or((address.as_str(), domain));
+                if let Some(nested) = lookup(table, local, target_domain) {
+                    expand_targets(table, directory, nested, target_domain, depth + 1, found);
+                    continue;
+                }
+                match directory.route(local, target_domain) {
+                    Route::Local(mailbox) => found.push(mailbox),
+                    Route::UnknownUser => {
+                        tracing::warn!("alias target {address}: no such user; skipped")
+                    }
+                    Route::Foreign => {
+                        tracing::warn!("alias target {address}: not a local domain; skipped")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_file(path: &Path) -> Result<Table, AliasError> {
+    let mut table = Table::default();
+    let text = read(path, &mut table.stamps)?;
+    // Join continuation lines (starting with blank space) to the entry before.
+    let mut logical: Vec<(usize, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            match logical.last_mut() {
+                Some((_, entry)) => {
+                    entry.push(' ');
+                    entry.push_str(line.trim());
+                }
+                None => {
+                    return Err(AliasError::Syntax {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        reason: "a continuation line before any alias".into(),
+                    })
+                }
+            }
+        } else {
+            logical.push((i + 1, line.trim().to_string()));
+        }
+    }
+    for (line, entry) in logical {
+        let syntax = |reason: String| AliasError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        };
+        let (name, targets) = entry
+            .split_once(':')
+            .ok_or_else(|| syntax("expected 'name: target, ...'".into()))?;
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(syntax(format!("'{name}' is not an alias name")));
+        }
+        let targets = parse_targets(path, targets, &mut table.stamps, 0).map_err(&syntax)?;
+        if targets.is_empty() {
+            return Err(syntax(format!("alias '{name}' has no target")));
+        }
+        table.entries.insert(name, targets);
+    }
+    Ok(table)
+}
+
+fn read(path: &Path, stamps: &mut Vec<Stamp>) -> Result<String, AliasError> {
+    stamps.push(stamp(path));
+    std::fs::read_to_string(path).map_err(|source| AliasError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Comma- (or newline-) separated targets; `:include:` files are read here, relative to the
+/// file that names them.
+fn parse_targets(
+    file: &Path,
+    text: &str,
+    stamps: &mut Vec<Stamp>,
+    depth: usize,
+) -> Result<Vec<Target>, String> {
+    let mut targets = Vec::new();
+    for item in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        if item.starts_with('#') {
+            continue;
+        }
+        if let Some(included) = item.strip_prefix(":include:") {
+            if depth >= MAX_DEPTH {
+                return Err(format!("{included}: includes nest deeper than {MAX_DEPTH}"));
+            }
+            let included = file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(included.trim());
+            let text = read(&included, stamps).map_err(|e| e.to_string())?;
+            let inner: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n");
+            targets.push(Target::Include(parse_targets(
+                &included,
+                &inner,
+                stamps,
+                depth + 1,
+            )?));
+        } else if item.starts_with(['|', '/']) || item.starts_with("\"|") {
+            return Err(format!(
+                "'{item}': program and file targets are not supported (Maildir delivery only)"
+            ));
+        } else if item.contains(char::is_whitespace) || item.contains(['<', '>']) {
+            return Err(format!("'{item}' is not an address"));
+        } else {
+            targets.push(Target::Address(item.to_ascii_lowercase()));
+        }
+    }
+    Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MailConfig;
+
+    fn directory() -> Directory {
+        let mut config = MailConfig::default();
+        config.domains.insert("a.test".into(), "/m/a".into());
+        config.domains.insert("b.test".into(), "/m/b".into());
+        for user in ["al@a.test", "bo@a.test", "cy@b.test"] {
+            config.users.insert(user.into(), "h".into());
+        }
+        Directory::load(&config).expect("no password file")
+    }
+
+    fn users(found: Option<Vec<Mailbox>>) -> Vec<String> {
+        found
+            .expect("an alias")
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn expands_nests_includes_and_reloads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("aliases");
+        std::fs::write(
+            dir.path().join("list"),
+            "# the list\nbo\ncy@b.test, nobody\n",
+        )
+        .expect("write");
+        std::fs::write(
+            &path,
+            "# aliases\npostmaster: al\nstaff: postmaster,\n  :include:list\nloop: loop\nx@b.test: cy\n",
+        )
+        .expect("write");
+        let aliases = Aliases::load(&path).expect("parses");
+        let d = directory();
+        assert_eq!(
+            users(aliases.expand(&d, "Postmaster", "a.test")),
+            ["al@a.test"]
+        );
+        assert_eq!(
+            users(aliases.expand(&d, "staff", "a.test")),
+            ["al@a.test", "bo@a.test", "cy@b.test"]
+        );
+        assert_eq!(
+            users(aliases.expand(&d, "loop", "a.test")),
+            Vec::<String>::new()
+        );
+        assert_eq!(users(aliases.expand(&d, "x", "b.test")), ["cy@b.test"]);
+        assert!(aliases.expand(&d, "x", "a.test").is_none());
+        assert!(aliases.expand(&d, "al", "a.test").is_none());
+
+        // A change to an included file is seen at the next lookup.
+        std::fs::write(dir.path().join("list"), "cy@b.test\nextra: junk\n").expect("write");
+        assert!(
+            aliases.expand(&d, "staff", "a.test").is_some(),
+            "bad include keeps the old table"
+        );
+        std::fs::write(dir.path().join("list"), "cy@b.test\n").expect("write");
+        assert_eq!(
+            users(aliases.expand(&d, "staff", "a.test")),
+            ["al@a.test", "cy@b.test"]
+        );
+    }
+
+    #[test]
+    fn refuses_programs_files_and_junk() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("aliases");
+        for (text, expected) in [
+            (
+                "a: |/bin/sh\n",
+                "line 1: '|/bin/sh': program and file targets",
+            ),
+            ("a: /tmp/x\n", "program and file targets"),
+            ("  b\n", "line 1: a continuation line"),
+            ("a b: c\n", "not an alias name"),
+            ("a:\n", "has no target"),
+            ("ok: x\nbad\n", "line 2: expected"),
+            ("a: :include:missing\n", "missing"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let e = Aliases::load(&path).expect_err(text).to_string();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The POP3 server session (RFC 1939, with CAPA and response codes from RFC 2449).
+//!
+//! A login takes the mailbox's lock (one session per mailbox: a second gets `-ERR [IN-USE]`)
+//! and a snapshot of its messages. DELE only marks; the files go at QUIT, so a dropped
+//! connection or a stopping service deletes nothing. UIDLs are the Maildir unique names, which
+//! stay the same across sessions and across a move from `new/` to `cur/`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use host::net::Peer;
+use host::ServiceContext;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_rustls::TlsAcceptor;
+
+use crate::lines::{read_line, trim_eol, Line};
+use crate::maildir::{self, Message};
+use crate::tls::{upgrade_buffered, Conn};
+use crate::users::{verify_password, Directory};
+
+/// RFC 2449 allows 255 octets of command; a little slack for clients that pad.
+pub const MAX_LINE: usize = 512;
+/// RFC 1939 section 3: an autologout timer of at least 10 minutes.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a failed login waits before its answer, to slow down password guessing.
+pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+/// Failed logins one connection may make before it is closed.
+pub const MAX_FAILED_LOGINS: u32 = 3;
+
+/// What every POP3 session of a service shares.
+pub struct Pop3 {
+    pub directory: Directory,
+    pub hostname: String,
+    /// Maildirs with a session in the TRANSACTION state.
+    pub locked: Arc<Mutex<HashSet<PathBuf>>>,
+    /// A real hash to verify unknown users against, so they take as long as known ones.
+    pub decoy_hash: String,
+    /// STLS is offered when there is a certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// With a certificate, passwords are only taken under TLS unless this is set
+    /// (`--allow-plaintext-auth`), as Dovecot's `disable_plaintext_auth`.
+    pub allow_plaintext_auth: bool,
+}
+
+impl Pop3 {
+    fn takes_passwords(&self, tls: bool) -> bool {
+        tls || self.tls.is_none() || self.allow_plaintext_auth
+    }
+}
+
+/// A mailbox held by one session; dropping it releases the mailbox.
+struct MailboxLock {
+    locked: Arc<Mutex<HashSet<PathBuf>>>,
+    path: PathBuf,
+}
+
+impl MailboxLock {
+    fn take(locked: &Arc<Mutex<HashSet<PathBuf>>>, path: &Path) -> Option<MailboxLock> {
+        let mut set = locked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.insert(path.to_path_buf()).then(|| MailboxLock {
+            locked: locked.clone(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for MailboxLock {
+    fn drop(&mut self) {
+        let mut set = self
+            .locked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.remove(&self.path);
+    }
+}
+
+/// The TRANSACTION state: the snapshot taken at login, and the deletion marks.
+struct Transaction {
+    _lock: MailboxLock,
+    maildir: PathBuf,
+    messages: Vec<Message>,
+    deleted: Vec<bool>,
+}
+
+impl Transaction {
+    /// The message numbered `arg` (1-based) if it exists and is not marked deleted.
+    fn message(&self, arg: &str) -> Result<usize, String> {
+        let n: usize = arg
+            .parse()
+            .map_err(|_| format!("-ERR invalid message number '{arg}'"))?;
+        if n == 0 || n > self.messages.len() {
+            return Err(format!("-ERR no such message {n}"));
+        }
+        if self.deleted[n - 1] {
+            return Err(format!("-ERR message {n} is deleted"));
+        }
+        Ok(n - 1)
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
+        self.messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.deleted[*i])
+    }
+}
+
+struct Session {
+    io: BufReader<Conn>,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    peer: Peer,
+    user: Option<String>,
+    transaction: Option<Transaction>,
+    failed_logins: u32,
+}
+
+/// Runs one POP3 session to its end.
+pub async fn session(pop3: Arc<Pop3>, ctx: ServiceContext, stream: Conn, peer: Peer) {
+    let mut s = Session {
+        io: BufReader::new(stream),
+        out: Vec::with_capacity(512),
+        line: Vec::with_capacity(64),
+        peer,
+        user: None,
+        transaction: None,
+        failed_logins: 0,
+    };
+    s.reply(&format!("+OK {} POP3 server ready", pop3.hostname));
+    loop {
+        if s.io.buffer().is_empty() && s.flush().await.is_err() {
+            return;
+        }
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut s.io, MAX_LINE, &mut s.line)) => read,
+            () = ctx.stopping() => {
+                s.reply("-ERR [SYS/TEMP] server shutting down; nothing was deleted");
+                break;
+            }
+        };
+        let line = match read {
+            Err(_) => {
+                s.reply("-ERR idle for too long; nothing was deleted");
+                break;
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+            Ok(Ok(Line::TooLong)) => {
+                s.reply("-ERR line too long");
+                continue;
+            }
+            Ok(Ok(Line::Complete)) => String::from_utf8_lossy(trim_eol(&s.line)).into_owned(),
+        };
+        if !s.command(&pop3, &line).await {
+            break;
+        }
+    }
+    let _ = s.flush().await;
+    let _ = s.io.get_mut().shutdown().await;
+}
+
+impl Session {
+    fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let stream = self.io.get_mut();
+            stream.write_all(&self.out).await?;
+            stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Handles one command; false ends the session.
+    async fn command(&mut self, pop3: &Pop3, line: &str) -> bool {
+        let (verb, arg) = match line.split_once(' ') {
+            Some((verb, arg)) => (verb.to_ascii_uppercase(), arg),
+            None => (line.to_ascii_uppercase(), ""),
+        };
+        match verb.as_str() {
+            "CAPA" => {
+                self.reply("+OK capability list follows");
+                let tls = self.io.get_ref().is_tls();
+                if pop3.takes_passwords(tls) {
+                    self.reply("USER");
+                }
+                if pop3.tls.is_some() && !tls && self.transaction.is_none() {
+                    self.reply("STLS");
+                }
+                for capability in [
+                    "TOP",
+                    "UIDL",
+                    "PIPELINING",
+                    "RESP-CODES",
+                    "AUTH-RESP-CODE",
+                    "EXPIRE NEVER",
+                    "IMPLEMENTATION taphost",
+                ] {
+                    self.reply(capability);
+                }
+                self.reply(".");
+            }
+            "QUIT" => {
+                self.quit().await;
+                return false;
+            }
+            _ if self.transaction.is_none() => {
+                self.authorization(pop3, &verb, arg).await;
+                if self.failed_logins >= MAX_FAILED_LOGINS {
+                    self.reply("-ERR [AUTH] too many failed logins, closing the connection");
+                    return false;
+                }
+            }
+            _ => self.transaction(&verb, arg).await,
+        }
+        true
+    }
+
+    async fn authorization(&mut self, pop3: &Pop3, verb: &str, arg: &str) {
+        match verb {
+            "STLS" => self.stls(pop3).await,
+            "USER" | "PASS" if !pop3.takes_passwords(self.io.get_ref().is_tls()) => {
+                self.reply("-ERR [AUTH] plaintext authentication is disallowed without TLS (STLS)")
+            }
+            "USER" if arg.is_empty() => self.reply("-ERR syntax: USER name"),
+            "USER" => {
+                self.user = Some(arg.trim().to_string());
+                self.reply("+OK send PASS");
+            }
+            "PASS" => {
+                let Some(user) = self.user.take() else {
+                    return self.reply("-ERR USER first");
+                };
+                self.login(pop3, &user, arg).await;
+            }
+            _ => self.reply("-ERR not valid before login (USER, PASS, CAPA, QUIT)"),
+        }
+    }
+
+    /// RFC 2595 STLS: only before login; pipelined plain text after it is discarded.
+    async fn stls(&mut self, pop3: &Pop3) {
+        let Some(acceptor) = &pop3.tls else {
+            return self.reply("-ERR STLS is not available");
+        };
+        if self.io.get_ref().is_tls() {
+            return self.reply("-ERR TLS is already active");
+        }
+        self.reply("+OK begin TLS negotiation");
+        if self.flush().await.is_err() {
+            return;
+        }
+        self.user = None;
+        if let Err(e) = upgrade_buffered(&mut self.io, acceptor).await {
+            tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
+        }
+    }
+
+    async fn login(&mut self, pop3: &Pop3, user: &str, password: &str) {
+        let account = pop3.directory.login(user);
+        let hash = account
+            .as_ref()
+            .map(|(_, hash)| hash.to_string())
+            .unwrap_or_else(|| pop3.decoy_hash.clone());
+        let password = password.to_string();
+        let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        let mailbox = match account {
+            Some((mailbox, _)) if verified => mailbox,
+            _ => {
+                tracing::warn!(peer = %self.peer, user = ?user, "pop3 login failed");
+                self.failed_logins += 1;
+                tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                return self.reply("-ERR [AUTH] invalid user name or password");
+            }
+        };
+        let Some(lock) = MailboxLock::take(&pop3.locked, &mailbox.path) else {
+            return self.reply("-ERR [IN-USE] the mailbox is in use by another session");
+        };
+        let path = mailbox.path.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            maildir::ensure(&path)?;
+            maildir::list(&path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match listed {
+            Ok(messages) => {
+                let total: u64 = messages.iter().map(|m| m.size).sum();
+                tracing::info!(peer = %self.peer, mailbox = %mailbox, "pop3 login");
+                self.reply(&format!(
+                    "+OK {} has {} messages ({total} octets)",
+                    mailbox,
+                    messages.len()
+                ));
+                self.transaction = Some(Transaction {
+                    _lock: lock,
+                    maildir: mailbox.path,
+                    deleted: vec![false; messages.len()],
+                    messages,
+                });
+            }
+            Err(e) => {
+                tracing::error!(mailbox = %mailbox, "cannot read the maildir: {e}");
+                self.reply("-ERR [SYS/TEMP] cannot open the mailbox");
+            }
+        }
+    }
+
+    async fn transaction(&mut self, verb: &str, arg: &str) {
+        let t = self.transaction.as_mut().expect("called in TRANSACTION");
+        let mut args = arg.split_ascii_whitespace();
+        let (first, second, extra) = (args.next(), args.next(), args.next().is_some());
+        let result: Result<Vec<String>, String> = match (verb, first, second, extra) {
+            (_, _, _, true) => Err("-ERR too many arguments".into()),
+            ("STAT", None, _, _) => {
+                let (n, size) = t.live().fold((0, 0), |(n, s), (_, m)| (n + 1, s + m.size));
+                Ok(vec![format!("+OK {n} {size}")])
+            }
+            ("LIST", None, _, _) => {
+                let mut lines = vec![format!("+OK {} messages", t.live().count())];
+                lines.extend(t.live().map(|(i, m)| format!("{} {}", i + 1, m.size)));
+                lines.push(".".into());
+                Ok(lines)
+            }
+            ("LIST", Some(n), None, _) => t
+                .message(n)
+                .map(|i| vec![format!("+OK {} {}", i + 1, t.messages[i].size)]),
+            ("UIDL", None, _, _) => {
+                let mut lines = vec!["+OK unique-id listing follows".to_string()];
+                lines.extend(t.live().map(|(i, m)| format!("{} {}", i + 1, m.uid)));
+                lines.push(".".into());
+                Ok(lines)
+            }
+            ("UIDL", Some(n), None, _) => t
+                .message(n)
+                .map(|i| vec![format!("+OK {} {}", i + 1, t.messages[i].uid)]),
+            ("DELE", Some(n), None, _) => t.message(n).map(|i| {
+                t.deleted[i] = true;
+                vec![format!("+OK message {} deleted", i + 1)]
+            }),
+            ("RSET", None, _, _) => {
+                t.deleted.iter_mut().for_each(|d| *d = false);
+                Ok(vec![format!("+OK {} messages", t.messages.len())])
+            }
+            ("NOOP", None, _, _) => Ok(vec!["+OK".into()]),
+            ("RETR", Some(n), None, _) => match t.message(n) {
+                Ok(i) => return self.send_message(i, None).await,
+                Err(e) => Err(e),
+            },
+            ("TOP", Some(n), Some(lines), _) => match (t.message(n), lines.parse::<usize>()) {
+                (Ok(i), Ok(lines)) => return self.send_message(i, Some(lines)).await,
+                (Err(e), _) => Err(e),
+                (_, Err(_)) => Err(format!("-ERR invalid line count '{lines}'")),
+            },
+            ("STAT" | "LIST" | "UIDL" | "DELE" | "RSET" | "NOOP" | "RETR" | "TOP", ..) => {
+                Err(format!("-ERR syntax error in {verb}"))
+            }
+            ("USER" | "PASS" | "STLS", ..) => Err("-ERR already logged in".into()),
+            _ => Err("-ERR unknown command".into()),
+        };
+        match result {
+            Ok(lines) => lines.iter().for_each(|l| self.reply(l)),
+            Err(e) => self.reply(&e),
+        }
+    }
+
+    /// RETR (all of it) or TOP (the headers and `body_lines` lines of the body), dot-stuffed.
+    async fn send_message(&mut self, index: usize, body_lines: Option<usize>) {
+        let t = self.transaction.as_ref().expect("called in TRANSACTION");
+        let message = &t.messages[index];
+        let bytes = match tokio::fs::read(&message.path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(path = %message.path.display(), "cannot read a message: {e}");
+                return self.reply("-ERR [SYS/TEMP] the message cannot be read");
+            }
+        };
+        let size = message.size;
+        let content = maildir::to_crlf(&bytes);
+        drop(bytes);
+        self.reply(&format!("+OK {size} octets"));
+        let mut in_body = false;
+        let mut ended_with_crlf = true;
+        let mut left = body_lines.unwrap_or(usize::MAX);
+        for line in content.split_inclusive(|&b| b == b'\n') {
+            if in_body {
+                if left == 0 {
+                    break;
+                }
+                left -= 1;
+            } else if line == b"\r\n" {
+                in_body = true;
+            }
+            if line.starts_with(b".") {
+                self.out.push(b'.');
+            }
+            self.out.extend_from_slice(line);
+            ended_with_crlf = line.ends_with(b"\r\n");
+            if self.out.len() > 64 * 1024 && self.flush().await.is_err() {
+                return;
+            }
+        }
+        if !ended_with_crlf {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.reply(".");
+    }
+
+    /// QUIT: in TRANSACTION, the UPDATE state removes the messages marked deleted.
+    async fn quit(&mut self) {
+        let Some(t) = self.transaction.take() else {
+            return self.reply("+OK bye");
+        };
+        let doomed: Vec<PathBuf> = t
+            .messages
+            .iter()
+            .zip(&t.deleted)
+            .filter(|(_, &d)| d)
+            .map(|(m, _)| m.path.clone())
+            .collect();
+        let left = t.deleted.iter().filter(|d| !**d).count();
+        let maildir = t.maildir.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_messages(&maildir, &doomed))
+            .await
+            .unwrap_or(false);
+        drop(t);
+        if removed {
+            self.reply(&format!("+OK bye ({left} messages left)"));
+        } else {
+            self.reply("-ERR [SYS/PERM] some deleted messages were not removed");
+        }
+    }
+}
+
+/// Unlinks `paths` and fsyncs the directories they were in; false if any could not go. A file
+/// already gone (another client's deletion) counts as removed.
+fn remove_messages(maildir: &Path, paths: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %path.display(), "cannot delete a message: {e}");
+                ok = false;
+            }
+        }
+    }
+    if !paths.is_empty() {
+        for sub in ["new", "cur"] {
+            if let Err(e) = std::fs::File::open(maildir.join(sub)).and_then(|d| d.sync_all()) {
+                tracing::error!(maildir = %maildir.display(), "cannot flush {sub}/: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
+}

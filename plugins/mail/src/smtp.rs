@@ -1,0 +1,785 @@
+//! The SMTP server session (RFC 5321), with the ESMTP extensions SIZE, 8BITMIME, PIPELINING and
+//! ENHANCEDSTATUSCODES.
+//!
+//! The session reads one line at a time with a length limit and answers every command, so no
+//! input ends it except QUIT, a closed connection, a timeout, too many errors, or the service
+//! stopping (a 421 to a session waiting for a command; a message in flight is finished first).
+//!
+//! DATA ends only at CRLF "." CRLF, with the CRLF before the dot really ending the previous line.
+//! A message with a bare CR or bare LF anywhere is refused whole (as Postfix's
+//! `smtpd_forbid_bare_newline = reject` does): every shape of SMTP smuggling depends on some
+//! server reading one of those as a line end, and refusing them means nothing after a fake end
+//! is ever taken as a command or delivered as a message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use host::net::Peer;
+use host::ServiceContext;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_rustls::TlsAcceptor;
+
+use crate::aliases::Aliases;
+use crate::lines::{read_line, trim_eol, Line};
+use crate::maildir::Deliverer;
+use crate::relay::Relay;
+use crate::tls::{upgrade_buffered, Conn};
+use crate::users::{is_domain_name, verify_password, Directory, Mailbox, Route};
+
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Command lines get the
+/// same limit (the RFC's 512 is a floor servers may exceed).
+pub const MAX_LINE: usize = 1000;
+/// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients; more get 452.
+pub const MAX_RECIPIENTS: usize = 100;
+/// RFC 5321 4.5.3.2.7: at least five minutes for a command; the same for each line of DATA.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// A message that already passed this many Received headers is in a loop (Postfix's
+/// `hopcount_limit`).
+pub const MAX_HOPS: usize = 50;
+/// After this many refused commands the client is cut off (Postfix's `smtpd_hard_error_limit`).
+pub const MAX_ERRORS: u32 = 20;
+
+/// What every SMTP session of a service shares.
+pub struct Smtp {
+    pub directory: Directory,
+    pub aliases: Option<Aliases>,
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub deliverer: Deliverer,
+    /// STARTTLS is offered when there is a certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// AUTH PLAIN and LOGIN (`--auth`)...
+    pub auth: bool,
+    /// ...offered without TLS too (`--allow-plaintext-auth`).
+    pub allow_plaintext_auth: bool,
+    /// A real hash to verify unknown users against, so they take as long as known ones.
+    pub decoy_hash: String,
+    /// The relay queue (`--relay`) for loopback and authenticated clients.
+    pub relay: Option<Arc<Relay>>,
+}
+
+impl Smtp {
+    fn offers_auth(&self, tls: bool) -> bool {
+        self.auth && (tls || self.allow_plaintext_auth)
+    }
+}
+
+/// How long a failed AUTH waits before its answer, to slow down password guessing.
+pub const FAILED_AUTH_DELAY: Duration = Duration::from_secs(1);
+
+/// Base64 as SASL uses it; `=` alone is an empty response.
+fn decode(text: &str) -> Option<Vec<u8>> {
+    if text == "=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// Queue ids for Received headers and logs: unique within the process, increasing.
+static QUEUE_ID: AtomicU64 = AtomicU64::new(0);
+
+fn queue_id() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "{seconds:X}{:06X}",
+        QUEUE_ID.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF
+    )
+}
+
+/// Why a session ended early.
+enum End {
+    /// The connection closed, failed or timed out; nothing more can be said.
+    Gone,
+    /// The session is over; the reply has been queued.
+    Closing,
+}
+
+struct Session {
+    io: BufReader<Conn>,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    peer: Peer,
+    helo: Option<String>,
+    esmtp: bool,
+    /// `Some("")` is the null reverse-path of bounces.
+    sender: Option<String>,
+    /// Each accepted RCPT's address and mailbox; an alias adds one entry per mailbox.
+    recipients: Vec<(String, Mailbox)>,
+    /// The address of each accepted RCPT (what the 100-recipient limit counts).
+    accepted: Vec<String>,
+    /// Accepted addresses in other domains, for the relay queue.
+    relayed: Vec<String>,
+    errors: u32,
+    /// The user that passed AUTH, as `user@domain`.
+    authenticated: Option<String>,
+}
+
+/// Runs one SMTP session to its end.
+pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: Peer) {
+    let mut s = Session {
+        io: BufReader::new(stream),
+        out: Vec::with_capacity(512),
+        line: Vec::with_capacity(128),
+        peer,
+        helo: None,
+        esmtp: false,
+        sender: None,
+        recipients: Vec::new(),
+        accepted: Vec::new(),
+        relayed: Vec::new(),
+        errors: 0,
+        authenticated: None,
+    };
+    s.reply(&format!("220 {} ESMTP taphost", smtp.hostname));
+    loop {
+        if s.io.buffer().is_empty() && s.flush().await.is_err() {
+            return;
+        }
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                read_line(&mut s.io, MAX_LINE, &mut s.line),
+            ) => read,
+            () = ctx.stopping() => {
+                s.reply("421 4.3.2 service shutting down, try again later");
+                break;
+            }
+        };
+        let line = match read {
+            Err(_) => {
+                s.reply("421 4.4.2 timeout waiting for a command");
+                break;
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+            Ok(Ok(Line::TooLong)) => {
+                s.refuse("500 5.5.2 line too long");
+                continue;
+            }
+            Ok(Ok(Line::Complete)) => String::from_utf8_lossy(trim_eol(&s.line)).into_owned(),
+        };
+        match s.command(&smtp, &line).await {
+            Ok(()) => {}
+            Err(End::Closing) => break,
+            Err(End::Gone) => return,
+        }
+        if s.errors >= MAX_ERRORS {
+            s.reply("421 4.7.0 too many errors, closing the connection");
+            break;
+        }
+    }
+    let _ = s.flush().await;
+    let _ = s.io.get_mut().shutdown().await;
+}
+
+/// Relay rights: a local client (loopback or a Unix socket), or an authenticated one.
+fn may_relay(peer: &Peer, authenticated: bool) -> bool {
+    authenticated || peer.ip().is_none_or(|ip| ip.is_loopback())
+}
+
+/// Splits `FROM:<addr> PARAMS` after its keyword; `None` if the keyword is missing.
+fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = args.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword)
+        .then(|| args[keyword.len()..].trim_start())
+}
+
+/// A reverse- or forward-path: `<local@domain>` (a source route is dropped), or `<>` when
+/// `allow_null`; returns the address and the parameters after it.
+fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    let (inside, params) = (&rest[..end], &rest[end + 1..]);
+    if !params.is_empty() && !params.starts_with(' ') {
+        return None;
+    }
+    let inside = match inside.strip_prefix('@') {
+        Some(routed) => routed.split_once(':')?.1,
+        None => inside,
+    };
+    if inside.is_empty() {
+        return allow_null.then(|| (String::new(), params.trim()));
+    }
+    if inside.len() > 254 || inside.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'<') {
+        return None;
+    }
+    Some((inside.to_string(), params.trim()))
+}
+
+impl Session {
+    fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn refuse(&mut self, text: &str) {
+        self.errors += 1;
+        self.reply(text);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let stream = self.io.get_mut();
+            stream.write_all(&self.out).await?;
+            stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.sender = None;
+        self.recipients.clear();
+        self.accepted.clear();
+        self.relayed.clear();
+    }
+
+    async fn command(&mut self, smtp: &Smtp, line: &str) -> Result<(), End> {
+        let (verb, args) = match line.split_once(' ') {
+            Some((verb, args)) => (verb, args.trim()),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            // The name goes into Received headers: printable ASCII only, one word.
+            "EHLO" | "HELO" if args.is_empty() || !args.bytes().all(|b| b.is_ascii_graphic()) => {
+                self.refuse(&format!("501 5.5.4 syntax: {verb} hostname"));
+            }
+            "EHLO" => {
+                self.reset();
+                self.helo = Some(args.to_string());
+                self.esmtp = true;
+                let tls = self.io.get_ref().is_tls();
+                let mut lines = vec![
+                    format!("{} greets {args}", smtp.hostname),
+                    format!("SIZE {}", smtp.max_message_size),
+                    "8BITMIME".into(),
+                    "PIPELINING".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                ];
+                if smtp.tls.is_some() && !tls {
+                    lines.push("STARTTLS".into());
+                }
+                if smtp.offers_auth(tls) {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
+                let last = lines.len() - 1;
+                for (i, line) in lines.iter().enumerate() {
+                    let dash = if i == last { ' ' } else { '-' };
+                    self.reply(&format!("250{dash}{line}"));
+                }
+            }
+            "HELO" => {
+                self.reset();
+                self.helo = Some(args.to_string());
+                self.esmtp = false;
+                self.reply(&format!("250 {}", smtp.hostname));
+            }
+            "MAIL" => self.mail(smtp, args),
+            "RCPT" => self.rcpt(smtp, args),
+            "DATA" if !args.is_empty() => self.refuse("501 5.5.4 syntax: DATA"),
+            "DATA" => return self.data(smtp).await,
+            "RSET" => {
+                self.reset();
+                self.reply("250 2.0.0 Ok");
+            }
+            "NOOP" => self.reply("250 2.0.0 Ok"),
+            "VRFY" => self.reply("252 2.5.2 cannot verify the user, but will try delivery"),
+            "EXPN" => self.refuse("502 5.5.1 EXPN is not available"),
+            "HELP" => self.reply("214 2.0.0 see RFC 5321"),
+            "QUIT" => {
+                self.reply("221 2.0.0 bye");
+                return Err(End::Closing);
+            }
+            "STARTTLS" => return self.starttls(smtp, args).await,
+            "AUTH" => return self.auth(smtp, args).await,
+            "BDAT" | "ETRN" | "TURN" => {
+                self.refuse("502 5.5.1 command not implemented");
+            }
+            _ => self.refuse("500 5.5.2 command unrecognized"),
+        }
+        Ok(())
+    }
+
+    fn mail(&mut self, smtp: &Smtp, args: &str) {
+        if self.helo.is_none() {
+            return self.refuse("503 5.5.1 send HELO or EHLO first");
+        }
+        if self.sender.is_some() {
+            return self.refuse("503 5.5.1 nested MAIL command");
+        }
+        let Some((sender, params)) = after_keyword(args, "FROM:").and_then(|r| parse_path(r, true))
+        else {
+            return self.refuse("501 5.1.7 syntax: MAIL FROM:<address>");
+        };
+        for param in params.split_ascii_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" if self.esmtp => match value.parse::<u64>() {
+                    Ok(size) if size > smtp.max_message_size => {
+                        return self.reply("552 5.3.4 message size exceeds fixed limit");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.refuse("501 5.5.4 bad SIZE parameter"),
+                },
+                // RFC 4954 5: the sender's own AUTH= is accepted and not passed on.
+                "AUTH" if smtp.offers_auth(self.io.get_ref().is_tls()) => {}
+                "BODY" if self.esmtp => {
+                    if !value.eq_ignore_ascii_case("7BIT")
+                        && !value.eq_ignore_ascii_case("8BITMIME")
+                    {
+                        return self.refuse("501 5.5.4 BODY is 7BIT or 8BITMIME");
+                    }
+                }
+                _ => {
+                    return self.refuse(&format!("555 5.5.4 unsupported parameter {key}"));
+                }
+            }
+        }
+        self.sender = Some(sender);
+        self.reply("250 2.1.0 Ok");
+    }
+
+    fn rcpt(&mut self, smtp: &Smtp, args: &str) {
+        if self.sender.is_none() {
+            return self.refuse("503 5.5.1 need MAIL before RCPT");
+        }
+        let Some((address, params)) = after_keyword(args, "TO:").and_then(|r| parse_path(r, false))
+        else {
+            return self.refuse("501 5.1.3 syntax: RCPT TO:<address>");
+        };
+        if !params.is_empty() {
+            return self.refuse("555 5.5.4 RCPT parameters are not supported");
+        }
+        if self.accepted.len() >= MAX_RECIPIENTS {
+            // Not an error of the client's: it sends the rest in another transaction.
+            return self.reply("452 4.5.3 too many recipients");
+        }
+        // RFC 5321 4.5.1: plain <postmaster> must work.
+        let (local, domain) = match address.rsplit_once('@') {
+            Some((local, domain)) => (local.to_string(), domain.to_string()),
+            None if address.eq_ignore_ascii_case("postmaster") => (
+                "postmaster".to_string(),
+                smtp.directory.postmaster_domain().unwrap_or_default(),
+            ),
+            None => return self.refuse("501 5.1.3 the address needs a domain"),
+        };
+        // Recipient refusals are not protocol errors: they do not count towards MAX_ERRORS.
+        let unknown = format!("550 5.1.1 <{address}>: recipient address rejected: user unknown");
+        let alias = match (&smtp.aliases, smtp.directory.local_domain(&domain)) {
+            (Some(aliases), Some(local_domain)) => {
+                aliases.expand(&smtp.directory, &local, &local_domain)
+            }
+            _ => None,
+        };
+        if let Some(mailboxes) = alias {
+            if mailboxes.is_empty() {
+                return self.reply(&unknown);
+            }
+            self.recipients
+                .extend(mailboxes.into_iter().map(|m| (address.clone(), m)));
+            self.accepted.push(address);
+            return self.reply("250 2.1.5 Ok");
+        }
+        match smtp.directory.route(&local, &domain) {
+            Route::Local(mailbox) => {
+                self.recipients.push((address.clone(), mailbox));
+                self.accepted.push(address);
+                self.reply("250 2.1.5 Ok");
+            }
+            Route::Foreign if smtp.relay.is_some() && self.may_relay() => {
+                if !is_domain_name(&domain) {
+                    return self.refuse("501 5.1.3 not a domain name after the @");
+                }
+                self.relayed.push(address.clone());
+                self.accepted.push(address);
+                self.reply("250 2.1.5 Ok");
+            }
+            Route::UnknownUser => self.reply(&unknown),
+            Route::Foreign => self.reply(&format!("550 5.7.1 <{address}>: relay access denied")),
+        }
+    }
+
+    /// RFC 3207. Whatever the client sent after STARTTLS in plain text is thrown away, and the
+    /// session starts over (no HELO, no transaction): nothing said before the handshake can
+    /// act after it.
+    async fn starttls(&mut self, smtp: &Smtp, args: &str) -> Result<(), End> {
+        let Some(acceptor) = &smtp.tls else {
+            self.refuse("502 5.5.1 STARTTLS is not available");
+            return Ok(());
+        };
+        if !args.is_empty() {
+            self.refuse("501 5.5.4 syntax: STARTTLS");
+            return Ok(());
+        }
+        if self.io.get_ref().is_tls() {
+            self.refuse("503 5.5.1 TLS is already active");
+            return Ok(());
+        }
+        self.reply("220 2.0.0 ready to start TLS");
+        self.flush().await.map_err(|_| End::Gone)?;
+        if !self.io.buffer().is_empty() {
+            tracing::warn!(peer = %self.peer, "plain text pipelined after STARTTLS; discarded");
+        }
+        if let Err(e) = upgrade_buffered(&mut self.io, acceptor).await {
+            tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
+            return Err(End::Gone);
+        }
+        self.helo = None;
+        self.esmtp = false;
+        self.reset();
+        Ok(())
+    }
+
+    /// RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN, against the users' password hashes.
+    async fn auth(&mut self, smtp: &Smtp, args: &str) -> Result<(), End> {
+        let tls = self.io.get_ref().is_tls();
+        if !smtp.auth {
+            self.refuse("502 5.5.1 AUTH is not available");
+            return Ok(());
+        }
+        if !smtp.offers_auth(tls) {
+            self.refuse("538 5.7.11 encryption required: use STARTTLS first");
+            return Ok(());
+        }
+        if self.helo.is_none() || !self.esmtp {
+            self.refuse("503 5.5.1 send EHLO first");
+            return Ok(());
+        }
+        if self.authenticated.is_some() {
+            self.refuse("503 5.5.1 already authenticated");
+            return Ok(());
+        }
+        if self.sender.is_some() {
+            self.refuse("503 5.5.1 AUTH is not allowed during a mail transaction");
+            return Ok(());
+        }
+        let mut words = args.split_ascii_whitespace();
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        if words.next().is_some() {
+            self.refuse("501 5.5.4 syntax: AUTH mechanism [initial-response]");
+            return Ok(());
+        }
+        let credentials = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(response) => response.to_string(),
+                    None => match self.challenge("").await? {
+                        Some(response) => response,
+                        None => return Ok(()),
+                    },
+                };
+                decode(&response).and_then(|plain| {
+                    // authzid NUL authcid NUL password; an authzid other than the user is refused.
+                    let mut parts = plain.splitn(3, |&b| b == 0);
+                    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                    (authzid.is_empty() || authzid.eq_ignore_ascii_case(&user))
+                        .then_some((user, password))
+                })
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(response) => response.to_string(),
+                    None => match self.challenge("VXNlcm5hbWU6").await? {
+                        Some(response) => response,
+                        None => return Ok(()),
+                    },
+                };
+                let Some(password) = self.challenge("UGFzc3dvcmQ6").await? else {
+                    return Ok(());
+                };
+                decode(&user).zip(decode(&password)).and_then(|(u, p)| {
+                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?))
+                })
+            }
+            _ => {
+                self.refuse("504 5.5.4 unrecognized authentication mechanism");
+                return Ok(());
+            }
+        };
+        let Some((user, password)) = credentials else {
+            self.refuse("501 5.5.2 cannot decode the response");
+            return Ok(());
+        };
+        let account = smtp
+            .directory
+            .login(&user)
+            .map(|(mailbox, hash)| (mailbox.to_string(), hash.to_string()));
+        let hash = account
+            .as_ref()
+            .map(|(_, hash)| hash.clone())
+            .unwrap_or_else(|| smtp.decoy_hash.clone());
+        let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        match account {
+            Some((name, _)) if verified => {
+                tracing::info!(peer = %self.peer, user = %name, "smtp auth");
+                self.authenticated = Some(name);
+                self.reply("235 2.7.0 authentication successful");
+            }
+            _ => {
+                tracing::warn!(peer = %self.peer, user = ?user, "smtp auth failed");
+                tokio::time::sleep(FAILED_AUTH_DELAY).await;
+                self.refuse("535 5.7.8 authentication credentials invalid");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a 334 challenge and reads the answer; `None` when the client cancelled with `*`
+    /// or sent a line too long (the reply is queued).
+    async fn challenge(&mut self, text: &str) -> Result<Option<String>, End> {
+        self.reply(&format!("334 {text}"));
+        self.flush().await.map_err(|_| End::Gone)?;
+        let read = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            read_line(&mut self.io, MAX_LINE, &mut self.line),
+        )
+        .await;
+        match read {
+            Err(_) => {
+                self.reply("421 4.4.2 timeout waiting for a command");
+                Err(End::Closing)
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => Err(End::Gone),
+            Ok(Ok(Line::TooLong)) => {
+                self.refuse("500 5.5.6 authentication exchange line too long");
+                Ok(None)
+            }
+            Ok(Ok(Line::Complete)) => {
+                let answer = String::from_utf8_lossy(trim_eol(&self.line)).into_owned();
+                if answer == "*" {
+                    self.refuse("501 5.7.0 authentication cancelled");
+                    return Ok(None);
+                }
+                Ok(Some(answer))
+            }
+        }
+    }
+
+    async fn data(&mut self, smtp: &Smtp) -> Result<(), End> {
+        if self.sender.is_none() {
+            self.refuse("503 5.5.1 need MAIL before DATA");
+            return Ok(());
+        }
+        if self.accepted.is_empty() {
+            self.refuse("503 5.5.1 no valid recipients");
+            return Ok(());
+        }
+        self.reply("354 End data with <CR><LF>.<CR><LF>");
+        self.flush().await.map_err(|_| End::Gone)?;
+
+        let id = queue_id();
+        let mut body: Vec<u8> = Vec::new();
+        let (mut bare, mut too_long, mut too_big) = (false, false, false);
+        // The line before ended with CRLF (true for the first line after 354).
+        let mut after_crlf = true;
+        let (mut in_headers, mut hops) = (true, 0usize);
+        loop {
+            let read = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                read_line(&mut self.io, MAX_LINE, &mut self.line),
+            )
+            .await;
+            match read {
+                Err(_) => {
+                    self.reply("421 4.4.2 timeout reading the message");
+                    return Err(End::Closing);
+                }
+                Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Err(End::Gone),
+                Ok(Ok(Line::TooLong)) => {
+                    too_long = true;
+                    // Where the long line ended is unknown territory: no end-of-data right after.
+                    after_crlf = false;
+                    continue;
+                }
+                Ok(Ok(Line::Complete)) => {}
+            }
+            let line = &self.line;
+            if after_crlf && line.as_slice() == b".\r\n" {
+                break;
+            }
+            let text = match line.strip_suffix(b"\r\n") {
+                Some(text) => {
+                    after_crlf = true;
+                    text
+                }
+                None => {
+                    after_crlf = false;
+                    bare = true;
+                    line.strip_suffix(b"\n").unwrap_or(line)
+                }
+            };
+            if text.contains(&b'\r') || text.contains(&b'\n') {
+                bare = true;
+            }
+            let text = text.strip_prefix(b".").unwrap_or(text);
+            if in_headers {
+                if text.is_empty() {
+                    in_headers = false;
+                } else if text.len() >= 9 && text[..9].eq_ignore_ascii_case(b"received:") {
+                    hops += 1;
+                }
+            }
+            if too_big || (body.len() + text.len() + 1) as u64 > smtp.max_message_size {
+                too_big = true;
+                body = Vec::new();
+                continue;
+            }
+            body.extend_from_slice(text);
+            body.push(b'\n');
+        }
+
+        let sender = self.sender.take().unwrap_or_default();
+        let recipients = std::mem::take(&mut self.recipients);
+        let accepted = std::mem::take(&mut self.accepted);
+        let relayed = std::mem::take(&mut self.relayed);
+        if bare {
+            self.reply("554 5.6.0 message refused: bare CR or LF (lines must end with CRLF)");
+            return Ok(());
+        }
+        if too_long {
+            self.reply("500 5.5.2 message refused: a line is longer than 1000 octets");
+            return Ok(());
+        }
+        if too_big {
+            self.reply("552 5.3.4 message size exceeds fixed limit");
+            return Ok(());
+        }
+        if hops > MAX_HOPS {
+            self.reply("554 5.4.6 too many hops: a mail loop?");
+            return Ok(());
+        }
+
+        let for_clause = match accepted.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let mut message = self.received_header(smtp, &id, for_clause);
+        message.extend_from_slice(&body);
+        drop(body);
+        let mut maildirs: Vec<_> = recipients.iter().map(|(_, m)| m.path.clone()).collect();
+        maildirs.sort();
+        maildirs.dedup();
+        let mut targets = Vec::new();
+        if !maildirs.is_empty() {
+            let mut local = format!("Return-Path: <{sender}>\n").into_bytes();
+            local.extend_from_slice(&message);
+            let local = Arc::new(local);
+            targets.extend(maildirs.into_iter().map(|m| (m, local.clone())));
+        }
+        if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
+            let file = relay.queue_file(&sender, &relayed, &message);
+            targets.push((relay.queue().to_path_buf(), Arc::new(file)));
+        }
+        drop(message);
+        match smtp.deliverer.deliver_each(targets).await {
+            Ok(()) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    id = %id,
+                    from = %sender,
+                    to = %recipients.iter().map(|(_, m)| m.to_string()).collect::<Vec<_>>().join(","),
+                    relay = %relayed.join(","),
+                    "delivered"
+                );
+                if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
+                    relay.wake();
+                }
+                self.reply(&format!("250 2.0.0 Ok: queued as {id}"));
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, id = %id, "delivery failed: {e}");
+                self.reply("451 4.3.0 local delivery failed, try again later");
+            }
+        }
+        Ok(())
+    }
+
+    fn may_relay(&self) -> bool {
+        may_relay(&self.peer, self.authenticated.is_some())
+    }
+
+    /// The Received header, with an LF line ending like the stored message.
+    fn received_header(&self, smtp: &Smtp, id: &str, recipient: Option<&str>) -> Vec<u8> {
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let ip = match self.peer.ip() {
+            Some(ip) => format!("[{ip}]"),
+            None => "local".into(),
+        };
+        // RFC 3848's protocol names.
+        let with = match (
+            self.esmtp,
+            self.io.get_ref().is_tls(),
+            self.authenticated.is_some(),
+        ) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let rcpt = match recipient {
+            Some(address) => format!("\n\tfor <{address}>"),
+            None => String::new(),
+        };
+        format!(
+            "Received: from {helo} ({ip})\n\tby {} (taphost) with {with} id {id}{rcpt};\n\t{date}\n",
+            smtp.hostname
+        )
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_rights() {
+        let outside = Peer::Tcp("192.0.2.7:2525".parse().expect("addr"));
+        assert!(!may_relay(&outside, false));
+        assert!(may_relay(&outside, true));
+        assert!(may_relay(
+            &Peer::Tcp("[::1]:2525".parse().expect("addr")),
+            false
+        ));
+        assert!(may_relay(
+            &Peer::Tcp("127.0.0.9:2525".parse().expect("addr")),
+            false
+        ));
+        assert!(may_relay(&Peer::Unix, false));
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("<a@b.c> SIZE=10", false),
+            Some(("a@b.c".into(), "SIZE=10"))
+        );
+        assert_eq!(parse_path("<>", true), Some((String::new(), "")));
+        assert_eq!(parse_path("<>", false), None);
+        assert_eq!(
+            parse_path("<@relay.x:a@b.c>", false),
+            Some(("a@b.c".into(), ""))
+        );
+        assert_eq!(parse_path("a@b.c", false), None);
+        assert_eq!(parse_path("<a b@c>", false), None);
+        assert_eq!(parse_path("<a@b>x", false), None);
+        assert_eq!(after_keyword("from:<x>", "FROM:"), Some("<x>"));
+        assert_eq!(after_keyword("FROM: <x>", "FROM:"), Some("<x>"));
+        assert_eq!(after_keyword("TO:<x>", "FROM:"), None);
+        assert_eq!(after_keyword("é", "FROM:"), None);
+    }
+}
