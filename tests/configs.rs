@@ -42,6 +42,39 @@ fn the_two_web_examples_are_one_application() {
     assert_eq!(json, ron);
 }
 
+const SHELL_PASSWORD: &str = "example-test-password";
+
+/// Logs into an admin shell and returns what `services` prints.
+fn shell_services(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the shell");
+    conn.set_read_timeout(Some(util::TIMEOUT)).expect("timeout");
+    let mut seen = Vec::new();
+    let mut until = |conn: &mut std::net::TcpStream, needle: &str| -> String {
+        let start = seen.len();
+        loop {
+            let text = String::from_utf8_lossy(&seen[start..]).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).expect("read from the shell");
+            assert!(n > 0, "the shell closed the connection; got {text:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    until(&mut conn, "username: ");
+    conn.write_all(b"admin\r\n").expect("send");
+    until(&mut conn, "password: ");
+    conn.write_all(format!("{SHELL_PASSWORD}\r\n").as_bytes())
+        .expect("send");
+    until(&mut conn, "> ");
+    conn.write_all(b"services\r\n").expect("send");
+    let listing = until(&mut conn, "> ");
+    conn.write_all(b"quit\r\n").expect("send");
+    listing
+}
+
 #[test]
 fn every_example_serves() {
     for path in examples() {
@@ -57,6 +90,11 @@ fn every_example_serves() {
                     *interface = Some("127.0.0.1".parse().expect("ip"));
                 }
             }
+        }
+        // Example shells ship with a hash nobody knows; the copy gets one of a test password.
+        for service in app.services.iter_mut().filter(|s| s.plugin == "telnet") {
+            let hash = host::secret::hash_password(SHELL_PASSWORD).expect("hash");
+            service.config["users"] = serde_json::json!([{ "name": "admin", "hash": hash }]);
         }
         let sb = Sandbox::new();
         let copy = sb.join(&format!("example.{}", format.extension()));
@@ -74,6 +112,16 @@ fn every_example_serves() {
                     path.display(),
                     service.name
                 );
+            }
+            if service.plugin == "telnet" {
+                let listing = shell_services(twistd.addr(first_listener));
+                for other in &app.services {
+                    assert!(
+                        listing.contains(&other.name),
+                        "{}: {listing}",
+                        path.display()
+                    );
+                }
             }
             first_listener += service.listen.len();
         }

@@ -173,6 +173,17 @@ fn bind_service(
         .collect()
 }
 
+/// Where each listener really listens (the kernel's port for a port-0 endpoint).
+fn local_addrs(listeners: &[BoundListener]) -> Vec<String> {
+    listeners
+        .iter()
+        .map(|l| match l.listener.local_addr() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => l.endpoint.to_string(),
+        })
+        .collect()
+}
+
 fn clones(listeners: &[BoundListener], service: &str) -> Result<Vec<BoundListener>, StartError> {
     listeners
         .iter()
@@ -378,13 +389,7 @@ impl Control {
         }
         self.check(&state.app, None, &spec)?;
         let listeners = bind_service(&spec, &spec.listen)?;
-        let addrs = listeners
-            .iter()
-            .map(|l| match l.listener.local_addr() {
-                Ok(addr) => addr.to_string(),
-                Err(_) => l.endpoint.to_string(),
-            })
-            .collect();
+        let addrs = local_addrs(&listeners);
         let running = self.launch(&spec, &listeners)?;
         state.app.services.push(spec);
         state.slots.push(Slot {
@@ -493,8 +498,13 @@ impl Control {
     }
 
     /// Replaces a service's endpoint list: new endpoints are bound first (a failure changes
-    /// nothing), then the service restarts on the new set.
-    pub async fn set_listen(&self, name: &str, listen: Vec<Endpoint>) -> Result<(), ControlError> {
+    /// nothing), then the service restarts on the new set. Returns the addresses it now listens
+    /// on (empty for a stopped service, which binds when it starts).
+    pub async fn set_listen(
+        &self,
+        name: &str,
+        listen: Vec<Endpoint>,
+    ) -> Result<Vec<String>, ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
         let mut spec = state.app.services[i].clone();
@@ -502,27 +512,34 @@ impl Control {
         self.check(&state.app, Some(i), &spec)?;
         if state.slots[i].running.is_none() {
             state.app.services[i].listen = spec.listen;
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut listeners = Vec::with_capacity(spec.listen.len());
+        // Each endpoint keeps the socket it had, matched one to one (two `tcp:0` endpoints are
+        // two sockets); endpoints without one are bound first, so a failure changes nothing.
+        let current = &state.slots[i].listeners;
+        let mut used = vec![false; current.len()];
+        let mut plan: Vec<Option<usize>> = Vec::with_capacity(spec.listen.len());
+        for endpoint in &spec.listen {
+            let kept = (0..current.len()).find(|&k| !used[k] && &current[k].endpoint == endpoint);
+            if let Some(k) = kept {
+                used[k] = true;
+            }
+            plan.push(kept);
+        }
         let fresh: Vec<Endpoint> = spec
             .listen
             .iter()
-            .filter(|e| !state.slots[i].listeners.iter().any(|l| &l.endpoint == *e))
-            .cloned()
+            .zip(&plan)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|(e, _)| e.clone())
             .collect();
-        let mut bound_fresh = bind_service(&spec, &fresh)?;
-        for endpoint in &spec.listen {
-            if let Some(pos) = bound_fresh.iter().position(|l| &l.endpoint == endpoint) {
-                listeners.push(bound_fresh.remove(pos));
-            } else {
-                let kept = state.slots[i]
-                    .listeners
-                    .iter()
-                    .find(|l| &l.endpoint == endpoint)
-                    .expect("an endpoint not bound fresh is one the service had");
-                listeners.push(clones(std::slice::from_ref(kept), name)?.remove(0));
-            }
+        let mut fresh = bind_service(&spec, &fresh)?.into_iter();
+        let mut listeners = Vec::with_capacity(spec.listen.len());
+        for kept in plan {
+            listeners.push(match kept {
+                Some(k) => clones(std::slice::from_ref(&current[k]), name)?.remove(0),
+                None => fresh.next().expect("one bound listener per fresh endpoint"),
+            });
         }
         let old = std::mem::replace(&mut state.slots[i].listeners, listeners);
         if let Err(e) = self.restart(&mut state, i, &spec).await {
@@ -530,7 +547,7 @@ impl Control {
             return Err(e);
         }
         state.app.services[i].listen = spec.listen;
-        Ok(())
+        Ok(local_addrs(&state.slots[i].listeners))
     }
 
     /// Stops service `i` (draining) and starts `spec` in its place on the slot's sockets. The

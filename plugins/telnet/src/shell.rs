@@ -45,7 +45,7 @@ pub struct Shell {
 }
 
 fn error(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Reply(format!("error: {e}"))
+    Outcome::Reply(format!("error: {e}\n"))
 }
 
 fn format_duration(d: Duration) -> String {
@@ -320,15 +320,18 @@ impl Shell {
         };
         let mut listen = spec.listen;
         if add {
-            if listen.contains(&endpoint) {
+            // Port 0 never conflicts: each such endpoint gets its own port.
+            if listen.iter().any(|e| e.conflicts_with(&endpoint)) {
                 return error(format!("{name} already listens on {endpoint}"));
             }
             listen.push(endpoint.clone());
         } else {
-            let before = listen.len();
-            listen.retain(|e| e != &endpoint);
-            if listen.len() == before {
-                return error(format!("{name} does not listen on {endpoint}"));
+            // The last one written that way (several `tcp:0` endpoints are several sockets).
+            match listen.iter().rposition(|e| e == &endpoint) {
+                Some(pos) => {
+                    listen.remove(pos);
+                }
+                None => return error(format!("{name} does not listen on {endpoint}")),
             }
         }
         let verb = if add {
@@ -336,10 +339,16 @@ impl Shell {
         } else {
             "no longer listens on"
         };
-        self.done(
-            self.control.set_listen(name, listen).await,
-            format!("{name} {verb} {endpoint}"),
-        )
+        match self.control.set_listen(name, listen).await {
+            Ok(addrs) if addrs.is_empty() => {
+                Outcome::Reply(format!("{name} {verb} {endpoint} (stopped)\n"))
+            }
+            Ok(addrs) => Outcome::Reply(format!(
+                "{name} {verb} {endpoint}; now listening on {}\n",
+                addrs.join(", ")
+            )),
+            Err(e) => error(e),
+        }
     }
 
     async fn save(&self, tag: Option<&str>) -> Outcome {

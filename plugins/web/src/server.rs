@@ -38,6 +38,7 @@ use host::{BoundListener, Endpoint, Service};
 use crate::access_log::Entry;
 use crate::site::{closing, html_response, Site};
 use crate::{options, tls, WebConfig};
+use arc_swap::ArcSwap;
 
 /// Every response body.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -53,7 +54,7 @@ pub struct ConnInfo {
 }
 
 /// The connection limits, from the options.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Limits {
     header_timeout: Duration,
     keepalive_timeout: Duration,
@@ -64,26 +65,41 @@ struct Limits {
 /// The running web service.
 #[derive(Debug)]
 pub struct WebService {
-    site: Arc<Site>,
+    /// The routing configuration. Every request loads the current one, so a live
+    /// reconfigure (`set web path ...` in the admin shell) reaches open keep-alive connections
+    /// at their next request, and no connection is dropped.
+    site: Arc<ArcSwap<Site>>,
     limits: Limits,
     sni: Vec<(String, std::path::PathBuf, std::path::PathBuf)>,
+    logfile: Option<std::path::PathBuf>,
+}
+
+fn limits(config: &WebConfig) -> Limits {
+    Limits {
+        header_timeout: Duration::from_secs(config.header_timeout),
+        keepalive_timeout: Duration::from_secs(config.keepalive_timeout),
+        max_head_size: config.max_head_size,
+        max_connections: config.max_connections,
+    }
+}
+
+fn sni(
+    config: &WebConfig,
+) -> Result<Vec<(String, std::path::PathBuf, std::path::PathBuf)>, String> {
+    config.sni.iter().map(|v| options::sni(v)).collect()
 }
 
 impl WebService {
     pub fn new(config: &WebConfig, state: Option<serde_json::Value>) -> Result<Self, String> {
         Ok(WebService {
-            site: Arc::new(Site::new(config, state.as_ref())?),
-            limits: Limits {
-                header_timeout: Duration::from_secs(config.header_timeout),
-                keepalive_timeout: Duration::from_secs(config.keepalive_timeout),
-                max_head_size: config.max_head_size,
-                max_connections: config.max_connections,
-            },
-            sni: config
-                .sni
-                .iter()
-                .map(|v| options::sni(v))
-                .collect::<Result<_, _>>()?,
+            site: Arc::new(ArcSwap::from_pointee(Site::new(
+                config,
+                state.as_ref(),
+                None,
+            )?)),
+            limits: limits(config),
+            sni: sni(config)?,
+            logfile: config.logfile.clone(),
         })
     }
 }
@@ -115,7 +131,9 @@ impl Service for WebService {
                 acceptor,
             );
         }
-        if let Some(log) = self.site.access_log.clone() {
+        // The access log file is the same for the service's whole life: a new --logfile
+        // restarts the service (see reconfigure).
+        if let Some(log) = self.site.load().access_log.clone() {
             let ctx2 = ctx.clone();
             ctx.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -132,20 +150,37 @@ impl Service for WebService {
     }
 
     fn state(&self) -> Option<serde_json::Value> {
-        if let Some(log) = &self.site.access_log {
+        let site = self.site.load();
+        if let Some(log) = &site.access_log {
             // Lines of requests that finished while draining.
             log.flush();
         }
-        self.site
-            .weblog_path
-            .as_ref()
-            .map(|_| self.site.weblog.state())
+        site.weblog_path.as_ref().map(|_| site.weblog.state())
     }
 
     fn reopen_logs(&self) {
-        if let Some(log) = &self.site.access_log {
+        if let Some(log) = &self.site.load().access_log {
             log.reopen();
         }
+    }
+
+    /// Everything that routes a request (roots, indexes, types, mounts, CGI, vhosts, headers,
+    /// the weblog) changes live; connection limits, SNI certificates and the access log file
+    /// shape connections and tasks made at start, so changing them restarts the service.
+    fn reconfigure(&self, config: &serde_json::Value) -> Result<bool, String> {
+        let config: WebConfig =
+            serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
+        if limits(&config) != self.limits
+            || sni(&config)? != self.sni
+            || config.logfile != self.logfile
+        {
+            return Ok(false);
+        }
+        let current = self.site.load();
+        let state = current.weblog.state();
+        let site = Site::new(&config, Some(&state), current.access_log.clone())?;
+        self.site.store(Arc::new(site));
+        Ok(true)
     }
 }
 
@@ -155,7 +190,7 @@ fn accept_loop(
     ctx: &ServiceContext,
     listener: AsyncListener,
     permits: Arc<Semaphore>,
-    site: Arc<Site>,
+    site: Arc<ArcSwap<Site>>,
     limits: Limits,
     acceptor: Option<TlsAcceptor>,
 ) {
@@ -326,7 +361,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// timeout, or the service stops. On stop (and idle), hyper finishes the request in flight and
 /// closes the connection instead of waiting for another.
 async fn serve_http<S>(
-    site: Arc<Site>,
+    site: Arc<ArcSwap<Site>>,
     ctx: &ServiceContext,
     stream: S,
     info: ConnInfo,
@@ -343,7 +378,7 @@ async fn serve_http<S>(
         last: last.clone(),
     });
     let service = service_fn(move |req| {
-        let site = site.clone();
+        let site = site.load_full();
         async move { Ok::<_, Infallible>(handle(site, info, req).await) }
     });
     // The same loop for either protocol; only the connection type differs.

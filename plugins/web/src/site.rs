@@ -56,7 +56,13 @@ fn canonical(option: &str, dir: &Path) -> Result<PathBuf, String> {
 }
 
 impl Site {
-    pub fn new(config: &WebConfig, state: Option<&serde_json::Value>) -> Result<Site, String> {
+    /// `access_log`, when given, is the open log to keep (a live reconfigure keeps the file the
+    /// service opened at start); otherwise `--logfile` is opened.
+    pub fn new(
+        config: &WebConfig,
+        state: Option<&serde_json::Value>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Result<Site, String> {
         let root = canonical("--path", &config.path)?;
         let default_type = HeaderValue::from_str(&config.mime_type)
             .map_err(|_| format!("--mime-type '{}': not a header value", config.mime_type))?;
@@ -76,11 +82,12 @@ impl Site {
             let (name, dir) = options::vhost(v)?;
             vhosts.insert(name, canonical("--vhost", &dir)?);
         }
-        let access_log = match &config.logfile {
-            Some(path) => Some(Arc::new(
+        let access_log = match (&config.logfile, access_log) {
+            (Some(_), Some(open)) => Some(open),
+            (Some(path), None) => Some(Arc::new(
                 AccessLog::open(path).map_err(|e| format!("--logfile {}: {e}", path.display()))?,
             )),
-            None => None,
+            (None, _) => None,
         };
         Ok(Site {
             root,

@@ -1,0 +1,525 @@
+//! The admin shell over real sockets (and once through the real `telnet` client on a pty):
+//! login and lockout, hidden passwords, every command and its errors, live changes to the
+//! running application, and saving it.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use util::{curl, stderr, Sandbox, Twistd, TIMEOUT};
+
+const PASSWORD: &str = "s3cret-Horse-battery";
+const LOOPBACK0: &str = "tcp:0:interface=127.0.0.1";
+
+/// Removes telnet commands (IAC WILL/WONT/DO/DONT x) from what the server sent.
+fn visible(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == 0xff && i + 2 < raw.len() && (0xfb..=0xfe).contains(&raw[i + 1]) {
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that talks to the shell as nc would (plain lines), keeping every byte it got.
+struct Client {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    /// How much of `raw` the last read_until consumed.
+    mark: usize,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to the shell");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Client {
+            stream,
+            raw: Vec::new(),
+            mark: 0,
+        }
+    }
+
+    /// Reads until the visible text after the last mark contains `needle`; returns that text.
+    fn read_until(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let text = visible(&self.raw[self.mark..]);
+            if let Some(end) = text.find(needle) {
+                // Move the mark past the needle (in raw bytes: find it again there).
+                let raw_end = find_raw_end(&self.raw[self.mark..], needle).expect("needle in raw");
+                self.mark += raw_end;
+                return text[..end + needle.len()].to_string();
+            }
+            assert!(Instant::now() < deadline, "no '{needle}' in {text:?}");
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the shell closed the connection before '{needle}'; got {text:?}"),
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading '{needle}': {e}; got {text:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("send");
+    }
+
+    /// Reads what is left until the server closes the connection.
+    fn rest(&mut self) -> String {
+        let mut rest = Vec::new();
+        let _ = self.stream.read_to_end(&mut rest);
+        self.raw.extend_from_slice(&rest);
+        visible(&self.raw[self.mark..])
+    }
+
+    fn login(addr: SocketAddr) -> Client {
+        let mut client = Client::connect(addr);
+        client.read_until("username: ");
+        client.send("admin");
+        client.read_until("password: ");
+        client.send(PASSWORD);
+        client.read_until("web> ");
+        client
+    }
+
+    /// Runs a command and returns its output, without the next prompt.
+    fn run(&mut self, command: &str) -> String {
+        self.send(command);
+        let out = self.read_until("\r\nweb> ");
+        out.trim_end_matches("web> ").trim().replace("\r\n", "\n")
+    }
+}
+
+fn find_raw_end(raw: &[u8], needle: &str) -> Option<usize> {
+    raw.windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .map(|p| p + needle.len())
+}
+
+/// A web service and a shell in one application; returns (sandbox, twistd) with addrs
+/// [web, telnet].
+fn app() -> (Sandbox, Twistd) {
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "<h1>one</h1>\n");
+    sb.write("www2/index.html", "<h1>two</h1>\n");
+    sb.write("pw.txt", format!("{PASSWORD}\n"));
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    sb.mktap_ok(&[
+        "--append",
+        "web.tap",
+        "telnet",
+        "--port",
+        LOOPBACK0,
+        "--password-file",
+        "pw.txt",
+    ]);
+    let twistd = sb.twistd(&["-f", "web.tap"]);
+    assert_eq!(twistd.addrs.len(), 2);
+    (sb, twistd)
+}
+
+#[test]
+fn mktap_refuses_a_shell_without_a_password_and_stores_only_a_hash() {
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "x");
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let before = sb.read("web.tap");
+    let out = sb.mktap(&["--append", "web.tap", "telnet"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
+    assert_eq!(sb.read("web.tap"), before);
+
+    sb.write("pw.txt", format!("{PASSWORD}\n"));
+    sb.mktap_ok(&["--append", "web.tap", "telnet", "--password-file", "pw.txt"]);
+    let tap = sb.read("web.tap");
+    assert!(!tap.contains(PASSWORD), "the password is in the tap");
+    assert!(tap.contains("$argon2id$"), "{tap}");
+    assert!(
+        tap.contains("tcp:4040:interface=127.0.0.1"),
+        "the default endpoint is loopback: {tap}"
+    );
+    let mode = std::fs::metadata(sb.join("web.tap"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a tap holding a hash is private");
+
+    let out = sb.mktap(&["--append", "web.tap", "telnet", "--password"]);
+    assert_eq!(out.status.code(), Some(78), "no terminal to ask on");
+    assert!(stderr(&out).contains("--password-file"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_password_is_never_echoed_and_input_is_hidden_while_typed() {
+    let (_sb, twistd) = app();
+    let mut client = Client::login(twistd.addr(1));
+    client.send("quit");
+    assert!(client.rest().contains("bye"));
+    let raw = client.raw.clone();
+    let text = visible(&raw);
+    assert!(!text.contains(PASSWORD), "the password came back: {text:?}");
+    // WILL ECHO and WILL SGA before the password prompt, WONT after it.
+    let prompt = find_raw_end(&raw, "password: ").expect("prompt");
+    let before = &raw[..prompt];
+    assert!(
+        before.windows(3).any(|w| w == [0xff, 0xfb, 0x01]),
+        "no WILL ECHO"
+    );
+    assert!(
+        before.windows(3).any(|w| w == [0xff, 0xfb, 0x03]),
+        "no WILL SGA"
+    );
+    assert!(
+        raw[prompt..].windows(3).any(|w| w == [0xff, 0xfc, 0x01]),
+        "no WONT ECHO"
+    );
+}
+
+#[test]
+fn three_failures_close_the_connection_and_are_logged() {
+    let (_sb, twistd) = app();
+    let mut client = Client::connect(twistd.addr(1));
+    for attempt in 1..=3 {
+        client.read_until("username: ");
+        client.send("admin");
+        client.read_until("password: ");
+        client.send(&format!("wrong-{attempt}"));
+        if attempt < 3 {
+            client.read_until("login incorrect");
+        }
+    }
+    let rest = client.rest();
+    assert!(rest.contains("too many failures"), "{rest:?}");
+    let mut twistd = twistd;
+    twistd.wait_for("failed login for user 'admin' from 127.0.0.1 (try 3 of 3)");
+    // Unknown users fail the same way, and nc-style bare LF lines work.
+    let mut nc = Client::connect(twistd.addr(1));
+    nc.read_until("username: ");
+    nc.stream.write_all(b"mallory\n").expect("send");
+    nc.read_until("password: ");
+    nc.stream
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("send");
+    nc.read_until("login incorrect");
+}
+
+#[test]
+fn every_command_answers_and_errors_change_nothing() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    let help = shell.run("help");
+    for command in [
+        "status",
+        "services",
+        "show",
+        "add",
+        "remove",
+        "stop",
+        "start",
+        "set",
+        "listen",
+        "unlisten",
+        "save",
+        "log level",
+        "shutdown",
+        "quit",
+    ] {
+        assert!(
+            help.contains(command),
+            "{command} missing from help: {help}"
+        );
+    }
+    let status = shell.run("status");
+    assert!(status.starts_with("application web, up "), "{status}");
+    assert!(
+        status.contains("2 service(s) (2 running)") && status.contains("memory "),
+        "{status}"
+    );
+    let services = shell.run("ports");
+    assert!(
+        services.contains("web ") && services.contains("telnet "),
+        "{services}"
+    );
+    assert_eq!(services.matches("running").count(), 2, "{services}");
+    let show = shell.run("show web");
+    assert!(
+        show.contains("\"path\": \"www\"") && show.contains("listen:"),
+        "{show}"
+    );
+
+    for (command, expected) in [
+        ("frobnicate", "error: unknown command 'frobnicate'"),
+        ("show nosuch", "error: no service named 'nosuch'"),
+        ("show", "error: wrong arguments for 'show'"),
+        ("set web colour blue", "unknown field `colour`"),
+        ("set web path /no/such/dir", "--path /no/such/dir"),
+        ("add gopher", "unknown plugin 'gopher'"),
+        (
+            "add web --path www --port tcpp:1",
+            "unknown endpoint type 'tcpp'",
+        ),
+        (
+            "remove telnet",
+            "error: removing 'telnet' from its own shell",
+        ),
+        ("stop telnet", "error: stopping 'telnet' from its own shell"),
+        (
+            "listen telnet tcp:0",
+            "error: restarting 'telnet' from its own shell",
+        ),
+        ("start web", "error: service 'web' is already running"),
+        (
+            "unlisten web tcp:1:interface=127.0.0.1",
+            "does not listen on",
+        ),
+        ("save ../evil", "error: tag '../evil'"),
+        ("log level not=a=filter", "error: bad log level"),
+        ("show \"web", "error: unbalanced quotes"),
+    ] {
+        let out = shell.run(command);
+        assert!(out.contains(expected), "{command}: {out}");
+        assert_eq!(out.lines().count(), 1, "{command}: one line: {out}");
+    }
+    // Nothing changed.
+    assert_eq!(shell.run("ports"), services);
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>one</h1>\n");
+    assert!(shell
+        .run("log level debug")
+        .contains("log level is now debug"));
+    assert!(shell
+        .run("log level info")
+        .contains("log level is now info"));
+}
+
+#[test]
+fn add_stop_start_remove_a_web_service_live() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    let added = shell.run(&format!(
+        "add web --name extra --path www2 --listen {LOOPBACK0}"
+    ));
+    let addr = added
+        .strip_prefix("added extra: listening on ")
+        .unwrap_or_else(|| panic!("{added}"))
+        .trim();
+    assert_eq!(
+        curl(&format!("http://{addr}/"), &[]).text(),
+        "<h1>two</h1>\n"
+    );
+    let services = shell.run("services");
+    assert!(services.contains("extra"), "{services}");
+
+    assert_eq!(shell.run("stop extra"), "stopped extra");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a stopped service closes its port"
+    );
+    assert!(shell.run("services").contains("stopped"));
+    assert_eq!(shell.run("start extra"), "started extra");
+    assert_eq!(shell.run("remove extra"), "removed extra");
+    assert!(!shell.run("services").contains("extra"));
+
+    // A second add without --name gets web-2.
+    let added = shell.run(&format!("add web --path www2 --port {LOOPBACK0}"));
+    assert!(
+        added.starts_with("added web-2: listening on 127.0.0.1:"),
+        "{added}"
+    );
+}
+
+#[test]
+fn set_web_path_is_live_and_drops_no_keep_alive_connection() {
+    let (_sb, twistd) = app();
+    let web = twistd.addr(0);
+    // Several clients hold keep-alive connections open across the change.
+    let mut conns: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(web).expect("connect"))
+        .collect();
+    let get = |conn: &mut TcpStream| -> String {
+        conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // One response: the head says its length.
+        loop {
+            let n = conn
+                .read(&mut buf)
+                .expect("a response, not a closed connection");
+            assert!(n > 0, "the connection was closed");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    return body.to_string();
+                }
+            }
+        }
+    };
+    for conn in &mut conns {
+        assert_eq!(get(conn), "<h1>one</h1>\n");
+    }
+    let mut shell = Client::login(twistd.addr(1));
+    assert_eq!(shell.run("set web path www2"), "web.path changed, live");
+    for conn in &mut conns {
+        assert_eq!(
+            get(conn),
+            "<h1>two</h1>\n",
+            "the same connection sees the new root"
+        );
+    }
+    assert!(shell.run("show web").contains("\"path\": \"www2\""));
+    // A field that shapes connections restarts the service (drained) on the same port.
+    assert_eq!(
+        shell.run("set web max_connections 50"),
+        "web.max_connections changed; web restarted (drained)"
+    );
+    assert_eq!(
+        curl(&twistd.url(0, "/"), &[]).text(),
+        "<h1>two</h1>\n",
+        "same port after the restart"
+    );
+    // listen and unlisten.
+    let out = shell.run(&format!("listen web {LOOPBACK0}"));
+    assert!(
+        out.starts_with("web listens on tcp:0:interface=127.0.0.1; now listening on "),
+        "{out}"
+    );
+    let second = out
+        .rsplit(", ")
+        .next()
+        .expect("addresses")
+        .trim()
+        .to_string();
+    assert_eq!(
+        curl(&format!("http://{second}/"), &[]).text(),
+        "<h1>two</h1>\n"
+    );
+    assert_eq!(
+        curl(&twistd.url(0, "/"), &[]).text(),
+        "<h1>two</h1>\n",
+        "the first endpoint stays"
+    );
+}
+
+#[test]
+fn save_known_good_then_start_from_it() {
+    let (sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    shell.run(&format!(
+        "add web --name extra --path www2 --port {LOOPBACK0}"
+    ));
+    assert_eq!(shell.run("save known-good"), "saved web-known-good.tap");
+    let mode = std::fs::metadata(sb.join("web-known-good.tap"))
+        .expect("saved")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "it holds the shell's hash");
+    let (saved, _) = host::tapfile::load(&sb.join("web-known-good.tap")).expect("loads");
+    let names: Vec<&str> = saved.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web", "telnet", "extra"]);
+
+    // `shutdown` from the shell stops the process gracefully and saves the shutdown tap.
+    shell.send("shutdown");
+    assert!(shell.rest().contains("shutting down"));
+    let mut twistd = twistd;
+    twistd.wait_for("saved web-shutdown.tap");
+    let (status, _) = twistd.stop_waiting();
+    assert!(status.success());
+
+    let again = sb.twistd(&["-o", "-f", "web-known-good.tap"]);
+    assert_eq!(again.addrs.len(), 3);
+    assert_eq!(curl(&again.url(2, "/"), &[]).text(), "<h1>two</h1>\n");
+    let mut shell = Client::login(again.addr(1));
+    let services = shell.run("services");
+    assert!(
+        services.contains("extra") && services.contains("telnet"),
+        "{services}"
+    );
+}
+
+/// The real telnet client, driven through a pty by a small Python script (pty is the standard
+/// library's); the typed password must not appear on the terminal.
+#[test]
+fn the_real_telnet_client_on_a_pty() {
+    if std::process::Command::new("telnet")
+        .arg("-?")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: the telnet client is not installed");
+        return;
+    }
+    let (sb, twistd) = app();
+    let script = sb.write(
+        "drive.py",
+        r#"
+import os, pty, select, sys, time
+port, password = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("telnet", ["telnet", "127.0.0.1", port])
+seen = b""
+def until(needle, limit=20):
+    global seen
+    end = time.time() + limit
+    while needle.encode() not in seen:
+        if time.time() > end:
+            sys.stderr.write("timeout waiting for %r; saw %r\n" % (needle, seen)); sys.exit(2)
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+until("username: "); os.write(fd, b"admin\r")
+until("password: "); os.write(fd, password.encode() + b"\r")
+until("web> "); os.write(fd, b"services\r")
+until("telnet"); until("web> "); os.write(fd, b"quit\r")
+until("bye")
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+"#,
+    );
+    let port = twistd.addr(1).port().to_string();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([&port, PASSWORD])
+        .output()
+        .expect("python3");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{screen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        screen.contains("admin"),
+        "the user name is echoed: {screen}"
+    );
+    assert!(
+        !screen.contains(PASSWORD),
+        "the password was echoed on the terminal: {screen}"
+    );
+    assert!(screen.contains("running"), "{screen}");
+}
