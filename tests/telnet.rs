@@ -380,6 +380,15 @@ fn set_web_path_is_live_and_drops_no_keep_alive_connection() {
         assert_eq!(get(conn), "<h1>one</h1>\n");
     }
     let mut shell = Client::login(twistd.addr(1));
+    // Connections are counted for the status display (the web plugin accepts through the
+    // host's capped accept loop).
+    let web_line = shell
+        .run("services")
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .expect("a web line")
+        .to_string();
+    assert_eq!(web_line.split_whitespace().nth(3), Some("4"), "{web_line}");
     assert_eq!(shell.run("set web path www2"), "web.path changed, live");
     for conn in &mut conns {
         assert_eq!(

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -150,11 +151,49 @@ where
     H: Fn(Stream, Peer) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    accept_loop(ctx, listener, None, handler);
+}
+
+/// [`serve`] with a connection cap shared by every listener given the same semaphore: past it,
+/// new connections wait in the kernel's backlog rather than being accepted and starved (as
+/// nginx's worker_connections). A permit is held for each connection's whole life.
+pub fn serve_limited<H, F>(
+    ctx: &ServiceContext,
+    listener: AsyncListener,
+    permits: Arc<Semaphore>,
+    handler: H,
+) where
+    H: Fn(Stream, Peer) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    accept_loop(ctx, listener, Some(permits), handler);
+}
+
+fn accept_loop<H, F>(
+    ctx: &ServiceContext,
+    listener: AsyncListener,
+    permits: Option<Arc<Semaphore>>,
+    handler: H,
+) where
+    H: Fn(Stream, Peer) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let conn_ctx = ctx.clone();
     ctx.spawn(async move {
         let ctx = conn_ctx;
         let mut backoff = Duration::from_millis(5);
         loop {
+            let permit = match &permits {
+                None => None,
+                Some(permits) => tokio::select! {
+                    biased;
+                    () = ctx.stopping() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => break,
+                    },
+                },
+            };
             let accepted = tokio::select! {
                 biased;
                 () = ctx.stopping() => break,
@@ -170,6 +209,7 @@ where
                     ctx.spawn(
                         async move {
                             let _open = open;
+                            let _permit = permit;
                             tokio::select! {
                                 () = work => {}
                                 () = abort_ctx.aborted() => {}
@@ -183,6 +223,7 @@ where
                     // Out of descriptors or memory: wait for connections to close rather than
                     // spin; the listener itself stays open.
                     tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    drop(permit);
                     tokio::select! {
                         () = ctx.stopping() => break,
                         () = tokio::time::sleep(backoff) => {}

@@ -29,10 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 
-use host::net::{AsyncListener, Peer};
-use host::service::ServiceContext;
+use host::net::Peer;
+use host::service::{serve_limited, ServiceContext};
 use host::{BoundListener, Endpoint, Service};
 
 use crate::access_log::Entry;
@@ -122,14 +121,17 @@ impl Service for WebService {
                 _ => None,
             };
             let listener = bound.listener.into_async().map_err(|e| e.to_string())?;
-            accept_loop(
-                ctx,
-                listener,
-                permits.clone(),
-                self.site.clone(),
-                self.limits,
-                acceptor,
-            );
+            let (site, limits, conn_ctx) = (self.site.clone(), self.limits, ctx.clone());
+            serve_limited(ctx, listener, permits.clone(), move |stream, peer| {
+                connection(
+                    site.clone(),
+                    conn_ctx.clone(),
+                    acceptor.clone(),
+                    limits,
+                    stream,
+                    peer,
+                )
+            });
         }
         // The access log file is the same for the service's whole life: a new --logfile
         // restarts the service (see reconfigure).
@@ -184,106 +186,39 @@ impl Service for WebService {
     }
 }
 
-/// Accepts while a connection permit is free: past the cap, new connections wait in the
-/// kernel's backlog rather than being accepted and starved (or refused).
-fn accept_loop(
-    ctx: &ServiceContext,
-    listener: AsyncListener,
-    permits: Arc<Semaphore>,
+/// Serves one accepted connection: the TLS handshake for `ssl:` listeners (bounded by the
+/// header timeout), then HTTP/1.1, or HTTP/2 when ALPN chose it.
+async fn connection(
     site: Arc<ArcSwap<Site>>,
-    limits: Limits,
+    ctx: ServiceContext,
     acceptor: Option<TlsAcceptor>,
+    limits: Limits,
+    stream: host::Stream,
+    peer: host::net::Peer,
 ) {
-    let ctx2 = ctx.clone();
-    ctx.spawn(async move {
-        let ctx = ctx2;
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let permit = tokio::select! {
-                biased;
-                () = ctx.stopping() => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let accepted = tokio::select! {
-                biased;
-                () = ctx.stopping() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) if is_transient(&e) => continue,
-                Err(e) => {
-                    // Out of descriptors or memory: wait for connections to close rather
-                    // than spin; the listener stays open.
-                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
-                    drop(permit);
-                    tokio::select! {
-                        () = ctx.stopping() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
+    let local = match &stream {
+        host::Stream::Tcp(s) => s.local_addr().ok(),
+        host::Stream::Unix(_) => None,
+    };
+    let info = ConnInfo {
+        peer,
+        local,
+        tls: acceptor.is_some(),
+    };
+    match acceptor {
+        None => serve_http(site, &ctx, stream, info, false, limits).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_http(site, &ctx, tls, info, h2, limits).await
                 }
-            };
-            backoff = Duration::from_millis(5);
-            let local = match &stream {
-                host::Stream::Tcp(s) => s.local_addr().ok(),
-                host::Stream::Unix(_) => None,
-            };
-            let conn_ctx = ctx.clone();
-            let site = site.clone();
-            let acceptor = acceptor.clone();
-            let span = tracing::debug_span!("conn", %peer);
-            ctx.spawn(
-                async move {
-                    let _permit = permit;
-                    let info = ConnInfo {
-                        peer,
-                        local,
-                        tls: acceptor.is_some(),
-                    };
-                    let work = async {
-                        match acceptor {
-                            None => serve_http(site, &conn_ctx, stream, info, false, limits).await,
-                            Some(acceptor) => {
-                                let handshake = tokio::time::timeout(
-                                    limits.header_timeout,
-                                    acceptor.accept(stream),
-                                );
-                                match handshake.await {
-                                    Ok(Ok(tls)) => {
-                                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                                        serve_http(site, &conn_ctx, tls, info, h2, limits).await
-                                    }
-                                    Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
-                                    Err(_) => tracing::debug!("TLS handshake timed out"),
-                                }
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        () = work => {}
-                        () = conn_ctx.aborted() => {}
-                    }
-                }
-                .instrument(span),
-            );
+                Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
         }
-    });
-}
-
-/// Errors that concern one connection that died before it was accepted, not the listener.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
+    }
 }
 
 /// A stream that notes when it last moved a byte, for the keep-alive timeout.
