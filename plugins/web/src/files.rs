@@ -27,7 +27,7 @@ use tokio_util::io::poll_read_buf;
 use crate::compress;
 use crate::conditional::{self, Outcome};
 use crate::ranges::{self, Ranges};
-use crate::resolve::contain;
+use crate::resolve::{contain, Opened};
 use crate::server::{error_response, Body};
 
 /// Files up to this size are read whole; larger ones are streamed.
@@ -102,15 +102,16 @@ fn sibling(
     None
 }
 
-/// Serves the regular file `path` (already checked to lie under `root`).
+/// Serves the regular file `opened` (opened beneath `root`).
 pub async fn respond(
     root: &Path,
-    path: &Path,
-    meta: &Metadata,
+    opened: Opened,
     method: &Method,
     headers: &HeaderMap,
     opts: &FileOptions,
 ) -> Response<Body> {
+    let Opened { path, file, meta } = opened;
+    let (path, meta) = (path.as_path(), &meta);
     let head = method == Method::HEAD;
     let content_type = opts.content_type(path);
     // Only look for siblings when the client sends Accept-Encoding at all: most benchmarks
@@ -120,9 +121,10 @@ pub async fn respond(
     } else {
         None
     };
-    let (path, meta, coding) = match &precompressed {
-        Some((p, m, c)) => (p.as_path(), m, Some(*c)),
-        None => (path, meta, None),
+    let (path, meta, coding, file) = match &precompressed {
+        // The sibling is opened by its (contained) canonical path below.
+        Some((p, m, c)) => (p.as_path(), m, Some(*c), None),
+        None => (path, meta, None, Some(file)),
     };
     let len = meta.len();
     let modified = meta.modified().ok();
@@ -241,7 +243,7 @@ pub async fn respond(
         return response;
     }
     let body = if len <= WHOLE_READ_LIMIT {
-        match std::fs::read(path) {
+        match read_whole(file, path, len) {
             Ok(bytes) if bytes.len() as u64 == len => {
                 if gzip_on_the_fly {
                     if let Some(gz) = compress::gzip(&bytes) {
@@ -265,7 +267,11 @@ pub async fn respond(
             Err(e) => return io_error_response(&e),
         }
     } else {
-        match tokio::fs::File::open(path).await {
+        let file = match file {
+            Some(file) => Ok(tokio::fs::File::from_std(file)),
+            None => tokio::fs::File::open(path).await,
+        };
+        match file {
             Ok(file) => FileBody::new(file, len).boxed(),
             Err(e) => return io_error_response(&e),
         }
@@ -275,6 +281,30 @@ pub async fn respond(
         .insert(CONTENT_LENGTH, HeaderValue::from(len));
     *response.body_mut() = if head { empty() } else { body };
     response
+}
+
+/// A small file's bytes, `len` of them, read from the descriptor already open (one read, where
+/// `fs::read` would stat again and read once more to see the end), or by path for a
+/// precompressed sibling. A file that shrank since its stat gives a short count: the caller
+/// answers 503 rather than send fewer bytes than announced.
+fn read_whole(file: Option<std::fs::File>, path: &Path, len: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = match file {
+        Some(file) => file,
+        None => std::fs::File::open(path)?,
+    };
+    let mut bytes = vec![0; len as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
 }
 
 /// The bytes of one range: one positioned read for a small range, a stream otherwise.

@@ -3,13 +3,20 @@
 //! The raw path is split on `/` before any decoding, so `%2f` can never become a separator.
 //! Each segment is percent-decoded; a decoded `/`, `\` or NUL is refused (400). `.` segments
 //! vanish and `..` removes the previous segment, as nginx does; a `..` that would climb above
-//! the root is refused (400). The result is then canonicalized and must still lie under the
-//! (canonical) root, which catches symlinks that point outside (404).
+//! the root is refused (400). The file is then opened beneath the (canonical) root with
+//! `openat2(RESOLVE_BENEATH)` ([`open_beneath`]), so a symlink that points outside is refused by
+//! the kernel (404) in the call that opens it; [`contain`] is the realpath-based check for roots
+//! not held open and for kernels without openat2.
 
 use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use percent_encoding::percent_decode;
 
 /// Why a path was refused: `BadRequest` is 400, `NotFound` 404, `Forbidden` 403.
@@ -71,6 +78,113 @@ impl UrlPath {
         }
         out
     }
+}
+
+/// A file (or directory) opened under a root, with its metadata from the open descriptor:
+/// what is read later is what was checked, whatever is renamed or relinked meanwhile.
+#[derive(Debug)]
+pub struct Opened {
+    /// The path as requested under the root (for the extension, listings and logs).
+    pub path: PathBuf,
+    pub file: File,
+    pub meta: Metadata,
+}
+
+/// A configured root, held open so each request resolves beneath it with one system call.
+#[derive(Debug)]
+pub struct RootDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl RootDir {
+    /// `path` must be canonical (the root every containment check compares against).
+    pub fn open(path: &Path) -> std::io::Result<RootDir> {
+        Ok(RootDir {
+            path: path.to_path_buf(),
+            fd: File::open(path)?.into(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Opens `candidate` (a path under `root.path()`) with `openat2(RESOLVE_BENEATH)`: the kernel
+/// refuses any `..` or symlink that would leave the root, in the same call that opens the file.
+/// That replaces realpath's walk (an lstat or readlink per component) and the separate stat,
+/// and leaves no window between the check and the open. O_NONBLOCK keeps a FIFO in the tree
+/// from blocking the worker. Kernels without openat2 (before 5.6, or behind a seccomp filter
+/// that refuses it) fall back to [`contain`] and an open by the canonical path.
+pub fn open_beneath(root: &RootDir, candidate: &Path) -> Result<Opened, Refusal> {
+    let relative = candidate
+        .strip_prefix(&root.path)
+        .map_err(|_| Refusal::NotFound)?;
+    let relative = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(&root.fd, relative, how) {
+        Ok(fd) => {
+            let file = File::from(fd);
+            let meta = file.metadata().map_err(|_| Refusal::NotFound)?;
+            Ok(Opened {
+                path: candidate.to_path_buf(),
+                file,
+                meta,
+            })
+        }
+        Err(Errno::ENOSYS | Errno::EPERM) if !openat2_works() => {
+            open_checked(&root.path, candidate)
+        }
+        Err(Errno::EACCES | Errno::EPERM) => Err(Refusal::Forbidden),
+        // EXDEV: the path would leave the root. ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG: nothing
+        // to serve there.
+        Err(_) => Err(Refusal::NotFound),
+    }
+}
+
+/// Whether openat2 is usable here, asked once (on "/" beneath itself).
+fn openat2_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let Ok(root) = File::open("/") else {
+            return false;
+        };
+        openat2(
+            &root,
+            ".",
+            OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH),
+        )
+        .is_ok()
+    })
+}
+
+/// [`contain`], then an open by the canonical path: for roots that are not held open (user
+/// directories) and kernels without openat2.
+pub fn open_checked(root: &Path, candidate: &Path) -> Result<Opened, Refusal> {
+    let real = contain(root, candidate)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(&real)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Refusal::Forbidden,
+            _ => Refusal::NotFound,
+        })?;
+    let meta = file.metadata().map_err(|_| Refusal::NotFound)?;
+    Ok(Opened {
+        path: candidate.to_path_buf(),
+        file,
+        meta,
+    })
 }
 
 /// The canonical path of `candidate`, if it exists and lies under the canonical `root`.
@@ -144,6 +258,22 @@ mod tests {
         let root = root.canonicalize().expect("canonical root");
         assert!(contain(&root, &root.join("in")).is_ok());
         assert_eq!(contain(&root, &root.join("out")), Err(Refusal::NotFound));
+        let held = RootDir::open(&root).expect("open root");
+        assert!(open_beneath(&held, &root.join("in")).is_ok_and(|o| o.meta.is_file()));
+        assert!(open_beneath(&held, &root).is_ok_and(|o| o.meta.is_dir()));
+        assert_eq!(
+            open_beneath(&held, &root.join("out")).map(|_| ()),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
+            open_beneath(&held, &root.join("missing")).map(|_| ()),
+            Err(Refusal::NotFound)
+        );
+        assert!(open_checked(&root, &root.join("in")).is_ok());
+        assert_eq!(
+            open_checked(&root, &root.join("out")).map(|_| ()),
+            Err(Refusal::NotFound)
+        );
         assert_eq!(
             contain(&root, &root.join("missing")),
             Err(Refusal::NotFound)

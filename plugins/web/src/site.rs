@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use crate::access_log::AccessLog;
 use crate::cgi::{self, CgiOptions};
 use crate::files::{self, FileOptions};
-use crate::resolve::{contain, Refusal, UrlPath};
+use crate::resolve::{open_beneath, open_checked, Opened, Refusal, RootDir, UrlPath};
 use crate::server::{error_response, Body, ConnInfo};
 use crate::weblog::Weblog;
 use crate::{listing, options, WebConfig};
@@ -48,6 +48,9 @@ pub struct Site {
     pub weblog: Weblog,
     pub access_log: Option<Arc<AccessLog>>,
     pub max_body: u64,
+    /// The root, vhost roots and mounts, held open: requests resolve beneath them with one
+    /// openat2 each. (User directories are looked up per request and use the realpath check.)
+    pub root_dirs: HashMap<PathBuf, RootDir>,
 }
 
 fn canonical(option: &str, dir: &Path) -> Result<PathBuf, String> {
@@ -89,10 +92,20 @@ impl Site {
             )),
             (None, _) => None,
         };
+        let mounts = prefixed("--mount", &config.mount)?;
+        let mut root_dirs = HashMap::new();
+        for dir in std::iter::once(&root)
+            .chain(vhosts.values())
+            .chain(mounts.iter().map(|(_, dir)| dir))
+        {
+            let held = RootDir::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            root_dirs.insert(dir.clone(), held);
+        }
         Ok(Site {
             root,
             vhosts,
-            mounts: prefixed("--mount", &config.mount)?,
+            mounts,
+            root_dirs,
             cgi_dirs: prefixed("--cgi", &config.cgi)?,
             cgi: CgiOptions {
                 processors: config
@@ -262,28 +275,20 @@ impl Site {
                 None => (self.host_root(parts), url.clone()),
             },
         };
-        let (path, meta) = match self.find(root, &rest) {
+        let opened = match self.find(root, &rest) {
             Ok(found) => found,
             Err(status) => return error_response(status),
         };
-        if meta.is_dir() {
+        if opened.meta.is_dir() {
             if !url.trailing_slash {
                 return redirect_to_slash(&parts.uri);
             }
-            return self.directory(root, &path, url, parts).await;
+            return self.directory(root, &opened.path, url, parts).await;
         }
-        if !meta.is_file() {
+        if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
         }
-        files::respond(
-            root,
-            &path,
-            &meta,
-            &parts.method,
-            &parts.headers,
-            &self.files,
-        )
-        .await
+        files::respond(root, opened, &parts.method, &parts.headers, &self.files).await
     }
 
     /// `/~name/...` with `--user`: that user's canonical `public_html` and the rest of the path.
@@ -316,30 +321,29 @@ impl Site {
         )))
     }
 
-    /// The file or directory `rest` names under `root`, trying `--ignore-ext` extensions for a
-    /// name that does not exist.
-    fn find(
-        &self,
-        root: &Path,
-        rest: &UrlPath,
-    ) -> Result<(PathBuf, std::fs::Metadata), StatusCode> {
+    /// Opens what `path` names under `root`, beneath its held descriptor when it has one.
+    fn open(&self, root: &Path, path: &Path) -> Result<Opened, Refusal> {
+        match self.root_dirs.get(root) {
+            Some(held) => open_beneath(held, path),
+            None => open_checked(root, path),
+        }
+    }
+
+    /// The file or directory `rest` names under `root`, opened, trying `--ignore-ext`
+    /// extensions for a name that does not exist.
+    fn find(&self, root: &Path, rest: &UrlPath) -> Result<Opened, StatusCode> {
         let candidate = rest.under(root);
-        let refusal = match contain(root, &candidate) {
-            Ok(path) => match std::fs::metadata(&path) {
-                Ok(meta) => return Ok((path, meta)),
-                Err(e) => return Err(files::io_status(&e)),
-            },
+        let refusal = match self.open(root, &candidate) {
+            Ok(opened) => return Ok(opened),
             Err(refusal) => refusal,
         };
         if refusal == Refusal::NotFound && !rest.trailing_slash && !rest.segments.is_empty() {
             for ext in &self.ignore_ext {
                 let mut name = candidate.as_os_str().to_owned();
                 name.push(ext);
-                if let Ok(path) = contain(root, Path::new(&name)) {
-                    if let Ok(meta) = std::fs::metadata(&path) {
-                        if meta.is_file() {
-                            return Ok((path, meta));
-                        }
+                if let Ok(opened) = self.open(root, Path::new(&name)) {
+                    if opened.meta.is_file() {
+                        return Ok(opened);
                     }
                 }
             }
@@ -355,21 +359,17 @@ impl Site {
         parts: &Parts,
     ) -> Response<Body> {
         for name in &self.index {
-            let candidate = dir.join(name);
             // The index may itself be a symlink: it must stay under the root too.
-            if let Ok(real) = contain(root, &candidate) {
-                if let Ok(meta) = std::fs::metadata(&real) {
-                    if meta.is_file() {
-                        return files::respond(
-                            root,
-                            &real,
-                            &meta,
-                            &parts.method,
-                            &parts.headers,
-                            &self.files,
-                        )
-                        .await;
-                    }
+            if let Ok(opened) = self.open(root, &dir.join(name)) {
+                if opened.meta.is_file() {
+                    return files::respond(
+                        root,
+                        opened,
+                        &parts.method,
+                        &parts.headers,
+                        &self.files,
+                    )
+                    .await;
                 }
             }
         }
