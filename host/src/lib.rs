@@ -17,6 +17,8 @@
 //! - [`control`]: [`Control`], the running application and the one way to change it: binds,
 //!   starts in order, stops in reverse with a drain deadline; list, add, remove, stop, start,
 //!   reconfigure, listen, save.
+//! - [`crypt`]: encrypted taps: Argon2id key derivation, XChaCha20-Poly1305, the file header.
+//! - [`passphrase`]: where a passphrase comes from: the terminal without echo, or a file.
 //! - [`secret`]: passwords as Argon2id PHC strings: hash, check, verify.
 //! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
 //!   `twistd` so both parse a plugin's options with the same code.
@@ -26,9 +28,11 @@ pub mod activation;
 pub mod app;
 pub mod cli;
 pub mod control;
+pub mod crypt;
 pub mod endpoint;
 pub mod exit;
 pub mod net;
+pub mod passphrase;
 pub mod plugin;
 pub mod secret;
 pub mod service;
