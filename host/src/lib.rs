@@ -22,13 +22,15 @@
 //! - [`secret`]: passwords as Argon2id PHC strings: hash, check, verify.
 //! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
 //!   `twistd` so both parse a plugin's options with the same code.
-//! - [`exit`]: the process exit codes every binary uses.
+//! - [`exit`]: the process exit codes every binary uses, and `parse_args`.
+//! - [`docs`]: man pages and shell completions from a binary's own clap command.
 
 pub mod activation;
 pub mod app;
 pub mod cli;
 pub mod control;
 pub mod crypt;
+pub mod docs;
 pub mod endpoint;
 pub mod exit;
 pub mod net;
