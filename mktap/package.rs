@@ -270,7 +270,20 @@ impl Spec {
             )),
             other => Failure::config(other),
         })?;
-        let app = tapfile::parse(&text, format, &tap_path).map_err(Failure::config)?;
+        let app = tapfile::parse(&text, format, &tap_path).map_err(|e| {
+            // The usual cause: a RON tap without -y source, or JSON with it.
+            let found = Format::detect(&tap_path, &text);
+            if found == format {
+                Failure::config(e)
+            } else {
+                let y = if found == Format::Ron {
+                    "source"
+                } else {
+                    "tap"
+                };
+                Failure::config(format!("{e} (it looks like {found}: -y {y})"))
+            }
+        })?;
         Ok(Spec {
             tap: text.as_bytes().to_vec(),
             private: registry.holds_secrets(&app),

@@ -249,6 +249,14 @@ fn bad_inputs(program: &str) {
         78,
         "broken.tap:1:",
     );
+    std::fs::copy(util::repo().join("configs/web.tas"), sb.join("ron.tas")).expect("copy");
+    refuse(
+        &sb,
+        program,
+        &["-t", "ron.tas", "-m", m],
+        78,
+        "(it looks like RON: -y source)",
+    );
     refuse(
         &sb,
         program,
