@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use host::crypt::Key;
 use host::exit::{parse_args, Failure};
-use host::{app, cli, tapfile, Application, Format, Principal, Registry};
+use host::{app, cli, passphrase, tapfile, Application, Format, Principal, Registry};
 
 fn command(registry: &Registry) -> Command {
     let cmd = Command::new("mktap")
@@ -27,6 +28,14 @@ fn command(registry: &Registry) -> Command {
                 .value_parser(["tap", "source", "json", "ron"])
                 .help("Output format: tap (JSON, .tap) or source (RON, .tas) [default: tap]"),
         )
+        .arg(
+            Arg::new("encrypted")
+                .short('e')
+                .long("encrypted")
+                .action(ArgAction::SetTrue)
+                .help("Encrypt the tap with a passphrase (.etap / .etas); with --append, the tap is encrypted"),
+        )
+        .arg(passphrase::file_arg())
         .arg(
             Arg::new("append")
                 .short('a')
@@ -78,17 +87,38 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
         .get_one::<String>("type")
         .map(|t| Format::from_name(t).expect("clap restricts --type"));
     let output = matches.get_one::<PathBuf>("output");
+    let passphrase_file = passphrase::file_from(matches);
+    let encrypted = matches.get_flag("encrypted") || passphrase_file.is_some();
+    if let Some(o) = output.filter(|o| !encrypted && Format::is_encrypted_name(o)) {
+        return Err(Failure::usage(format!(
+            "--output {}: an encrypted tap's name, but -e was not given",
+            o.display()
+        )));
+    }
 
-    let (mut app, format, path) = match matches.get_one::<PathBuf>("append") {
+    let (mut app, format, path, key) = match matches.get_one::<PathBuf>("append") {
         Some(existing) => {
-            let (app, format) = tapfile::load(existing).map_err(Failure::config)?;
+            let (app, format, key) = if encrypted {
+                let secret = passphrase::read(
+                    passphrase_file,
+                    &format!("Passphrase for {}: ", existing.display()),
+                    false,
+                )
+                .map_err(Failure::usage)?;
+                let (app, format, key) = tapfile::load_encrypted(existing, secret.as_bytes())
+                    .map_err(Failure::config)?;
+                (app, format, Some(key))
+            } else {
+                let (app, format) = tapfile::load(existing).map_err(Failure::config)?;
+                (app, format, None)
+            };
             if let Some(requested) = requested.filter(|r| *r != format) {
                 return Err(Failure::usage(format!(
                     "--type {requested} does not match {}, which is {format}; convert it with tapconvert",
                     existing.display()
                 )));
             }
-            (app, format, output.unwrap_or(existing).clone())
+            (app, format, output.unwrap_or(existing).clone(), key)
         }
         None => {
             let name = matches
@@ -98,10 +128,21 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
             let format = requested
                 .or_else(|| output.and_then(|o| Format::from_extension(o)))
                 .unwrap_or(Format::Json);
-            let path = output
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from(format!("{name}.{}", format.extension())));
-            (Application::new(name), format, path)
+            let path = output.cloned().unwrap_or_else(|| {
+                PathBuf::from(format!("{name}.{}", format.file_extension(encrypted)))
+            });
+            let key = if encrypted {
+                let secret = passphrase::read(
+                    passphrase_file,
+                    &format!("Passphrase for {}: ", path.display()),
+                    true,
+                )
+                .map_err(Failure::usage)?;
+                Some(Key::generate(secret.as_bytes()).map_err(Failure::internal)?)
+            } else {
+                None
+            };
+            (Application::new(name), format, path, key)
         }
     };
     if let Some(name) = matches.get_one::<String>("appname") {
@@ -130,7 +171,14 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
             problems.join("; ")
         )));
     }
-    tapfile::save(&app, &path, format, registry.holds_secrets(&app)).map_err(Failure::internal)?;
+    tapfile::save_as(
+        &app,
+        &path,
+        format,
+        key.as_ref(),
+        registry.holds_secrets(&app),
+    )
+    .map_err(Failure::internal)?;
     Ok(format!("wrote {} with {summary}", path.display()))
 }
 

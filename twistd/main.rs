@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use host::control::{Bound, StartError};
+use host::crypt::Key;
 use host::exit::{self, parse_args, Failure};
-use host::{cli, tapfile, Application, Control, Format, Principal, Registry};
+use host::{cli, passphrase, tapfile, Application, Control, Format, Principal, Registry};
 use tokio::signal::unix::{signal, SignalKind};
 
 use daemon::Notifier;
@@ -55,6 +56,8 @@ fn command(registry: &Registry) -> Command {
             path_arg("source", Some('s'), "FILE", "Read the application from this source (.tas) file")
                 .conflicts_with("file"),
         )
+        .arg(flag("encrypted", 'e', "The tap is encrypted: ask for its passphrase (the shutdown save is encrypted too)"))
+        .arg(host::passphrase::file_arg())
         .arg(flag("no_save", 'o', "Do not save the application's state at shutdown").long("no-save").visible_alias("no_save"))
         .arg(path_arg(
             "logfile",
@@ -202,27 +205,54 @@ impl Paths {
     }
 }
 
-/// The application to run, its format, and whether its state is saved at shutdown.
-fn load(registry: &Registry, matches: &ArgMatches) -> Result<(Application, Format, bool), Failure> {
+/// What [`load`] found: the application, its format, whether its state is saved at shutdown,
+/// and the key when it came from an encrypted tap.
+type Loaded = (Application, Format, bool, Option<Key>);
+
+fn load(registry: &Registry, matches: &ArgMatches) -> Result<Loaded, Failure> {
     let no_save = matches.get_flag("no_save");
+    let passphrase_file = passphrase::file_from(matches);
+    let encrypted = matches.get_flag("encrypted") || passphrase_file.is_some();
     if let Some(spec) = cli::spec_from_subcommand(registry, matches) {
-        if matches.contains_id("file") || matches.contains_id("source") {
+        if matches.contains_id("file") || matches.contains_id("source") || encrypted {
             return Err(Failure::usage(
-                "give either a tap file (-f/-s) or a plugin, not both",
+                "give either a tap file (-f/-s, -e) or a plugin, not both",
             ));
         }
         let spec = spec.map_err(Failure::config)?;
         let mut app = Application::new(spec.plugin.clone());
         app.services.push(spec);
         // A plugin run directly has no file to come back to: never saved.
-        return Ok((app, Format::Json, false));
+        return Ok((app, Format::Json, false, None));
     }
     let path = matches
         .get_one::<PathBuf>("file")
         .or_else(|| matches.get_one::<PathBuf>("source"))
         .cloned()
-        .unwrap_or_else(|| PathBuf::from("twistd.tap"));
-    let (app, format) = tapfile::load(&path).map_err(Failure::config)?;
+        .unwrap_or_else(|| {
+            PathBuf::from(if encrypted {
+                "twistd.etap"
+            } else {
+                "twistd.tap"
+            })
+        });
+    // The passphrase is asked for here, before the fork, while there is a terminal. Only the
+    // derived key is kept (in the Control, wiped when dropped) to encrypt the shutdown save
+    // again; the passphrase itself is wiped as soon as the key is derived.
+    let (app, format, key) = if encrypted {
+        let secret = passphrase::read(
+            passphrase_file,
+            &format!("Passphrase for {}: ", path.display()),
+            false,
+        )
+        .map_err(Failure::usage)?;
+        let (app, format, key) =
+            tapfile::load_encrypted(&path, secret.as_bytes()).map_err(Failure::config)?;
+        (app, format, Some(key))
+    } else {
+        let (app, format) = tapfile::load(&path).map_err(Failure::config)?;
+        (app, format, None)
+    };
     registry.check(&app).map_err(|errors| {
         let lines: Vec<String> = errors
             .iter()
@@ -230,7 +260,7 @@ fn load(registry: &Registry, matches: &ArgMatches) -> Result<(Application, Forma
             .collect();
         Failure::config(lines.join("\ntwistd: "))
     })?;
-    Ok((app, format, !no_save))
+    Ok((app, format, !no_save, key))
 }
 
 fn log_destination(matches: &ArgMatches, daemon: bool) -> Result<Destination, Failure> {
@@ -296,7 +326,7 @@ fn run_logged(
     destination: &Destination,
     sink: &Sink,
 ) -> Result<(), Failure> {
-    let (app, format, save) = load(registry, matches)?;
+    let (app, format, save, key) = load(registry, matches)?;
     // Flags override the tap, each on its own.
     let target = privileges::resolve(
         matches.get_one::<Principal>("uid").or(app.uid.as_ref()),
@@ -343,6 +373,7 @@ fn run_logged(
         let settings = Settings {
             save,
             format,
+            key: key.clone(),
             drain: Duration::from_secs(
                 *matches
                     .get_one::<u64>("shutdown_timeout")
@@ -407,6 +438,8 @@ fn start_failure(e: StartError) -> Failure {
 struct Settings {
     save: bool,
     format: Format,
+    /// The encrypted tap's key: the shutdown and admin saves are encrypted again with it.
+    key: Option<Key>,
     drain: Duration,
 }
 
@@ -437,6 +470,9 @@ fn serve(
             .await
             .map_err(start_failure)?;
         control.set_log_level_setter(sink.level_setter());
+        if let Some(key) = &settings.key {
+            control.encrypt_saves_with(key.clone());
+        }
         let status = format!(
             "application '{}' runs {} service(s)",
             app.name,
@@ -489,12 +525,13 @@ fn serve(
             let path = PathBuf::from(format!(
                 "{}-shutdown.{}",
                 app.name,
-                settings.format.extension()
+                settings.format.file_extension(settings.key.is_some())
             ));
-            tapfile::save(
+            tapfile::save_as(
                 &snapshot,
                 &path,
                 settings.format,
+                settings.key.as_ref(),
                 registry.holds_secrets(&snapshot),
             )
             .map_err(Failure::internal)?;

@@ -114,6 +114,8 @@ struct Inner {
     started: Instant,
     drain: Duration,
     format: Format,
+    /// Set when the application came from an encrypted tap: saves are encrypted again.
+    key: std::sync::Mutex<Option<crate::crypt::Key>>,
     log_level: std::sync::Mutex<Option<LogLevelSetter>>,
 }
 
@@ -229,6 +231,7 @@ impl Control {
                 started: Instant::now(),
                 drain,
                 format,
+                key: std::sync::Mutex::new(None),
                 log_level: std::sync::Mutex::new(None),
             }),
         };
@@ -606,17 +609,35 @@ impl Control {
             }
         }
         let app = self.snapshot().await;
+        let key = self.save_key();
+        let extension = self.inner.format.file_extension(key.is_some());
         let path = PathBuf::from(match tag {
-            Some(tag) => format!("{}-{tag}.{}", app.name, self.inner.format.extension()),
-            None => format!("{}.{}", app.name, self.inner.format.extension()),
+            Some(tag) => format!("{}-{tag}.{extension}", app.name),
+            None => format!("{}.{extension}", app.name),
         });
-        tapfile::save(
+        tapfile::save_as(
             &app,
             &path,
             self.inner.format,
+            key.as_ref(),
             self.inner.registry.holds_secrets(&app),
         )?;
         Ok(path)
+    }
+
+    /// Makes every later save (admin `save`, twistd's shutdown save) encrypted under `key`, as
+    /// the tap the application came from was.
+    pub fn encrypt_saves_with(&self, key: crate::crypt::Key) {
+        *self.inner.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+
+    /// The key saves are encrypted with, if the application came from an encrypted tap.
+    pub fn save_key(&self) -> Option<crate::crypt::Key> {
+        self.inner
+            .key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks every running service to reopen its own log files.

@@ -51,8 +51,23 @@ impl std::fmt::Display for Failure {
 /// Parses the command line; `--help` and `--version` print and exit 0, anything else that clap
 /// refuses prints clap's message and exits [`USAGE`]. An unknown subcommand is reported as an
 /// unknown plugin, with the list of the known ones.
+///
+/// `BIN --generate-docs DIR` (hidden, for packaging) writes the man pages and completions of
+/// this command into DIR and exits; see [`crate::docs`].
 pub fn parse_args(cmd: clap::Command) -> clap::ArgMatches {
     let bin = cmd.get_name().to_string();
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "--generate-docs") {
+        let Some(dir) = args.next() else {
+            eprintln!("{bin}: --generate-docs needs a directory");
+            std::process::exit(USAGE);
+        };
+        if let Err(e) = crate::docs::write(cmd, std::path::Path::new(&dir)) {
+            eprintln!("{bin}: --generate-docs {}: {e}", dir.to_string_lossy());
+            std::process::exit(CANTCREAT);
+        }
+        std::process::exit(0);
+    }
     let plugins: Vec<String> = cmd
         .get_subcommands()
         .map(|s| s.get_name().to_string())

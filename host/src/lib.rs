@@ -17,18 +17,24 @@
 //! - [`control`]: [`Control`], the running application and the one way to change it: binds,
 //!   starts in order, stops in reverse with a drain deadline; list, add, remove, stop, start,
 //!   reconfigure, listen, save.
+//! - [`crypt`]: encrypted taps: Argon2id key derivation, XChaCha20-Poly1305, the file header.
+//! - [`passphrase`]: where a passphrase comes from: the terminal without echo, or a file.
 //! - [`secret`]: passwords as Argon2id PHC strings: hash, check, verify.
 //! - [`cli`]: building an Application from plugin command-line options, shared by `mktap` and
 //!   `twistd` so both parse a plugin's options with the same code.
-//! - [`exit`]: the process exit codes every binary uses.
+//! - [`exit`]: the process exit codes every binary uses, and `parse_args`.
+//! - [`docs`]: man pages and shell completions from a binary's own clap command.
 
 pub mod activation;
 pub mod app;
 pub mod cli;
 pub mod control;
+pub mod crypt;
+pub mod docs;
 pub mod endpoint;
 pub mod exit;
 pub mod net;
+pub mod passphrase;
 pub mod plugin;
 pub mod secret;
 pub mod service;

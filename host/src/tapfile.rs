@@ -4,6 +4,10 @@
 //! for hand editing. The format comes from the content when it is clear (`{` opens JSON, `(` or a
 //! comment opens RON) and from the extension otherwise. Every error names the file, and syntax
 //! or type errors also the line, the column and the field path.
+//!
+//! Encrypted taps (`.etap`, `.etas`) hold the same text sealed by [`crate::crypt`]; they are
+//! recognised by their magic bytes, opened with [`load_encrypted`] and written with
+//! [`save_encrypted`], always mode 0600.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -13,7 +17,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use zeroize::Zeroizing;
+
 use crate::app::{Application, TAP_VERSION};
+use crate::crypt::{self, CryptError, Key};
 
 /// Taps are small; anything larger is not one, and is refused before it is read whole.
 pub const MAX_TAP_SIZE: u64 = 16 * 1024 * 1024;
@@ -34,12 +41,37 @@ impl Format {
         }
     }
 
+    /// The extension of an encrypted tap in this format: `etap` or `etas`.
+    pub fn encrypted_extension(self) -> &'static str {
+        match self {
+            Format::Json => "etap",
+            Format::Ron => "etas",
+        }
+    }
+
+    /// `etap` or `tap`, as the file is encrypted or not.
+    pub fn file_extension(self, encrypted: bool) -> &'static str {
+        if encrypted {
+            self.encrypted_extension()
+        } else {
+            self.extension()
+        }
+    }
+
     pub fn from_extension(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()? {
-            "tap" | "json" => Some(Format::Json),
-            "tas" | "ron" => Some(Format::Ron),
+            "tap" | "json" | "etap" => Some(Format::Json),
+            "tas" | "ron" | "etas" => Some(Format::Ron),
             _ => None,
         }
+    }
+
+    /// Whether the name says the file is encrypted (`.etap`, `.etas`).
+    pub fn is_encrypted_name(path: &Path) -> bool {
+        matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("etap" | "etas")
+        )
     }
 
     /// Parses `mktap --type` values: Twisted's `tap` and `source`, or `json` and `ron`.
@@ -97,6 +129,12 @@ pub enum TapError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot encode the application as {format}: {message}")]
     Encode { format: Format, message: String },
+    #[error("{}: the tap is encrypted: give its passphrase (-e, or --passphrase-file FILE)", path.display())]
+    Encrypted { path: PathBuf },
+    #[error("{}: the tap is not encrypted", path.display())]
+    NotEncrypted { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Crypt { path: PathBuf, source: CryptError },
 }
 
 /// Only the version, read leniently first, so that a tap from a newer taphost gets a message
@@ -107,8 +145,37 @@ struct VersionProbe {
 }
 
 /// Reads, decodes and checks the envelope of a tap file. Plugin configs are checked by the
-/// [`crate::Registry`], which knows the plugins.
+/// [`crate::Registry`], which knows the plugins. An encrypted tap is refused with
+/// [`TapError::Encrypted`]; open those with [`load_encrypted`].
 pub fn load(path: &Path) -> Result<(Application, Format), TapError> {
+    let (text, _) = read_text(path, None)?;
+    let format = Format::detect(path, &text);
+    let app = parse(&text, format, path)?;
+    Ok((app, format))
+}
+
+/// Reads, decrypts, decodes and checks an encrypted tap. Also returns the key, so the
+/// application can be saved encrypted again without asking for the passphrase a second time.
+pub fn load_encrypted(
+    path: &Path,
+    passphrase: &[u8],
+) -> Result<(Application, Format, Key), TapError> {
+    let (text, key) = read_text(path, Some(passphrase))?;
+    let key = key.ok_or_else(|| TapError::NotEncrypted {
+        path: path.to_path_buf(),
+    })?;
+    let format = Format::detect(path, &text);
+    let app = parse(&text, format, path)?;
+    Ok((app, format, key))
+}
+
+/// A tap's text as written, decrypted first when a passphrase is given (and then the key).
+/// With a passphrase, a plain file is [`TapError::NotEncrypted`]; without one, an encrypted file
+/// is [`TapError::Encrypted`].
+pub fn read_text(
+    path: &Path,
+    passphrase: Option<&[u8]>,
+) -> Result<(Zeroizing<String>, Option<Key>), TapError> {
     let read_err = |source| TapError::Read {
         path: path.to_path_buf(),
         source,
@@ -127,18 +194,37 @@ pub fn load(path: &Path) -> Result<(Application, Format), TapError> {
             reason: format!("it is larger than {} MiB", MAX_TAP_SIZE >> 20),
         });
     }
-    let bytes = fs::read(path).map_err(read_err)?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+    let bytes = Zeroizing::new(fs::read(path).map_err(read_err)?);
+    let (plain, key) = match (crypt::is_sealed(&bytes), passphrase) {
+        (false, None) => (bytes, None),
+        (true, None) => {
+            return Err(TapError::Encrypted {
+                path: path.to_path_buf(),
+            })
+        }
+        (false, Some(_)) => {
+            return Err(TapError::NotEncrypted {
+                path: path.to_path_buf(),
+            })
+        }
+        (true, Some(passphrase)) => {
+            let (plain, key) =
+                crypt::open(passphrase, &bytes).map_err(|source| TapError::Crypt {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            (plain, Some(key))
+        }
+    };
+    let text = std::str::from_utf8(&plain).map_err(|e| {
+        let upto = &plain[..e.valid_up_to()];
         let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
         TapError::NotATap {
             path: path.to_path_buf(),
             reason: format!("line {line} is not UTF-8 text"),
         }
     })?;
-    let format = Format::detect(path, &text);
-    let app = parse(&text, format, path)?;
-    Ok((app, format))
+    Ok((Zeroizing::new(text.to_string()), key))
 }
 
 /// Decodes tap text; `path` is only used in error messages.
@@ -257,6 +343,43 @@ pub fn save(app: &Application, path: &Path, format: Format, private: bool) -> Re
             source,
         }
     })
+}
+
+/// Writes an application encrypted under `key` (see [`crate::crypt`]), atomically, mode 0600.
+pub fn save_encrypted(
+    app: &Application,
+    path: &Path,
+    format: Format,
+    key: &Key,
+) -> Result<(), TapError> {
+    let text = Zeroizing::new(to_string(app, format)?);
+    write_sealed(path, text.as_bytes(), key)
+}
+
+/// Seals tap text as it is (a hand-edited `.tas` keeps its comments) and writes it, mode 0600.
+pub fn write_sealed(path: &Path, text: &[u8], key: &Key) -> Result<(), TapError> {
+    let sealed = crypt::seal(key, text).map_err(|source| TapError::Crypt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &sealed, 0o600).map_err(|source| TapError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes plainly or encrypted, as `key` says: what a shutdown or admin save needs.
+pub fn save_as(
+    app: &Application,
+    path: &Path,
+    format: Format,
+    key: Option<&Key>,
+    private: bool,
+) -> Result<(), TapError> {
+    match key {
+        Some(key) => save_encrypted(app, path, format, key),
+        None => save(app, path, format, private),
+    }
 }
 
 /// Temp file in the same directory, fsync, rename over the target, fsync the directory: a
@@ -388,6 +511,34 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("web.tap")]);
         let (app, format) = load(&path).expect("load");
         assert_eq!((app, format), (sample(), Format::Json));
+    }
+
+    #[test]
+    fn encrypted_taps_round_trip_and_name_the_file_on_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Key::generate(b"hunter2").expect("key");
+        for format in [Format::Json, Format::Ron] {
+            let path = dir
+                .path()
+                .join(format!("web.{}", format.encrypted_extension()));
+            save_encrypted(&sample(), &path, format, &key).expect("save");
+            let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let (app, found, _) = load_encrypted(&path, b"hunter2").expect("load");
+            assert_eq!((app, found), (sample(), format));
+            let e = load(&path).expect_err("needs a passphrase");
+            assert!(matches!(e, TapError::Encrypted { .. }), "{e}");
+            let e = load_encrypted(&path, b"hunter3").expect_err("wrong passphrase");
+            let msg = e.to_string();
+            assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+            assert!(msg.contains("wrong passphrase"), "{msg}");
+        }
+        let plain = dir.path().join("plain.tap");
+        save(&sample(), &plain, Format::Json, false).expect("save");
+        assert!(matches!(
+            load_encrypted(&plain, b"x"),
+            Err(TapError::NotEncrypted { .. })
+        ));
     }
 
     #[test]

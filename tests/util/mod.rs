@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub const MKTAP: &str = env!("CARGO_BIN_EXE_mktap");
 pub const TWISTD: &str = env!("CARGO_BIN_EXE_twistd");
+pub const TAPCONVERT: &str = env!("CARGO_BIN_EXE_tapconvert");
+pub const TAP2DEB: &str = env!("CARGO_BIN_EXE_tap2deb");
+pub const TAP2RPM: &str = env!("CARGO_BIN_EXE_tap2rpm");
 
 /// How long any single wait in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,6 +71,14 @@ impl Sandbox {
             stderr(&out)
         );
         out
+    }
+
+    /// Runs any program in this directory, stdin closed, to completion.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        run(Command::new(program)
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null()))
     }
 
     /// Runs twistd to completion (for start-up failures).
