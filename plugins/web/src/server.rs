@@ -136,10 +136,18 @@ impl Service for WebService {
             // Lines of requests that finished while draining.
             log.flush();
         }
-        self.site
-            .weblog_path
-            .as_ref()
-            .map(|_| self.site.weblog.state())
+        // One object: {"weblog": [...], "resources": {"/prefix": state}}, each part present
+        // when it has something to keep.
+        let mut state = serde_json::Map::new();
+        if self.site.weblog_path.is_some() {
+            if let serde_json::Value::Object(weblog) = self.site.weblog.state() {
+                state.extend(weblog);
+            }
+        }
+        if let Some(resources) = crate::resource::state(&self.site.resources) {
+            state.insert("resources".into(), resources);
+        }
+        (!state.is_empty()).then_some(serde_json::Value::Object(state))
     }
 
     fn reopen_logs(&self) {

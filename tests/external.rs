@@ -1,0 +1,475 @@
+//! External plugins from shared libraries: the Rust `portforward` built with the SDK, the C
+//! `counter` resource compiled here with `cc`, and each library the host must refuse. Every
+//! test points `TAPHOST_PLUGIN_PATH` at a plugin directory of its own.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use util::{curl, stderr, stdout, Sandbox, Twistd, MKTAP, TWISTD};
+
+/// Where the test libraries are built, once per test binary.
+struct Built {
+    _dir: tempfile::TempDir,
+    libs: PathBuf,
+}
+
+/// Builds `portforward` with cargo (into this build's target directory) and compiles the C
+/// libraries of `tests/plugins/` with `cc`.
+fn built() -> &'static Path {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    &BUILT
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir for libraries");
+            let libs = dir.path().to_path_buf();
+            // target/<profile>/twistd: the same target directory and profile as this build.
+            let profile_dir = Path::new(TWISTD).parent().expect("twistd's directory");
+            let target_dir = profile_dir.parent().expect("the target directory");
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "-p", "portforward"])
+                .env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(util::repo());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let out = cargo.output().expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cargo build -p portforward: {}",
+                stderr(&out)
+            );
+            std::fs::copy(
+                profile_dir.join("libportforward.so"),
+                libs.join("portforward.so"),
+            )
+            .expect("copy libportforward.so");
+
+            let include = util::repo().join("plugins/sdk/include");
+            for name in [
+                "counter",
+                "wrong_abi",
+                "no_entry",
+                "bad_descriptor",
+                "web_clash",
+            ] {
+                let source = util::repo().join(format!("tests/plugins/{name}.c"));
+                let out = Command::new("cc")
+                    .args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+                    .arg(&include)
+                    .arg("-o")
+                    .arg(libs.join(format!("{name}.so")))
+                    .arg(&source)
+                    .output()
+                    .expect("run cc (is a C compiler installed?)");
+                assert!(out.status.success(), "cc {name}.c: {}", stderr(&out));
+            }
+            Built { _dir: dir, libs }
+        })
+        .libs
+}
+
+/// A plugin directory in the sandbox holding the named libraries (symlinks to the built ones).
+fn plugin_dir(sb: &Sandbox, libs: &[&str]) -> PathBuf {
+    let dir = sb.join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    for lib in libs {
+        std::os::unix::fs::symlink(
+            built().join(format!("{lib}.so")),
+            dir.join(format!("{lib}.so")),
+        )
+        .expect("link a library");
+    }
+    dir
+}
+
+fn mktap(sb: &Sandbox, plugins: &Path, args: &[&str]) -> Output {
+    Command::new(MKTAP)
+        .args(args)
+        .current_dir(sb.path())
+        .env("TAPHOST_PLUGIN_PATH", plugins)
+        .env("HOME", sb.path())
+        .output()
+        .expect("run mktap")
+}
+
+fn mktap_ok(sb: &Sandbox, plugins: &Path, args: &[&str]) -> Output {
+    let out = mktap(sb, plugins, args);
+    assert!(out.status.success(), "mktap {args:?}: {}", stderr(&out));
+    out
+}
+
+fn twistd(sb: &Sandbox, plugins: &Path, args: &[&str]) -> Twistd {
+    let mut cmd = Command::new(TWISTD);
+    cmd.args(["-n", "--pidfile", ""])
+        .args(args)
+        .current_dir(sb.path())
+        .env("TAPHOST_PLUGIN_PATH", plugins)
+        .env("HOME", sb.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Twistd::from_command(cmd)
+}
+
+/// Waits for a log line, which may have come before "ready:".
+fn logged(twistd: &mut Twistd, needle: &str) {
+    if !twistd.log.iter().any(|l| l.contains(needle)) {
+        twistd.wait_for(needle);
+    }
+}
+
+fn json(sb: &Sandbox, name: &str) -> Value {
+    serde_json::from_str(&sb.read(name)).expect("a JSON tap")
+}
+
+/// A web service on a port of its own, serving `www/`.
+fn web_server(sb: &Sandbox, plugins: &Path) -> Twistd {
+    sb.write("www/index.html", "<h1>through the forwarder</h1>\n");
+    twistd(
+        sb,
+        plugins,
+        &[
+            "-o",
+            "web",
+            "--path",
+            sb.join("www").to_str().expect("utf-8"),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+        ],
+    )
+}
+
+#[test]
+fn help_lists_external_plugins_marked_and_shows_their_options() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward", "counter"]);
+    for bin in [MKTAP, TWISTD] {
+        let out = Command::new(bin)
+            .arg("--help")
+            .env("TAPHOST_PLUGIN_PATH", &plugins)
+            .output()
+            .expect("run --help");
+        let help = stdout(&out);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("portforward"))
+            .unwrap_or_else(|| panic!("{bin} --help lists no portforward:\n{help}"));
+        assert!(line.contains("[external]"), "{line}");
+        let web = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("web "))
+            .expect("web is listed");
+        assert!(!web.contains("[external]"), "{web}");
+        assert_eq!(stderr(&out), "", "no library is refused");
+    }
+    let out = mktap_ok(&sb, &plugins, &["portforward", "--help"]);
+    let help = stdout(&out);
+    for option in [
+        "--port <ENDPOINT>",
+        "--host <TEXT>",
+        "--dest_port <N>",
+        "[default: localhost]",
+    ] {
+        assert!(help.contains(option), "no {option} in:\n{help}");
+    }
+    assert!(
+        help.contains(&format!("{}", plugins.join("portforward.so").display())),
+        "{help}"
+    );
+
+    // Without the plugin path, the plugin is unknown.
+    let out = Command::new(MKTAP)
+        .args(["portforward", "--help"])
+        .env_remove("TAPHOST_PLUGIN_PATH")
+        .env("HOME", sb.path())
+        .output()
+        .expect("run mktap");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn mktap_writes_an_external_plugins_options_and_refuses_bad_ones() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    mktap_ok(
+        &sb,
+        &plugins,
+        &[
+            "portforward",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--dest_port",
+            "8080",
+        ],
+    );
+    let tap = json(&sb, "portforward.tap");
+    let service = &tap["services"][0];
+    assert_eq!(service["plugin"], "portforward");
+    assert_eq!(service["listen"][0], "tcp:0:interface=127.0.0.1");
+    assert_eq!(
+        service["config"],
+        serde_json::json!({ "host": "localhost", "dest_port": 8080 })
+    );
+
+    // The plugin's own validation, through the ABI.
+    let out = mktap(
+        &sb,
+        &plugins,
+        &["portforward", "--port", "0", "--dest_port", "0"],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--dest_port: must be between 1 and 65535"),
+        "{}",
+        stderr(&out)
+    );
+    // clap's checks, from the descriptor's option data.
+    let out = mktap(
+        &sb,
+        &plugins,
+        &["portforward", "--port", "0", "--dest_port", "many"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("'many'"), "{}", stderr(&out));
+    let out = mktap(&sb, &plugins, &["portforward", "--dest_port", "80"]);
+    assert!(
+        stderr(&out).contains("--port <ENDPOINT>"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A tap with a config the plugin cannot decode is refused by twistd before anything runs.
+    let mut tap = tap;
+    tap["services"][0]["config"]["colour"] = "blue".into();
+    sb.write("bad.tap", serde_json::to_string(&tap).expect("encode"));
+    let out = Command::new(TWISTD)
+        .args(["-n", "--pidfile", "", "-f", "bad.tap"])
+        .current_dir(sb.path())
+        .env("TAPHOST_PLUGIN_PATH", &plugins)
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field `colour`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn portforward_relays_to_the_web_service_and_keeps_its_count_across_restarts() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    let web = web_server(&sb, &plugins);
+    let dest = web.addr(0).port().to_string();
+    mktap_ok(
+        &sb,
+        &plugins,
+        &[
+            "portforward",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--host",
+            "127.0.0.1",
+            "--dest_port",
+            &dest,
+        ],
+    );
+    let mut forwarder = twistd(&sb, &plugins, &["-f", "portforward.tap"]);
+    // The plugin's own log line lands in the host's log.
+    logged(
+        &mut forwarder,
+        "forwarding tcp:0:interface=127.0.0.1 to 127.0.0.1:",
+    );
+    let page = curl(&forwarder.url(0, "/"), &[]);
+    assert_eq!(page.status, 200);
+    assert_eq!(page.text(), "<h1>through the forwarder</h1>\n");
+    let (status, _) = forwarder.stop();
+    assert!(status.success());
+    let saved = json(&sb, "portforward-shutdown.tap");
+    assert_eq!(
+        saved["services"][0]["state"],
+        serde_json::json!({ "forwarded": 1 })
+    );
+
+    // Started again from the shutdown tap, it counts on from the saved state.
+    let forwarder = twistd(&sb, &plugins, &["-f", "portforward-shutdown.tap"]);
+    assert_eq!(curl(&forwarder.url(0, "/"), &[]).status, 200);
+    assert_eq!(curl(&forwarder.url(0, "/"), &[]).status, 200);
+    let (status, _) = forwarder.stop();
+    assert!(status.success());
+    let saved = json(&sb, "portforward-shutdown.tap");
+    assert_eq!(
+        saved["services"][0]["state"],
+        serde_json::json!({ "forwarded": 3 })
+    );
+    drop(web);
+}
+
+#[test]
+fn twistd_runs_an_external_plugin_as_a_subcommand() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    let web = web_server(&sb, &plugins);
+    let dest = web.addr(0).port().to_string();
+    let forwarder = twistd(
+        &sb,
+        &plugins,
+        &[
+            "portforward",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--host",
+            "127.0.0.1",
+            "--dest_port",
+            &dest,
+        ],
+    );
+    assert_eq!(curl(&forwarder.url(0, "/index.html"), &[]).status, 200);
+    let (status, _) = forwarder.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn a_c_resource_serves_pages_and_keeps_its_state_in_the_tap() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["counter"]);
+    sb.write("www/index.html", "static\n");
+    let www = sb.join("www");
+    mktap_ok(
+        &sb,
+        &plugins,
+        &[
+            "web",
+            "--path",
+            www.to_str().expect("utf-8"),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--resource",
+            "/count=counter",
+        ],
+    );
+    let mut server = twistd(&sb, &plugins, &["-f", "web.tap"]);
+    logged(&mut server, "counter opened at 0 hits");
+    let page = curl(&server.url(0, "/count/page?a=1&b=2"), &["--data", "hello"]);
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.text(),
+        "hits=1 method=POST path=/count/page query=a=1&b=2 body=5\n"
+    );
+    assert_eq!(page.header("x-plugin"), Some("c"));
+    assert_eq!(page.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        curl(&server.url(0, "/count"), &[]).text().split(' ').next(),
+        Some("hits=2")
+    );
+    // Other paths are still the static site's.
+    assert_eq!(curl(&server.url(0, "/index.html"), &[]).text(), "static\n");
+    // A failure inside the plugin is a 500 and a log line, never a crash.
+    assert_eq!(curl(&server.url(0, "/count/fail"), &[]).status, 500);
+    logged(&mut server, "asked to fail");
+    let (status, _) = server.stop();
+    assert!(status.success());
+    let saved = json(&sb, "web-shutdown.tap");
+    assert_eq!(
+        saved["services"][0]["state"],
+        serde_json::json!({ "resources": { "/count": { "hits": 2 } } })
+    );
+
+    let mut server = twistd(&sb, &plugins, &["-f", "web-shutdown.tap"]);
+    logged(&mut server, "counter opened at 2 hits");
+    assert_eq!(
+        curl(&server.url(0, "/count"), &[]).text().split(' ').next(),
+        Some("hits=3")
+    );
+    let (status, _) = server.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn an_unknown_resource_is_refused_by_mktap() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    sb.write("www/index.html", "x");
+    let www = sb.join("www");
+    let out = mktap(
+        &sb,
+        &plugins,
+        &[
+            "web",
+            "--path",
+            www.to_str().expect("utf-8"),
+            "--resource",
+            "/x=nothing",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("--resource '/x=nothing': no resource plugin named 'nothing'"),
+        "{}",
+        stderr(&out)
+    );
+    // A service plugin is no resource.
+    let out = mktap(
+        &sb,
+        &plugins,
+        &[
+            "web",
+            "--path",
+            www.to_str().expect("utf-8"),
+            "--resource",
+            "/x=portforward",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+}
+
+#[test]
+fn refused_libraries_are_named_and_never_called() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(
+        &sb,
+        &[
+            "wrong_abi",
+            "no_entry",
+            "bad_descriptor",
+            "web_clash",
+            "portforward",
+        ],
+    );
+    std::fs::write(plugins.join("text.so"), "this is not a shared library\n").expect("write");
+    let out = mktap(&sb, &plugins, &["--help"]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    let named = |lib: &str| format!("plugin {} refused: ", plugins.join(lib).display());
+    for (lib, why) in [
+        (
+            "wrong_abi.so",
+            "it speaks plugin ABI version 999; this host speaks version 1",
+        ),
+        ("no_entry.so", "it exports no taphost_abi_version"),
+        ("bad_descriptor.so", "its descriptor does not parse"),
+        ("text.so", "cannot load it"),
+        (
+            "web_clash.so",
+            "the name 'web' belongs to a built-in plugin",
+        ),
+    ] {
+        assert!(
+            err.contains(&format!("{}{why}", named(lib))),
+            "{lib}: {err}"
+        );
+    }
+    // The library of another ABI version had its entry function left alone.
+    assert!(!sb.join("WRONG_ABI_ENTRY_CALLED").exists());
+    // The good one and the built-in `web` still work.
+    let help = stdout(&out);
+    assert!(help.contains("portforward"), "{help}");
+    let web = mktap_ok(&sb, &plugins, &["web", "--help"]);
+    assert!(stdout(&web).contains("--path"));
+    assert!(!stdout(&web).contains("impostor"));
+}
