@@ -164,6 +164,11 @@ fn help_lists_external_plugins_marked_and_shows_their_options() {
             .find(|l| l.trim_start().starts_with("web "))
             .expect("web is listed");
         assert!(!web.contains("[external]"), "{web}");
+        // A resource is no subcommand; the help names it for `web --resource`.
+        assert!(
+            help.contains("External web resources (web --resource /PATH=NAME):\n  counter  Counts its hits (written in C) [external]"),
+            "{help}"
+        );
         assert_eq!(stderr(&out), "", "no library is refused");
     }
     let out = mktap_ok(&sb, &plugins, &["portforward", "--help"]);
@@ -472,4 +477,61 @@ fn refused_libraries_are_named_and_never_called() {
     let web = mktap_ok(&sb, &plugins, &["web", "--help"]);
     assert!(stdout(&web).contains("--path"));
     assert!(!stdout(&web).contains("impostor"));
+}
+
+/// The admin shell's `add` (telnet plugin) goes through `Control::add` with a spec from the
+/// maker's own command, exactly as here; an external plugin's maker works the same way.
+#[test]
+fn control_add_runs_an_external_plugin_like_a_built_in() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    let web = web_server(&sb, &plugins);
+    let dest = web.addr(0).port().to_string();
+    let found = host::external::discover(&[plugins]);
+    assert!(found.refused.is_empty(), "{:?}", found.refused);
+    let mut registry = builtin::registry();
+    for maker in &found.services {
+        registry.add(maker.clone()).expect("no clash");
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let state = runtime.block_on(async {
+        let app = host::Application::new("shell");
+        let control = host::Control::start(
+            &app,
+            &registry,
+            Vec::new(),
+            std::time::Duration::from_secs(5),
+            host::Format::Json,
+        )
+        .await
+        .expect("an empty application starts");
+        let maker = control
+            .registry()
+            .get("portforward")
+            .expect("registered")
+            .clone();
+        let matches = maker
+            .command()
+            .try_get_matches_from([
+                "portforward",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--host",
+                "127.0.0.1",
+                "--dest_port",
+                &dest,
+            ])
+            .expect("options parse");
+        let spec = maker.spec_from_matches(&matches).expect("options validate");
+        let addrs = control.add(spec).await.expect("added and started");
+        let url = format!("http://{}/", addrs[0]);
+        let page = tokio::task::spawn_blocking(move || curl(&url, &[]))
+            .await
+            .expect("curl ran");
+        assert_eq!(page.status, 200);
+        control.stop_all().await;
+        control.application().await.services[0].state.clone()
+    });
+    assert_eq!(state, Some(serde_json::json!({ "forwarded": 1 })));
+    drop(web);
 }

@@ -150,3 +150,36 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !name.starts_with('-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_no_library_is_refused_by_name_and_missing_dirs_are_fine() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fake = dir.path().join("fake.so");
+        std::fs::write(&fake, "text, not ELF").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "ignored: not .so").expect("write");
+        let found = discover(&[dir.path().join("missing"), dir.path().to_path_buf()]);
+        assert!(found.services.is_empty() && found.resources.is_empty());
+        assert_eq!(found.refused.len(), 1, "{:?}", found.refused);
+        assert_eq!(found.refused[0].path, fake);
+        let message = found.refused[0].to_string();
+        assert!(
+            message.starts_with(&format!(
+                "plugin {} refused: cannot load it",
+                fake.display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn plugin_names_are_subcommand_safe() {
+        assert!(valid_name("portforward") && valid_name("my_plugin-2"));
+        for bad in ["", "-x", "a b", "a/b", "ü", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}

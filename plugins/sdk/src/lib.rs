@@ -7,6 +7,25 @@
 //! behind them decode JSON, catch every panic and turn it into an error, so none crosses the
 //! boundary.
 //!
+//! ```
+//! use taphost_sdk::{export_resource, Host, Request, ResourcePlugin, Response, Value};
+//!
+//! struct Hello;
+//!
+//! impl ResourcePlugin for Hello {
+//!     const NAME: &'static str = "hello";
+//!     const DESCRIPTION: &'static str = "Says hello";
+//!     fn open(_state: Option<Value>, _host: Host) -> Result<Self, String> {
+//!         Ok(Hello)
+//!     }
+//!     fn handle(&self, request: Request) -> Response {
+//!         Response::ok("text/plain", format!("hello from {}\n", request.path))
+//!     }
+//! }
+//!
+//! export_resource!(Hello);
+//! ```
+//!
 //! A plugin runs its work on its own threads (with tokio: its own runtime, made in `start`):
 //! the host's runtime lives in another copy of tokio and cannot be shared across a shared
 //! library's boundary.
