@@ -17,8 +17,8 @@ struct Built {
     libs: PathBuf,
 }
 
-/// Builds `portforward` with cargo (into this build's target directory) and compiles the C
-/// libraries of `tests/plugins/` with `cc`.
+/// Builds `portforward` and the SDK's `guestbook` example with cargo (into this build's target
+/// directory) and compiles the C libraries of `tests/plugins/` with `cc`.
 fn built() -> &'static Path {
     static BUILT: OnceLock<Built> = OnceLock::new();
     &BUILT
@@ -28,25 +28,37 @@ fn built() -> &'static Path {
             // target/<profile>/twistd: the same target directory and profile as this build.
             let profile_dir = Path::new(TWISTD).parent().expect("twistd's directory");
             let target_dir = profile_dir.parent().expect("the target directory");
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "-p", "portforward"])
-                .env("CARGO_TARGET_DIR", target_dir)
-                .current_dir(util::repo());
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
+            for (args, built, name) in [
+                (
+                    &["-p", "portforward"][..],
+                    "libportforward.so",
+                    "portforward",
+                ),
+                (
+                    &["-p", "taphost-sdk", "--example", "guestbook"][..],
+                    "examples/libguestbook.so",
+                    "guestbook",
+                ),
+            ] {
+                let mut cargo =
+                    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+                cargo
+                    .args(["build", "--quiet"])
+                    .args(args)
+                    .env("CARGO_TARGET_DIR", target_dir)
+                    .current_dir(util::repo());
+                if profile_dir.file_name().is_some_and(|n| n == "release") {
+                    cargo.arg("--release");
+                }
+                let out = cargo.output().expect("run cargo");
+                assert!(
+                    out.status.success(),
+                    "cargo build {args:?}: {}",
+                    stderr(&out)
+                );
+                std::fs::copy(profile_dir.join(built), libs.join(format!("{name}.so")))
+                    .unwrap_or_else(|e| panic!("copy {built}: {e}"));
             }
-            let out = cargo.output().expect("run cargo");
-            assert!(
-                out.status.success(),
-                "cargo build -p portforward: {}",
-                stderr(&out)
-            );
-            std::fs::copy(
-                profile_dir.join("libportforward.so"),
-                libs.join("portforward.so"),
-            )
-            .expect("copy libportforward.so");
 
             let include = util::repo().join("plugins/sdk/include");
             for name in [
@@ -534,4 +546,66 @@ fn control_add_runs_an_external_plugin_like_a_built_in() {
     });
     assert_eq!(state, Some(serde_json::json!({ "forwarded": 1 })));
     drop(web);
+}
+
+#[test]
+fn a_rust_resource_built_with_the_sdk_keeps_its_entries_in_the_tap() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["guestbook", "counter"]);
+    sb.write("www/index.html", "static\n");
+    let www = sb.join("www");
+    mktap_ok(
+        &sb,
+        &plugins,
+        &[
+            "web",
+            "--path",
+            www.to_str().expect("utf-8"),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--resource",
+            "/book=guestbook",
+            "--resource",
+            "/count=counter",
+        ],
+    );
+    let server = twistd(&sb, &plugins, &["-f", "web.tap"]);
+    let posted = curl(&server.url(0, "/book"), &["--data-binary", "first visit"]);
+    assert_eq!((posted.status, posted.text().as_str()), (201, "entry 1\n"));
+    assert_eq!(
+        curl(&server.url(0, "/book"), &["--data-binary", "second"]).status,
+        201
+    );
+    assert_eq!(
+        curl(&server.url(0, "/book"), &["--data-binary", ""]).status,
+        400
+    );
+    assert_eq!(curl(&server.url(0, "/count"), &[]).status, 200);
+    let page = curl(&server.url(0, "/book/"), &["--user-agent", "tester/1"]);
+    assert_eq!(
+        page.text(),
+        "guestbook at /book for tester/1\n1. first visit\n2. second\n"
+    );
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let (status, _) = server.stop();
+    assert!(status.success());
+    let saved = json(&sb, "web-shutdown.tap");
+    assert_eq!(
+        saved["services"][0]["state"]["resources"],
+        serde_json::json!({
+            "/book": { "entries": ["first visit", "second"] },
+            "/count": { "hits": 1 },
+        })
+    );
+
+    let mut server = twistd(&sb, &plugins, &["-f", "web-shutdown.tap"]);
+    logged(&mut server, "guestbook opened with 2 entries");
+    assert!(curl(&server.url(0, "/book"), &[])
+        .text()
+        .ends_with("2. second\n"));
+    let (status, _) = server.stop();
+    assert!(status.success());
 }

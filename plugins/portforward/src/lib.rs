@@ -47,6 +47,11 @@ impl ServicePlugin for PortForward {
         if listen.is_empty() {
             problems.push("--port: an endpoint to listen on is required".to_string());
         }
+        for endpoint in listen.iter().filter(|e| e.starts_with("unix:")) {
+            problems.push(format!(
+                "--port {endpoint}: only TCP endpoints can be forwarded"
+            ));
+        }
         if config.host.trim().is_empty() {
             problems.push("--host: must not be empty".to_string());
         }
