@@ -163,6 +163,7 @@ fn help_lists_external_plugins_marked_and_shows_their_options() {
         let out = Command::new(bin)
             .arg("--help")
             .env("TAPHOST_PLUGIN_PATH", &plugins)
+            .env("HOME", sb.path())
             .output()
             .expect("run --help");
         let help = stdout(&out);
@@ -608,4 +609,54 @@ fn a_rust_resource_built_with_the_sdk_keeps_its_entries_in_the_tap() {
         .ends_with("2. second\n"));
     let (status, _) = server.stop();
     assert!(status.success());
+}
+
+/// A connection that never ends holds the plugin's `stop` until the drain deadline; then the
+/// host calls `abort` and the plugin closes it, and twistd still saves the state and exits.
+#[test]
+fn portforward_closes_a_connection_left_open_at_the_drain_deadline() {
+    use std::io::{Read, Write};
+
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dest = holder.local_addr().expect("addr").port().to_string();
+    let (accepted, held) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = holder.accept().expect("accept");
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).expect("the client's byte");
+        accepted.send(()).expect("the test waits");
+        // Held open until the forwarder closes its side.
+        let _ = conn.read_to_end(&mut Vec::new());
+    });
+    let forwarder = twistd(
+        &sb,
+        &plugins,
+        &[
+            "--shutdown-timeout",
+            "1",
+            "portforward",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--host",
+            "127.0.0.1",
+            "--dest_port",
+            &dest,
+        ],
+    );
+    let mut client = std::net::TcpStream::connect(forwarder.addr(0)).expect("connect");
+    client.write_all(b"x").expect("send");
+    held.recv_timeout(util::TIMEOUT)
+        .expect("the connection reached the holder");
+    let (status, log) = forwarder.stop();
+    assert!(status.success(), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("drain deadline passed")),
+        "{log:?}"
+    );
+    client
+        .set_read_timeout(Some(util::TIMEOUT))
+        .expect("timeout");
+    assert_eq!(client.read(&mut [0u8; 16]).expect("EOF, not a timeout"), 0);
 }

@@ -35,7 +35,9 @@
  * Threads: every function may be called from any host thread. A plugin does its work on its
  * own threads (a Rust plugin: its own tokio runtime); `start` must return promptly. The host
  * never calls `handle` concurrently on one instance, and never calls anything on an instance
- * after `release`. `abort` may be called while `stop` is running on another thread.
+ * after `release`. `abort` may be called while `stop` is running on another thread, and
+ * `state` while the plugin's own threads run. Listeners are handed over before `start` is
+ * called, after twistd has forked: a library must start no thread when it is loaded.
  *
  * No exception or panic may leave a function of this table.
  */
