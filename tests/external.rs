@@ -660,3 +660,69 @@ fn portforward_closes_a_connection_left_open_at_the_drain_deadline() {
         .expect("timeout");
     assert_eq!(client.read(&mut [0u8; 16]).expect("EOF, not a timeout"), 0);
 }
+
+/// Reads from the shell until `needle` has arrived; returns everything read since the last call.
+fn read_until(conn: &mut std::net::TcpStream, needle: &str) -> String {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        // Telnet negotiation bytes are not UTF-8; lossy text still shows the words.
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        let n = conn.read(&mut buf).expect("read from the shell");
+        assert!(n > 0, "the shell closed before '{needle}': {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The telnet admin shell's `add` takes an external plugin like a built-in one.
+#[test]
+fn the_admin_shell_adds_an_external_service() {
+    use std::io::Write;
+
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["portforward"]);
+    let web = web_server(&sb, &plugins);
+    let dest = web.addr(0).port().to_string();
+    let shell = twistd(
+        &sb,
+        &plugins,
+        &[
+            "telnet",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--password",
+            "secret",
+        ],
+    );
+    let mut conn = std::net::TcpStream::connect(shell.addr(0)).expect("connect");
+    conn.set_read_timeout(Some(util::TIMEOUT)).expect("timeout");
+    read_until(&mut conn, "username: ");
+    conn.write_all(b"admin\r\n").expect("send");
+    read_until(&mut conn, "password: ");
+    conn.write_all(b"secret\r\n").expect("send");
+    read_until(&mut conn, "> ");
+    let add = format!(
+        "add portforward --port tcp:0:interface=127.0.0.1 --host 127.0.0.1 --dest_port {dest}\r\n"
+    );
+    conn.write_all(add.as_bytes()).expect("send");
+    let answer = read_until(&mut conn, "> ");
+    let addr = answer
+        .split("added portforward: listening on ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no address in {answer:?}"))
+        .trim()
+        .to_string();
+    let page = curl(&format!("http://{addr}/"), &[]);
+    assert_eq!(page.text(), "<h1>through the forwarder</h1>\n");
+    conn.write_all(b"services\r\n").expect("send");
+    assert!(read_until(&mut conn, "> ").contains("portforward"));
+    conn.write_all(b"quit\r\n").expect("send");
+    let (status, _) = shell.stop();
+    assert!(status.success());
+    drop(web);
+}
