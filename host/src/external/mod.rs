@@ -34,6 +34,10 @@ pub use resource::{Request, Resource, ResourceInstance, Response};
 /// The environment variable listing plugin directories before the standard ones.
 pub const PATH_VARIABLE: &str = "TAPHOST_PLUGIN_PATH";
 
+/// Where to look, for the message about an unknown plugin.
+pub const SEARCH_HINT: &str = "external plugins are looked for in $TAPHOST_PLUGIN_PATH, \
+     ~/.local/lib/taphost/plugins and /usr/lib/taphost/plugins";
+
 /// A library that was not taken, and why; the message names the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
