@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde_json::{json, Map, Value};
-use taphost_sdk::abi::OptionType;
+use std::path::Path;
+
+use taphost_sdk::abi::{Descriptor, OptionType};
 
 use super::library::{Instance, Library};
 use crate::app::ServiceSpec;
@@ -58,64 +60,11 @@ impl Maker for ExternalMaker {
     }
 
     fn command(&self) -> Command {
-        let d = self.library.descriptor();
-        let mut cmd = Command::new(d.name.clone())
-            .about(format!("{} [external]", d.description))
-            .long_about(format!(
-                "{}\n\nExternal plugin, loaded from {}",
-                d.description,
-                self.library.path().display()
-            ));
-        for option in &d.options {
-            let mut arg = Arg::new(option.name.clone())
-                .long(option.name.clone())
-                .help(option.help.clone());
-            arg = match option.kind {
-                OptionType::Boolean => arg.action(ArgAction::SetTrue),
-                OptionType::String => arg.value_name("TEXT"),
-                OptionType::Integer => arg.value_name("N").value_parser(clap::value_parser!(i64)),
-                OptionType::Endpoint => arg
-                    .value_name("ENDPOINT")
-                    .value_parser(crate::cli::parse_endpoint),
-            };
-            if option.kind != OptionType::Boolean {
-                arg = arg.action(if option.repeatable {
-                    ArgAction::Append
-                } else {
-                    ArgAction::Set
-                });
-                if let Some(default) = &option.default {
-                    arg = arg.default_value(default.clone());
-                } else if option.required {
-                    arg = arg.required(true);
-                }
-            }
-            cmd = cmd.arg(arg);
-        }
-        cmd
+        command(self.library.descriptor(), self.library.path())
     }
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {
-        let mut config = Map::new();
-        let mut listen = Vec::new();
-        for option in &self.library.descriptor().options {
-            let id = option.name.as_str();
-            let value = match option.kind {
-                OptionType::Boolean => Some(Value::Bool(matches.get_flag(id))),
-                OptionType::String => values::<String>(matches, id, option.repeatable),
-                OptionType::Integer => values::<i64>(matches, id, option.repeatable),
-                OptionType::Endpoint => {
-                    if let Some(endpoints) = matches.get_many::<Endpoint>(id) {
-                        listen.extend(endpoints.cloned());
-                    }
-                    None
-                }
-            };
-            if let Some(value) = value {
-                config.insert(option.name.clone(), value);
-            }
-        }
-        let config = Value::Object(config);
+        let (config, listen) = config_from(self.library.descriptor(), matches);
         self.validate(&config, &listen)?;
         Ok(ServiceSpec {
             name: self.name().to_string(),
@@ -142,6 +91,73 @@ impl Maker for ExternalMaker {
     fn holds_secrets(&self, _spec: &ServiceSpec) -> bool {
         false
     }
+}
+
+/// The subcommand of a descriptor: one long option per declared option, typed and checked by
+/// clap (integers, endpoints), with its help, default, repeatability and requirement.
+fn command(d: &Descriptor, path: &Path) -> Command {
+    let mut cmd = Command::new(d.name.clone())
+        .about(format!("{} [external]", d.description))
+        .long_about(format!(
+            "{}\n\nExternal plugin, loaded from {}",
+            d.description,
+            path.display()
+        ));
+    for option in &d.options {
+        let mut arg = Arg::new(option.name.clone())
+            .long(option.name.clone())
+            .help(option.help.clone());
+        arg = match option.kind {
+            OptionType::Boolean => arg.action(ArgAction::SetTrue),
+            OptionType::String => arg.value_name("TEXT"),
+            OptionType::Integer => arg
+                .value_name("N")
+                .allow_negative_numbers(true)
+                .value_parser(clap::value_parser!(i64)),
+            OptionType::Endpoint => arg
+                .value_name("ENDPOINT")
+                .value_parser(crate::cli::parse_endpoint),
+        };
+        if option.kind != OptionType::Boolean {
+            arg = arg.action(if option.repeatable {
+                ArgAction::Append
+            } else {
+                ArgAction::Set
+            });
+            if let Some(default) = &option.default {
+                arg = arg.default_value(default.clone());
+            } else if option.required {
+                arg = arg.required(true);
+            }
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// The config (`{option name: value}`, options not given and without a default left out) and
+/// the endpoints the parsed options name.
+fn config_from(d: &Descriptor, matches: &ArgMatches) -> (Value, Vec<Endpoint>) {
+    let mut config = Map::new();
+    let mut listen = Vec::new();
+    for option in &d.options {
+        let id = option.name.as_str();
+        let value = match option.kind {
+            OptionType::Boolean => Some(Value::Bool(matches.get_flag(id))),
+            OptionType::String => values::<String>(matches, id, option.repeatable),
+            OptionType::Integer => values::<i64>(matches, id, option.repeatable),
+            OptionType::Endpoint => {
+                if let Some(endpoints) = matches.get_many::<Endpoint>(id) {
+                    listen.extend(endpoints.cloned());
+                }
+                None
+            }
+        };
+        if let Some(value) = value {
+            config.insert(option.name.clone(), value);
+        }
+    }
+    (Value::Object(config), listen)
 }
 
 /// An option's value(s) as JSON; `None` when not given and without a default.
@@ -228,5 +244,73 @@ impl Service for ExternalService {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taphost_sdk::abi::{Kind, OptionSpec};
+
+    fn descriptor() -> Descriptor {
+        Descriptor {
+            name: "demo".into(),
+            description: "a demo".into(),
+            kind: Kind::Service,
+            options: vec![
+                OptionSpec::endpoint("listen", "where").repeatable(),
+                OptionSpec::string("greeting", "what to say").default("hello"),
+                OptionSpec::string("tag", "tags").repeatable(),
+                OptionSpec::integer("count", "how many").required(),
+                OptionSpec::boolean("loud", "shout"),
+                OptionSpec::string("motto", "optional"),
+            ],
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<(Value, Vec<String>), clap::Error> {
+        let d = descriptor();
+        let matches = command(&d, Path::new("/x/demo.so")).try_get_matches_from(args)?;
+        let (config, listen) = config_from(&d, &matches);
+        Ok((config, listen.iter().map(ToString::to_string).collect()))
+    }
+
+    #[test]
+    fn options_become_config_values_by_their_type() {
+        let (config, listen) = parse(&[
+            "demo",
+            "--listen",
+            "8080",
+            "--listen",
+            "unix:/tmp/s",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+            "--count",
+            "3",
+            "--loud",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config,
+            json!({ "greeting": "hello", "tag": ["a", "b"], "count": 3, "loud": true })
+        );
+        assert_eq!(listen, ["tcp:8080", "unix:/tmp/s"]);
+
+        let (config, listen) = parse(&["demo", "--count", "-1", "--motto", "m"]).expect("parses");
+        assert_eq!(
+            config,
+            json!({ "greeting": "hello", "tag": [], "count": -1, "loud": false, "motto": "m" })
+        );
+        assert!(listen.is_empty());
+    }
+
+    #[test]
+    fn clap_checks_types_and_required_options() {
+        assert!(parse(&["demo"]).is_err(), "--count is required");
+        assert!(parse(&["demo", "--count", "x"]).is_err());
+        assert!(parse(&["demo", "--count", "1", "--listen", "bogus:1"]).is_err());
+        assert!(parse(&["demo", "--count", "1", "--loud", "yes"]).is_err());
     }
 }
