@@ -325,8 +325,9 @@ impl Plugin for WebPlugin {
             match options::resource(v) {
                 Ok((_, name)) if host::external::resource(&name).is_none() => {
                     problems.push(format!(
-                    "--resource '{v}': no resource plugin named '{name}' in the plugin directories"
-                ))
+                        "--resource '{v}': no resource plugin named '{name}' \
+                         in the plugin directories"
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(e),

@@ -1,7 +1,7 @@
 //! What a request is routed with, and routing.
 //!
-//! The order: a `--resource` mount, the weblog page, a CGI prefix, `/~user/`, a mount, then the virtual host's root
-//! (or the default root). Dotfiles are refused before any of them (except `/.well-known/`),
+//! The order: a `--resource` mount, the weblog page, a CGI prefix, `/~user/`, a mount, then
+//! the virtual host's root (or the default root). Dotfiles are refused before any of them (except `/.well-known/`),
 //! so no route can serve `.git` or `.htpasswd` unless `--serve-dotfiles`.
 
 use std::collections::HashMap;
