@@ -183,7 +183,10 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
 }
 
 fn main() -> ExitCode {
-    let registry = builtin::registry();
+    let (registry, refused) = builtin::registry_with_external();
+    for message in refused {
+        eprintln!("mktap: {message}");
+    }
     let matches = parse_args(command(&registry));
     match run(&registry, &matches) {
         Ok(line) => {

@@ -543,7 +543,10 @@ fn serve(
 }
 
 fn main() -> ExitCode {
-    let registry = builtin::registry();
+    let (registry, refused) = builtin::registry_with_external();
+    for message in refused {
+        eprintln!("twistd: {message}");
+    }
     let matches = parse_args(command(&registry));
     match run(&registry, &matches) {
         Ok(()) => ExitCode::SUCCESS,

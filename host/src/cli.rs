@@ -12,10 +12,28 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     s.parse::<Endpoint>().map_err(|e| e.reason)
 }
 
-/// Adds one subcommand per plugin, each with that plugin's options and description.
+/// Adds one subcommand per plugin, each with that plugin's options and description, and lists
+/// the external web resources (not subcommands: `web --resource` mounts them) after the help.
 pub fn with_plugins(mut cmd: Command, registry: &Registry) -> Command {
     for maker in registry.makers() {
         cmd = cmd.subcommand(maker.command());
+    }
+    let mut resources: Vec<_> = crate::external::discovered().resources.values().collect();
+    if !resources.is_empty() {
+        resources.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut text = cmd
+            .get_after_help()
+            .map(|h| format!("{h}\n\n"))
+            .unwrap_or_default();
+        text.push_str("External web resources (web --resource /PATH=NAME):");
+        for resource in resources {
+            text.push_str(&format!(
+                "\n  {}  {} [external]",
+                resource.name(),
+                resource.library().descriptor().description
+            ));
+        }
+        cmd = cmd.after_help(text);
     }
     cmd
 }

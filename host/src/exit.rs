@@ -76,8 +76,9 @@ pub fn parse_args(cmd: clap::Command) -> clap::ArgMatches {
         if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
             if let Some(name) = e.get(clap::error::ContextKind::InvalidSubcommand) {
                 eprintln!(
-                    "{bin}: unknown plugin '{name}' (known: {})",
-                    plugins.join(", ")
+                    "{bin}: unknown plugin '{name}' (known: {}; {})",
+                    plugins.join(", "),
+                    crate::external::SEARCH_HINT
                 );
                 std::process::exit(USAGE);
             }

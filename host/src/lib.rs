@@ -10,6 +10,8 @@
 //!   and binding them to listening sockets before any thread exists.
 //! - [`activation`]: sockets passed by systemd for `systemd:index=N` endpoints.
 //! - [`net`]: bound listeners handed to services, and the stream type they accept.
+//! - [`external`]: plugins from shared libraries: discovery in the plugin directories, the C
+//!   ABI's checks and calls, external services as [`Maker`]s, and resource libraries for `web`.
 //! - [`plugin`]: the plugin contract ([`Plugin`] for typed built-ins, [`Maker`] erased) and the
 //!   [`Registry`] that binaries are given.
 //! - [`service`]: the running side: [`Service`], its [`ServiceContext`] (graceful and hard stop,
@@ -33,6 +35,7 @@ pub mod crypt;
 pub mod docs;
 pub mod endpoint;
 pub mod exit;
+pub mod external;
 pub mod net;
 pub mod passphrase;
 pub mod plugin;

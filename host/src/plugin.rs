@@ -154,7 +154,7 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("unknown plugin '{name}' (known: {known})")]
+    #[error("unknown plugin '{name}' (known: {known}; {hint})", hint = crate::external::SEARCH_HINT)]
     Unknown { name: String, known: String },
     #[error("service '{service}' (plugin {plugin}): {}", problems.join("; "))]
     Invalid {

@@ -10,3 +10,22 @@ pub fn registry() -> Registry {
         .with::<mail::MailPlugin>()
         .with::<telnet::TelnetPlugin>()
 }
+
+/// The built-in plugins, then the external service plugins of the plugin directories
+/// (`host::external`), with one message for each library refused. A library whose plugin
+/// name belongs to a built-in is refused; the built-in stays.
+pub fn registry_with_external() -> (Registry, Vec<String>) {
+    let mut registry = registry();
+    let found = host::external::discovered();
+    let mut refused: Vec<String> = found.refused.iter().map(ToString::to_string).collect();
+    for maker in &found.services {
+        if registry.add(maker.clone()).is_err() {
+            refused.push(format!(
+                "plugin {} refused: the name '{}' belongs to a built-in plugin",
+                maker.library().path().display(),
+                maker.library().descriptor().name
+            ));
+        }
+    }
+    (registry, refused)
+}

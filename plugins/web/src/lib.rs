@@ -16,6 +16,8 @@
 //! - [`ranges`]: parsing `Range: bytes=` and deciding between 206, multipart, 416 and 200.
 //! - [`compress`]: Accept-Encoding, precompressed siblings, gzip on the fly.
 //! - [`listing`]: the HTML listing of a directory without an index file.
+//! - [`resource`]: `--resource` pages served by resource libraries (host::external), and
+//!   their state.
 //! - [`cgi`]: CGI/1.1 scripts: meta-variables, streamed bodies, the script's headers, timeouts.
 //! - [`access_log`]: the combined-format access log, buffered, flushed each second, reopenable.
 //! - [`weblog`]: the latest referred hits, kept as the service's state across restarts.
@@ -37,6 +39,7 @@ pub mod listing;
 pub mod options;
 pub mod ranges;
 pub mod resolve;
+pub mod resource;
 pub mod server;
 pub mod site;
 pub mod tls;
@@ -132,6 +135,11 @@ pub struct WebConfig {
     #[arg(long, value_name = "/PREFIX=DIR")]
     pub cgi: Vec<String>,
 
+    /// /PREFIX=NAME: serve that path with the resource library NAME from the plugin directories,
+    /// a dynamic page whose state is kept across restarts (repeatable).
+    #[arg(long, value_name = "/PREFIX=NAME")]
+    pub resource: Vec<String>,
+
     /// .EXT=PROGRAM: run CGI scripts with that extension through PROGRAM (repeatable).
     #[arg(long, value_name = ".EXT=PROGRAM")]
     pub processor: Vec<String>,
@@ -197,6 +205,7 @@ impl Default for WebConfig {
             user: false,
             no_compress: false,
             cgi: Vec::new(),
+            resource: Vec::new(),
             processor: Vec::new(),
             cgi_timeout: 60,
             vhost: Vec::new(),
@@ -310,6 +319,18 @@ impl Plugin for WebPlugin {
                     Ok((_, dir)) => dirs.push((option, dir)),
                     Err(e) => problems.push(e),
                 }
+            }
+        }
+        for v in &config.resource {
+            match options::resource(v) {
+                Ok((_, name)) if host::external::resource(&name).is_none() => {
+                    problems.push(format!(
+                        "--resource '{v}': no resource plugin named '{name}' \
+                         in the plugin directories"
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(e),
             }
         }
         for v in &config.vhost {

@@ -1,4 +1,4 @@
-//! Parsing the `NAME=VALUE` option values (`--mount`, `--cgi`, `--vhost`, `--mime`,
+//! Parsing the `NAME=VALUE` option values (`--mount`, `--cgi`, `--resource`, `--vhost`, `--mime`,
 //! `--processor`, `--add-header`, `--sni`). The tap stores them as the user typed them, so
 //! `validate` and `build` both parse them here and a hand-edited tap gets the same messages.
 
@@ -25,6 +25,19 @@ pub fn prefix_dir(option: &str, value: &str) -> Result<(Vec<Vec<u8>>, PathBuf), 
         ));
     }
     Ok((segments, PathBuf::from(dir)))
+}
+
+/// `/prefix=NAME` for `--resource`: the URL prefix as path segments and the resource's name.
+pub fn resource(value: &str) -> Result<(Vec<Vec<u8>>, String), String> {
+    let (segments, name) = prefix_dir("--resource", value)
+        .map_err(|_| format!("--resource '{value}': expected /PREFIX=NAME, the prefix below /"))?;
+    let name = name.to_string_lossy().into_owned();
+    if name.contains('/') {
+        return Err(format!(
+            "--resource '{value}': NAME is a plugin's name, not a path"
+        ));
+    }
+    Ok((segments, name))
 }
 
 /// `.ext=VALUE` for `--mime` and `--processor`: the extension without its dot, lowercased.

@@ -157,7 +157,7 @@ impl Service for WebService {
             // Lines of requests that finished while draining.
             log.flush();
         }
-        site.weblog_path.as_ref().map(|_| site.weblog.state())
+        site_state(&site)
     }
 
     fn reopen_logs(&self) {
@@ -179,11 +179,27 @@ impl Service for WebService {
             return Ok(false);
         }
         let current = self.site.load();
-        let state = current.weblog.state();
-        let site = Site::new(&config, Some(&state), current.access_log.clone())?;
+        // Weblog hits and resource states carry over into the new routing.
+        let state = site_state(&current);
+        let site = Site::new(&config, state.as_ref(), current.access_log.clone())?;
         self.site.store(Arc::new(site));
         Ok(true)
     }
+}
+
+/// What the service keeps across restarts: `{"weblog": [...], "resources": {"/prefix": state}}`,
+/// each part present when it has something to keep.
+fn site_state(site: &Site) -> Option<serde_json::Value> {
+    let mut state = serde_json::Map::new();
+    if site.weblog_path.is_some() {
+        if let serde_json::Value::Object(weblog) = site.weblog.state() {
+            state.extend(weblog);
+        }
+    }
+    if let Some(resources) = crate::resource::state(&site.resources) {
+        state.insert("resources".into(), resources);
+    }
+    (!state.is_empty()).then_some(serde_json::Value::Object(state))
 }
 
 /// Serves one accepted connection: the TLS handshake for `ssl:` listeners (bounded by the

@@ -1,7 +1,7 @@
 //! What a request is routed with, and routing.
 //!
-//! The order: the weblog page, a CGI prefix, `/~user/`, a mount, then the virtual host's root
-//! (or the default root). Dotfiles are refused before any of them (except `/.well-known/`),
+//! The order: a `--resource` mount, the weblog page, a CGI prefix, `/~user/`, a mount, then
+//! the virtual host's root (or the default root). Dotfiles are refused before any of them (except `/.well-known/`),
 //! so no route can serve `.git` or `.htpasswd` unless `--serve-dotfiles`.
 
 use std::collections::HashMap;
@@ -46,6 +46,8 @@ pub struct Site {
     pub add_headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     pub weblog_path: Option<String>,
     pub weblog: Weblog,
+    /// `--resource` mounts, longest prefix first.
+    pub resources: Vec<crate::resource::Mount>,
     pub access_log: Option<Arc<AccessLog>>,
     pub max_body: u64,
     /// The root, vhost roots and mounts, held open: requests resolve beneath them with one
@@ -140,6 +142,7 @@ impl Site {
                 .collect::<Result<_, _>>()?,
             weblog_path: config.weblog.clone(),
             weblog: Weblog::from_state(state),
+            resources: crate::resource::open(&config.resource, state)?,
             access_log,
             max_body: config.max_body_size,
         })
@@ -168,6 +171,13 @@ impl Site {
         };
         if !self.serve_dotfiles && has_dotfile(&url) {
             return error_response(StatusCode::NOT_FOUND);
+        }
+        if let Some(mount) = self
+            .resources
+            .iter()
+            .find(|m| url.segments.starts_with(&m.segments))
+        {
+            return crate::resource::serve(mount, &parts, body, self.max_body).await;
         }
         for (prefix, dir) in &self.cgi_dirs {
             if url.segments.starts_with(prefix) {
