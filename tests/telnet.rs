@@ -532,3 +532,78 @@ sys.stdout.write(seen.decode("utf-8", "replace"))
     );
     assert!(screen.contains("running"), "{screen}");
 }
+
+/// `--password` without a value asks twice on the terminal (no echo), and refuses two answers
+/// that differ.
+#[test]
+fn password_without_a_value_asks_twice_on_a_terminal() {
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "x");
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let script = sb.write(
+        "ask.py",
+        r#"
+import os, pty, select, sys, time
+mktap, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(mktap, [mktap, "--append", "web.tap", "telnet", "--password"])
+seen = b""
+def until(needle, limit=20):
+    global seen
+    end = time.time() + limit
+    while needle.encode() not in seen:
+        if time.time() > end:
+            sys.stderr.write("timeout waiting for %r; saw %r\n" % (needle, seen)); sys.exit(2)
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+until("password: "); os.write(fd, first.encode() + b"\n")
+until("again: "); os.write(fd, second.encode() + b"\n")
+_, status = os.waitpid(pid, 0)
+try:
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        seen += chunk
+except OSError:
+    pass
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.WEXITSTATUS(status))
+"#,
+    );
+    let run = |first: &str, second: &str| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args([util::MKTAP, first, second])
+            .current_dir(sb.path())
+            .output()
+            .expect("python3")
+    };
+    let differ = run("one-password", "another-one");
+    assert_eq!(
+        differ.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&differ.stdout)
+    );
+    assert!(String::from_utf8_lossy(&differ.stdout).contains("the two passwords differ"));
+    assert!(!sb.read("web.tap").contains("telnet"), "nothing written");
+
+    let same = run(PASSWORD, PASSWORD);
+    let screen = String::from_utf8_lossy(&same.stdout).into_owned();
+    assert_eq!(same.status.code(), Some(0), "{screen}");
+    assert!(
+        !screen.contains(PASSWORD),
+        "the password was echoed: {screen}"
+    );
+    let tap = sb.read("web.tap");
+    assert!(
+        tap.contains("$argon2id$") && !tap.contains(PASSWORD),
+        "{tap}"
+    );
+}
