@@ -11,4 +11,4 @@ if [ ! -x "$SHARED_BENCH/http_bench.sh" ]; then
 fi
 # Our server, built optimised once per run.
 (cd "$REPO" && cargo build --release --quiet --bin twistd)
-TWISTD="$REPO/target/release/twistd"
+TWISTD="${CARGO_TARGET_DIR:-$REPO/target}/release/twistd"
