@@ -8,7 +8,7 @@ mod util;
 use std::net::SocketAddr;
 use support::*;
 
-use util::{stderr, Sandbox};
+use util::{stderr, wait_until, Sandbox};
 
 #[test]
 fn relay_queues_retries_with_backoff_and_delivers_to_the_smarthost() {

@@ -6,9 +6,8 @@ mod util;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use util::{curl, raw_request, raw_status, Sandbox, Twistd, TIMEOUT, TWISTD};
+use util::{curl, raw_request, raw_status, wait_until, Sandbox, Twistd, TWISTD};
 
 const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-ROOT";
 
@@ -379,14 +378,6 @@ fn zombie_children(parent: u32) -> Vec<i32> {
         }
     }
     zombies
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::util::{stderr, stdout, Sandbox, Twistd, TIMEOUT};
 
@@ -157,15 +156,6 @@ pub fn certificate(sb: &Sandbox) {
             .expect("generate a certificate");
     sb.write("cert.pem", generated.cert.pem());
     sb.write("key.pem", generated.key_pair.serialize_pem());
-}
-
-/// Waits (polling, bounded by TIMEOUT) until `done` holds.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A loopback port that nothing listens on (bound, then released).

@@ -258,6 +258,15 @@ impl Drop for Twistd {
     }
 }
 
+/// Waits (polling, bounded by [`TIMEOUT`]) until `done` holds; panics naming `what` otherwise.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A response as curl saw it.
 #[derive(Debug)]
 pub struct Fetched {
