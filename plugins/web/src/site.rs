@@ -198,7 +198,7 @@ impl Site {
                 return match outcome {
                     cgi::Outcome::Response(r) => r,
                     cgi::Outcome::LocalRedirect(location) => {
-                        Box::pin(self.local_redirect(location, &parts, 1)).await
+                        Box::pin(self.local_redirect(location, &parts, conn, 1)).await
                     }
                 };
             }
@@ -208,7 +208,7 @@ impl Site {
         if let Some(refused) = drain(body, self.max_body).await {
             return refused;
         }
-        self.static_route(&parts, &url).await
+        self.static_route(&parts, &url, conn).await
     }
 
     /// Answers a CGI local redirect: the resource at `location`, as a GET.
@@ -216,6 +216,7 @@ impl Site {
         &self,
         location: String,
         parts: &Parts,
+        conn: &ConnInfo,
         depth: usize,
     ) -> Response<Body> {
         if depth > MAX_LOCAL_REDIRECTS {
@@ -246,10 +247,10 @@ impl Site {
         }
         // A local redirect never runs another script with this request's body; it names a
         // document.
-        self.static_route(&parts, &url).await
+        self.static_route(&parts, &url, conn).await
     }
 
-    async fn static_route(&self, parts: &Parts, url: &UrlPath) -> Response<Body> {
+    async fn static_route(&self, parts: &Parts, url: &UrlPath, conn: &ConnInfo) -> Response<Body> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED);
             response
@@ -293,12 +294,20 @@ impl Site {
             if !url.trailing_slash {
                 return redirect_to_slash(&parts.uri);
             }
-            return self.directory(root, &opened.path, url, parts).await;
+            return self.directory(root, &opened.path, url, parts, conn).await;
         }
         if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
         }
-        files::respond(root, opened, &parts.method, &parts.headers, &self.files).await
+        files::respond(
+            root,
+            opened,
+            &parts.method,
+            &parts.headers,
+            &self.files,
+            conn.zero_copy.as_ref(),
+        )
+        .await
     }
 
     /// `/~name/...` with `--user`: that user's canonical `public_html` and the rest of the path.
@@ -367,6 +376,7 @@ impl Site {
         dir: &Path,
         url: &UrlPath,
         parts: &Parts,
+        conn: &ConnInfo,
     ) -> Response<Body> {
         for name in &self.index {
             // The index may itself be a symlink: it must stay under the root too.
@@ -378,6 +388,7 @@ impl Site {
                         &parts.method,
                         &parts.headers,
                         &self.files,
+                        conn.zero_copy.as_ref(),
                     )
                     .await;
                 }
