@@ -25,6 +25,7 @@ use hyper::header::{
 use hyper::{Method, Response, StatusCode};
 use tokio_util::io::poll_read_buf;
 
+use crate::cache::CachedFile;
 use crate::compress;
 use crate::conditional::{self, Outcome};
 use crate::ranges::{self, Ranges};
@@ -297,6 +298,49 @@ pub async fn respond(
         .headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from(len));
     *response.body_mut() = if head { empty() } else { body };
+    response
+}
+
+/// Whether a request's answer can be a cached file's bytes as they are: no Range and no
+/// Accept-Encoding (which could pick a precompressed sibling or gzip on the fly). The method is
+/// GET or HEAD by then.
+pub fn plain_request(headers: &HeaderMap) -> bool {
+    !headers.contains_key(RANGE) && !headers.contains_key(hyper::header::ACCEPT_ENCODING)
+}
+
+/// A cached file's response to a [`plain_request`]: the same headers [`respond`] gives, with
+/// no file system call.
+pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    let mut response = Response::new(empty());
+    {
+        let h = response.headers_mut();
+        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        if let Some(v) = &cached.etag_value {
+            h.insert(ETAG, v.clone());
+        }
+        if let Some(v) = &cached.last_modified {
+            h.insert(LAST_MODIFIED, v.clone());
+        }
+    }
+    match conditional::evaluate(headers, &cached.etag, cached.modified, true) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        Outcome::PreconditionFailed => {
+            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
+            failed.headers_mut().extend(response.headers_mut().drain());
+            return failed;
+        }
+    }
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, cached.content_type.clone());
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(cached.bytes.len()));
+    if method != Method::HEAD {
+        *response.body_mut() = full(cached.bytes.clone());
+    }
     response
 }
 

@@ -109,6 +109,17 @@ impl RootDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// `fstatat(root, candidate, AT_SYMLINK_NOFOLLOW)` for a path under the root (one system
+    /// call, for [`crate::cache`] to revalidate an entry; it proves nothing by itself). `None`
+    /// for the root itself, a path outside it, or any error.
+    pub fn stat_nofollow(&self, candidate: &Path) -> Option<nix::sys::stat::FileStat> {
+        let relative = candidate.strip_prefix(&self.path).ok()?;
+        if relative.as_os_str().is_empty() {
+            return None;
+        }
+        nix::sys::stat::fstatat(&self.fd, relative, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    }
 }
 
 /// Opens `candidate` (a path under `root.path()`) with `openat2(RESOLVE_BENEATH)`: the kernel

@@ -16,6 +16,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::access_log::AccessLog;
+use crate::cache::FileCache;
 use crate::cgi::{self, CgiOptions};
 use crate::files::{self, FileOptions};
 use crate::resolve::{open_beneath, open_checked, Opened, Refusal, RootDir, UrlPath};
@@ -53,6 +54,8 @@ pub struct Site {
     /// The root, vhost roots and mounts, held open: requests resolve beneath them with one
     /// openat2 each. (User directories are looked up per request and use the realpath check.)
     pub root_dirs: HashMap<PathBuf, RootDir>,
+    /// Small files under the held roots (see [`crate::cache`]).
+    pub cache: FileCache,
 }
 
 fn canonical(option: &str, dir: &Path) -> Result<PathBuf, String> {
@@ -145,6 +148,7 @@ impl Site {
             resources: crate::resource::open(&config.resource, state)?,
             access_log,
             max_body: config.max_body_size,
+            cache: FileCache::default(),
         })
     }
 
@@ -286,7 +290,16 @@ impl Site {
                 None => (self.host_root(parts), url.clone()),
             },
         };
-        let opened = match self.find(root, &rest) {
+        // A small file as it is: from the cache when one stat shows it unchanged.
+        let held = self.root_dirs.get(root);
+        let plain = held.filter(|_| files::plain_request(&parts.headers));
+        let candidate = rest.under(root);
+        if let Some(held) = plain {
+            if let Some(cached) = self.cache.get(held, &candidate) {
+                return files::respond_cached(&cached, &parts.method, &parts.headers);
+            }
+        }
+        let opened = match self.find(root, &candidate, &rest) {
             Ok(found) => found,
             Err(status) => return error_response(status),
         };
@@ -298,6 +311,11 @@ impl Site {
         }
         if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
+        }
+        if let Some(held) = plain.filter(|_| opened.path == candidate) {
+            if let Some(cached) = self.cache.fill(held, &opened, &self.files) {
+                return files::respond_cached(&cached, &parts.method, &parts.headers);
+            }
         }
         files::respond(
             root,
@@ -350,9 +368,9 @@ impl Site {
 
     /// The file or directory `rest` names under `root`, opened, trying `--ignore-ext`
     /// extensions for a name that does not exist.
-    fn find(&self, root: &Path, rest: &UrlPath) -> Result<Opened, StatusCode> {
-        let candidate = rest.under(root);
-        let refusal = match self.open(root, &candidate) {
+    /// `candidate` is `rest.under(root)`.
+    fn find(&self, root: &Path, candidate: &Path, rest: &UrlPath) -> Result<Opened, StatusCode> {
+        let refusal = match self.open(root, candidate) {
             Ok(opened) => return Ok(opened),
             Err(refusal) => refusal,
         };
