@@ -21,10 +21,11 @@
 //! arbitrary entries dropped to make room.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -96,11 +97,13 @@ pub struct CachedFile {
     pub modified: Option<SystemTime>,
     pub last_modified: Option<HeaderValue>,
     pub content_type: HeaderValue,
+    pub content_length: HeaderValue,
 }
 
 #[derive(Debug, Default)]
 struct Entries {
-    files: HashMap<PathBuf, Arc<CachedFile>>,
+    /// By the path's bytes (hashing a `Path` walks its components).
+    files: HashMap<OsString, Arc<CachedFile>>,
     bytes: usize,
 }
 
@@ -115,7 +118,7 @@ impl FileCache {
     pub fn get(&self, root: &RootDir, path: &Path) -> Option<Arc<CachedFile>> {
         let entry = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.files.get(path)?.clone()
+            entries.files.get(path.as_os_str())?.clone()
         };
         let now = root.stat_nofollow(path)?;
         (Identity::of_stat(&now) == entry.identity).then_some(entry)
@@ -151,9 +154,10 @@ impl FileCache {
             last_modified: modified
                 .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
             content_type: opts.content_type(&opened.path),
+            content_length: HeaderValue::from(len),
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = entries.files.remove(&opened.path) {
+        if let Some(old) = entries.files.remove(opened.path.as_os_str()) {
             entries.bytes -= old.bytes.len();
         }
         while entries.bytes + entry.bytes.len() > BUDGET {
@@ -165,7 +169,9 @@ impl FileCache {
             }
         }
         entries.bytes += entry.bytes.len();
-        entries.files.insert(opened.path.clone(), entry.clone());
+        entries
+            .files
+            .insert(opened.path.clone().into_os_string(), entry.clone());
         Some(entry)
     }
 }

@@ -312,6 +312,8 @@ pub fn plain_request(headers: &HeaderMap) -> bool {
 /// no file system call.
 pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap) -> Response<Body> {
     let mut response = Response::new(empty());
+    // Room for these, Server, Date and a few --add-header without growing the map.
+    *response.headers_mut() = HeaderMap::with_capacity(16);
     {
         let h = response.headers_mut();
         h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -337,7 +339,7 @@ pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap)
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, cached.content_type.clone());
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(CONTENT_LENGTH, HeaderValue::from(cached.bytes.len()));
+    h.insert(CONTENT_LENGTH, cached.content_length.clone());
     if method != Method::HEAD {
         *response.body_mut() = full(cached.bytes.clone());
     }

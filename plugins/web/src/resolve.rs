@@ -114,11 +114,24 @@ impl RootDir {
     /// call, for [`crate::cache`] to revalidate an entry; it proves nothing by itself). `None`
     /// for the root itself, a path outside it, or any error.
     pub fn stat_nofollow(&self, candidate: &Path) -> Option<nix::sys::stat::FileStat> {
-        let relative = candidate.strip_prefix(&self.path).ok()?;
-        if relative.as_os_str().is_empty() {
+        // By bytes: `Path::strip_prefix` walks components. Candidates are built by pushing
+        // segments onto the root, so the root's bytes and a `/` lead them.
+        let root = self.path.as_os_str().as_bytes();
+        let rest = candidate.as_os_str().as_bytes().strip_prefix(root)?;
+        let relative = if root.ends_with(b"/") {
+            rest
+        } else {
+            rest.strip_prefix(b"/")?
+        };
+        if relative.is_empty() {
             return None;
         }
-        nix::sys::stat::fstatat(&self.fd, relative, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+        nix::sys::stat::fstatat(
+            &self.fd,
+            OsStr::from_bytes(relative),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
     }
 }
 
