@@ -359,3 +359,32 @@ fn tls_serves_large_files_and_ranges_intact() {
     let r = curl(&twistd.url(0, "/big.bin"), &[]);
     assert!(r.body == big, "big.bin differs over plain HTTP");
 }
+
+#[test]
+fn unix_socket_listeners_send_files_with_sendfile_too() {
+    let sb = Sandbox::new();
+    let big = pattern(3 * 1024 * 1024, 6);
+    sb.write("root/big.bin", &big);
+    let root = sb.join("root");
+    let socket = sb.join("web.sock");
+    let listen = format!("unix:{}", socket.display());
+    let _twistd = sb.twistd(&[
+        "web",
+        "--path",
+        root.to_str().expect("utf-8"),
+        "--listen",
+        &listen,
+    ]);
+    let socket = socket.to_str().expect("utf-8");
+    let r = curl("http://t/big.bin", &["--unix-socket", socket]);
+    assert!(r.body == big, "big.bin differs over a Unix socket");
+    let r = curl(
+        "http://t/big.bin",
+        &["--unix-socket", socket, "-r", "20000-"],
+    );
+    assert_eq!(r.status, 206);
+    assert!(
+        r.body == big[20_000..],
+        "the range differs over a Unix socket"
+    );
+}

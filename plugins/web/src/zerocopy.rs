@@ -268,6 +268,9 @@ impl AsyncWrite for ZeroCopy {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // Empty slices carry nothing (hyper gives none, but they would count for nothing).
+        let skip = bufs.iter().take_while(|b| b.is_empty()).count();
+        let bufs = &bufs[skip..];
         match bufs.iter().position(|b| placeholder_end(b).is_some()) {
             // Nothing of a file: an ordinary writev.
             None => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
