@@ -392,3 +392,72 @@ fn compressible_files_are_gzipped_on_the_fly() {
     let r = curl(&off.url(0, "/app.js"), &["-H", "Accept-Encoding: gzip"]);
     assert_eq!(r.header("content-encoding"), Some("gzip"));
 }
+
+/// The headers of a response other than Date, for comparing two answers.
+fn headers_but_date(r: &util::Fetched) -> Vec<(String, String)> {
+    let mut h: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n != "date")
+        .cloned()
+        .collect();
+    h.sort();
+    h
+}
+
+/// Small files are cached once their timestamps are a few seconds old (web::cache); each hit
+/// is revalidated by one stat, so every change is seen by the very next request, and a cached
+/// answer is the same as the uncached one.
+#[test]
+fn cached_small_files_are_revalidated_on_every_request() {
+    let (sb, twistd) = serve(&[]);
+    sb.write("root/a.txt", "version 1");
+    sb.write("root/b.txt", "bravo 1");
+    sb.write("root/c.txt", "charlie 1");
+    sb.write("root/d.txt", "delta 1");
+    let url = |p: &str| twistd.url(0, p);
+    // Too fresh to be cached: the normal path.
+    let fresh = curl(&url("/a.txt"), &[]);
+    let fresh_head = curl(&url("/a.txt"), &["--head"]);
+    // Settled (the rule wants both timestamps over two whole seconds old), then cached by the
+    // first request and served from the cache by the next ones.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    for path in ["/a.txt", "/b.txt", "/c.txt", "/d.txt"] {
+        for _ in 0..2 {
+            assert_eq!(curl(&url(path), &[]).status, 200, "{path}");
+        }
+    }
+    let cached = curl(&url("/a.txt"), &[]);
+    assert_eq!(cached.text(), "version 1");
+    assert_eq!(headers_but_date(&cached), headers_but_date(&fresh));
+    let cached_head = curl(&url("/a.txt"), &["--head"]);
+    assert_eq!(
+        headers_but_date(&cached_head),
+        headers_but_date(&fresh_head)
+    );
+    let etag = cached.header("etag").expect("an ETag").to_string();
+    let r = curl(&url("/a.txt"), &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+
+    // Rewritten in place with the same size.
+    sb.write("root/a.txt", "version 2");
+    assert_eq!(curl(&url("/a.txt"), &[]).text(), "version 2");
+    // Replaced by a rename.
+    sb.write("b.new", "bravo 2");
+    std::fs::rename(sb.join("b.new"), sb.join("root/b.txt")).expect("rename");
+    assert_eq!(curl(&url("/b.txt"), &[]).text(), "bravo 2");
+    // Replaced by a symlink leaving the root.
+    std::fs::remove_file(sb.join("root/c.txt")).expect("remove");
+    std::os::unix::fs::symlink("../secret.txt", sb.join("root/c.txt")).expect("symlink");
+    let r = curl(&url("/c.txt"), &[]);
+    assert_eq!(r.status, 404);
+    assert!(!r.text().contains(SECRET));
+    // Removed.
+    std::fs::remove_file(sb.join("root/d.txt")).expect("remove");
+    assert_eq!(curl(&url("/d.txt"), &[]).status, 404);
+    // A range or an Accept-Encoding takes the normal path, from the same file.
+    let r = curl(&url("/a.txt"), &["-r", "0-6"]);
+    assert_eq!((r.status, r.text().as_str()), (206, "version"));
+    let r = curl(&url("/a.txt"), &["-H", "Accept-Encoding: gzip"]);
+    assert_eq!(r.text(), "version 2");
+}

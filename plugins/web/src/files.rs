@@ -3,8 +3,9 @@
 //!
 //! Small files are read with one blocking read on the worker thread: from the page cache that
 //! costs less than a hop to tokio's blocking pool (measured in the core issue's notes), and a
-//! request body that small is sent in one write anyway. Larger files are streamed in chunks so
-//! memory stays flat however large the file is.
+//! request body that small is sent in one write anyway. On plain HTTP/1.1 connections, bodies
+//! past [`ZERO_COPY_MIN`] go out with sendfile(2) ([`crate::zerocopy`]); over TLS and HTTP/2
+//! larger files are streamed in chunks so memory stays flat however large the file is.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -24,14 +25,19 @@ use hyper::header::{
 use hyper::{Method, Response, StatusCode};
 use tokio_util::io::poll_read_buf;
 
+use crate::cache::CachedFile;
 use crate::compress;
 use crate::conditional::{self, Outcome};
 use crate::ranges::{self, Ranges};
 use crate::resolve::{contain, Opened};
 use crate::server::{error_response, Body};
+use crate::zerocopy::{Queue, SendfileBody};
 
 /// Files up to this size are read whole; larger ones are streamed.
 pub const WHOLE_READ_LIMIT: u64 = 256 * 1024;
+/// Bodies larger than this go out with sendfile(2) on plain HTTP/1.1 connections; smaller ones
+/// are read (the head and the bytes then leave in one writev).
+pub const ZERO_COPY_MIN: u64 = 16 * 1024;
 /// The chunk size of a streamed file.
 const CHUNK: usize = 64 * 1024;
 /// A multipart/byteranges answer is built in memory; past this many selected bytes the whole
@@ -102,13 +108,16 @@ fn sibling(
     None
 }
 
-/// Serves the regular file `opened` (opened beneath `root`).
+/// Serves the regular file `opened` (opened beneath `root`). With `zero_copy` (a plain
+/// HTTP/1.1 connection), a body of more than [`ZERO_COPY_MIN`] bytes of the file as it is
+/// (the whole file, a precompressed sibling, or one range) is sent with sendfile(2).
 pub async fn respond(
     root: &Path,
     opened: Opened,
     method: &Method,
     headers: &HeaderMap,
     opts: &FileOptions,
+    zero_copy: Option<&Queue>,
 ) -> Response<Body> {
     let Opened { path, file, meta } = opened;
     let (path, meta) = (path.as_path(), &meta);
@@ -189,7 +198,7 @@ pub async fn respond(
             let body = if head {
                 empty()
             } else {
-                match range_body(path, len, part.clone()).await {
+                match range_body(file, path, len, part.clone(), zero_copy).await {
                     Ok(body) => body,
                     Err(e) => return io_error_response(&e),
                 }
@@ -242,7 +251,16 @@ pub async fn respond(
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
         return response;
     }
-    let body = if len <= WHOLE_READ_LIMIT {
+    let body = if let (Some(queue), false) = (zero_copy, gzip_on_the_fly || len <= ZERO_COPY_MIN) {
+        let file = match file {
+            Some(file) => Ok(file),
+            None => std::fs::File::open(path),
+        };
+        match file {
+            Ok(file) => SendfileBody::new(queue, file, 0, len).boxed(),
+            Err(e) => return io_error_response(&e),
+        }
+    } else if len <= WHOLE_READ_LIMIT {
         match read_whole(file, path, len) {
             Ok(bytes) if bytes.len() as u64 == len => {
                 if gzip_on_the_fly {
@@ -283,6 +301,51 @@ pub async fn respond(
     response
 }
 
+/// Whether a request's answer can be a cached file's bytes as they are: no Range and no
+/// Accept-Encoding (which could pick a precompressed sibling or gzip on the fly). The method is
+/// GET or HEAD by then.
+pub fn plain_request(headers: &HeaderMap) -> bool {
+    !headers.contains_key(RANGE) && !headers.contains_key(hyper::header::ACCEPT_ENCODING)
+}
+
+/// A cached file's response to a [`plain_request`]: the same headers [`respond`] gives, with
+/// no file system call.
+pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    let mut response = Response::new(empty());
+    // Room for these, Server, Date and a few --add-header without growing the map.
+    *response.headers_mut() = HeaderMap::with_capacity(16);
+    {
+        let h = response.headers_mut();
+        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        if let Some(v) = &cached.etag_value {
+            h.insert(ETAG, v.clone());
+        }
+        if let Some(v) = &cached.last_modified {
+            h.insert(LAST_MODIFIED, v.clone());
+        }
+    }
+    match conditional::evaluate(headers, &cached.etag, cached.modified, true) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        Outcome::PreconditionFailed => {
+            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
+            failed.headers_mut().extend(response.headers_mut().drain());
+            return failed;
+        }
+    }
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, cached.content_type.clone());
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CONTENT_LENGTH, cached.content_length.clone());
+    if method != Method::HEAD {
+        *response.body_mut() = full(cached.bytes.clone());
+    }
+    response
+}
+
 /// A small file's bytes, `len` of them, read from the descriptor already open (one read, where
 /// `fs::read` would stat again and read once more to see the end), or by path for a
 /// precompressed sibling. A file that shrank since its stat gives a short count: the caller
@@ -307,13 +370,31 @@ fn read_whole(file: Option<std::fs::File>, path: &Path, len: u64) -> io::Result<
     Ok(bytes)
 }
 
-/// The bytes of one range: one positioned read for a small range, a stream otherwise.
-async fn range_body(path: &Path, len: u64, part: std::ops::Range<u64>) -> io::Result<Body> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() != len {
-        return Err(io::Error::other("the file changed while it was served"));
-    }
+/// The bytes of one range of the file already open (or of `path`, a precompressed sibling):
+/// sendfile for a large range on a plain connection, one positioned read for a small range, a
+/// stream otherwise.
+async fn range_body(
+    file: Option<std::fs::File>,
+    path: &Path,
+    len: u64,
+    part: std::ops::Range<u64>,
+    zero_copy: Option<&Queue>,
+) -> io::Result<Body> {
+    let file = match file {
+        // Its metadata is the one `len` came from.
+        Some(file) => file,
+        None => {
+            let file = std::fs::File::open(path)?;
+            if file.metadata()?.len() != len {
+                return Err(io::Error::other("the file changed while it was served"));
+            }
+            file
+        }
+    };
     let want = part.end - part.start;
+    if let Some(queue) = zero_copy.filter(|_| want > ZERO_COPY_MIN) {
+        return Ok(SendfileBody::new(queue, file, part.start, want).boxed());
+    }
     if want <= WHOLE_READ_LIMIT {
         let mut buf = vec![0; want as usize];
         file.read_exact_at(&mut buf, part.start)?;

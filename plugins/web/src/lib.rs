@@ -12,6 +12,8 @@
 //! - [`resolve`]: turning a request path into a file under a root, refusing everything that
 //!   could leave it (`..`, encoded separators, NUL bytes, symlinks pointing outside).
 //! - [`files`]: a file's response: type, validators, ranges, compression, streamed bodies.
+//! - [`cache`]: small files' bytes and headers, revalidated by one stat per request.
+//! - [`zerocopy`]: sendfile(2) for file bodies on plain HTTP/1.1 connections, behind hyper.
 //! - [`conditional`]: If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range.
 //! - [`ranges`]: parsing `Range: bytes=` and deciding between 206, multipart, 416 and 200.
 //! - [`compress`]: Accept-Encoding, precompressed siblings, gzip on the fly.
@@ -31,6 +33,7 @@ use host::{Endpoint, Plugin, Service};
 use serde::{Deserialize, Serialize};
 
 pub mod access_log;
+pub mod cache;
 pub mod cgi;
 pub mod compress;
 pub mod conditional;
@@ -44,6 +47,7 @@ pub mod server;
 pub mod site;
 pub mod tls;
 pub mod weblog;
+pub mod zerocopy;
 
 pub use server::WebService;
 

@@ -109,6 +109,30 @@ impl RootDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// `fstatat(root, candidate, AT_SYMLINK_NOFOLLOW)` for a path under the root (one system
+    /// call, for [`crate::cache`] to revalidate an entry; it proves nothing by itself). `None`
+    /// for the root itself, a path outside it, or any error.
+    pub fn stat_nofollow(&self, candidate: &Path) -> Option<nix::sys::stat::FileStat> {
+        // By bytes: `Path::strip_prefix` walks components. Candidates are built by pushing
+        // segments onto the root, so the root's bytes and a `/` lead them.
+        let root = self.path.as_os_str().as_bytes();
+        let rest = candidate.as_os_str().as_bytes().strip_prefix(root)?;
+        let relative = if root.ends_with(b"/") {
+            rest
+        } else {
+            rest.strip_prefix(b"/")?
+        };
+        if relative.is_empty() {
+            return None;
+        }
+        nix::sys::stat::fstatat(
+            &self.fd,
+            OsStr::from_bytes(relative),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+    }
 }
 
 /// Opens `candidate` (a path under `root.path()`) with `openat2(RESOLVE_BENEATH)`: the kernel

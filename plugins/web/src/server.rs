@@ -36,6 +36,7 @@ use host::{BoundListener, Endpoint, Service};
 
 use crate::access_log::Entry;
 use crate::site::{closing, html_response, Site};
+use crate::zerocopy::{Queue, ZeroCopy};
 use crate::{options, tls, WebConfig};
 use arc_swap::ArcSwap;
 
@@ -45,11 +46,14 @@ pub type Body = BoxBody<Bytes, io::Error>;
 pub const SERVER_NAME: &str = concat!("taphost/", env!("CARGO_PKG_VERSION"));
 
 /// What a request needs to know about its connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: Peer,
     pub local: Option<SocketAddr>,
     pub tls: bool,
+    /// The connection's queue of file chunks for sendfile, on plain HTTP/1.1 connections
+    /// (see [`crate::zerocopy`]).
+    pub zero_copy: Option<Queue>,
 }
 
 /// The connection limits, from the options.
@@ -216,13 +220,19 @@ async fn connection(
         host::Stream::Tcp(s) => s.local_addr().ok(),
         host::Stream::Unix(_) => None,
     };
-    let info = ConnInfo {
+    let mut info = ConnInfo {
         peer,
         local,
         tls: acceptor.is_some(),
+        zero_copy: None,
     };
     match acceptor {
-        None => serve_http(site, &ctx, stream, info, false, limits).await,
+        None => {
+            let queue = Queue::default();
+            info.zero_copy = Some(queue.clone());
+            let io = ZeroCopy::new(stream, queue);
+            serve_http(site, &ctx, io, info, false, limits).await
+        }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
             match handshake.await {
@@ -328,8 +338,10 @@ async fn serve_http<S>(
         epoch,
         last: last.clone(),
     });
+    let peer = info.peer;
     let service = service_fn(move |req| {
         let site = site.load_full();
+        let info = info.clone();
         async move { Ok::<_, Infallible>(handle(site, info, req).await) }
     });
     // The same loop for either protocol; only the connection type differs.
@@ -357,7 +369,7 @@ async fn serve_http<S>(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(peer = %info.peer, "connection ended: {e}");
+                tracing::debug!(peer = %peer, "connection ended: {e}");
             }
         }};
     }

@@ -4,7 +4,9 @@
 //! the virtual host's root (or the default root). Dotfiles are refused before any of them (except `/.well-known/`),
 //! so no route can serve `.git` or `.htpasswd` unless `--serve-dotfiles`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::access_log::AccessLog;
+use crate::cache::FileCache;
 use crate::cgi::{self, CgiOptions};
 use crate::files::{self, FileOptions};
 use crate::resolve::{open_beneath, open_checked, Opened, Refusal, RootDir, UrlPath};
@@ -52,7 +55,11 @@ pub struct Site {
     pub max_body: u64,
     /// The root, vhost roots and mounts, held open: requests resolve beneath them with one
     /// openat2 each. (User directories are looked up per request and use the realpath check.)
-    pub root_dirs: HashMap<PathBuf, RootDir>,
+    /// Keyed by the path's bytes: hashing a `Path` walks its components, which showed in
+    /// callgrind profiles of small requests.
+    pub root_dirs: HashMap<OsString, RootDir>,
+    /// Small files under the held roots (see [`crate::cache`]).
+    pub cache: FileCache,
 }
 
 fn canonical(option: &str, dir: &Path) -> Result<PathBuf, String> {
@@ -101,7 +108,7 @@ impl Site {
             .chain(mounts.iter().map(|(_, dir)| dir))
         {
             let held = RootDir::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            root_dirs.insert(dir.clone(), held);
+            root_dirs.insert(dir.clone().into_os_string(), held);
         }
         Ok(Site {
             root,
@@ -145,6 +152,7 @@ impl Site {
             resources: crate::resource::open(&config.resource, state)?,
             access_log,
             max_body: config.max_body_size,
+            cache: FileCache::default(),
         })
     }
 
@@ -198,7 +206,7 @@ impl Site {
                 return match outcome {
                     cgi::Outcome::Response(r) => r,
                     cgi::Outcome::LocalRedirect(location) => {
-                        Box::pin(self.local_redirect(location, &parts, 1)).await
+                        Box::pin(self.local_redirect(location, &parts, conn, 1)).await
                     }
                 };
             }
@@ -208,7 +216,7 @@ impl Site {
         if let Some(refused) = drain(body, self.max_body).await {
             return refused;
         }
-        self.static_route(&parts, &url).await
+        self.static_route(&parts, &url, conn).await
     }
 
     /// Answers a CGI local redirect: the resource at `location`, as a GET.
@@ -216,6 +224,7 @@ impl Site {
         &self,
         location: String,
         parts: &Parts,
+        conn: &ConnInfo,
         depth: usize,
     ) -> Response<Body> {
         if depth > MAX_LOCAL_REDIRECTS {
@@ -246,10 +255,10 @@ impl Site {
         }
         // A local redirect never runs another script with this request's body; it names a
         // document.
-        self.static_route(&parts, &url).await
+        self.static_route(&parts, &url, conn).await
     }
 
-    async fn static_route(&self, parts: &Parts, url: &UrlPath) -> Response<Body> {
+    async fn static_route(&self, parts: &Parts, url: &UrlPath, conn: &ConnInfo) -> Response<Body> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED);
             response
@@ -264,10 +273,10 @@ impl Site {
         }
         // (root, segments below it)
         let user_root;
-        let (root, rest): (&Path, UrlPath) = match self.user_root(url) {
+        let (root, rest): (&Path, Cow<'_, UrlPath>) = match self.user_root(url) {
             Some(Ok(found)) => {
                 user_root = found.0;
-                (&user_root, found.1)
+                (&user_root, Cow::Owned(found.1))
             }
             Some(Err(response)) => return response,
             None => match self
@@ -277,15 +286,24 @@ impl Site {
             {
                 Some((prefix, dir)) => (
                     dir.as_path(),
-                    UrlPath {
+                    Cow::Owned(UrlPath {
                         segments: url.segments[prefix.len()..].to_vec(),
                         trailing_slash: url.trailing_slash,
-                    },
+                    }),
                 ),
-                None => (self.host_root(parts), url.clone()),
+                None => (self.host_root(parts), Cow::Borrowed(url)),
             },
         };
-        let opened = match self.find(root, &rest) {
+        // A small file as it is: from the cache when one stat shows it unchanged.
+        let held = self.root_dirs.get(root.as_os_str());
+        let plain = held.filter(|_| files::plain_request(&parts.headers));
+        let candidate = rest.under(root);
+        if let Some(held) = plain {
+            if let Some(cached) = self.cache.get(held, &candidate) {
+                return files::respond_cached(&cached, &parts.method, &parts.headers);
+            }
+        }
+        let opened = match self.find(root, &candidate, &rest) {
             Ok(found) => found,
             Err(status) => return error_response(status),
         };
@@ -293,12 +311,25 @@ impl Site {
             if !url.trailing_slash {
                 return redirect_to_slash(&parts.uri);
             }
-            return self.directory(root, &opened.path, url, parts).await;
+            return self.directory(root, &opened.path, url, parts, conn).await;
         }
         if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
         }
-        files::respond(root, opened, &parts.method, &parts.headers, &self.files).await
+        if let Some(held) = plain.filter(|_| opened.path == candidate) {
+            if let Some(cached) = self.cache.fill(held, &opened, &self.files) {
+                return files::respond_cached(&cached, &parts.method, &parts.headers);
+            }
+        }
+        files::respond(
+            root,
+            opened,
+            &parts.method,
+            &parts.headers,
+            &self.files,
+            conn.zero_copy.as_ref(),
+        )
+        .await
     }
 
     /// `/~name/...` with `--user`: that user's canonical `public_html` and the rest of the path.
@@ -333,7 +364,7 @@ impl Site {
 
     /// Opens what `path` names under `root`, beneath its held descriptor when it has one.
     fn open(&self, root: &Path, path: &Path) -> Result<Opened, Refusal> {
-        match self.root_dirs.get(root) {
+        match self.root_dirs.get(root.as_os_str()) {
             Some(held) => open_beneath(held, path),
             None => open_checked(root, path),
         }
@@ -341,9 +372,9 @@ impl Site {
 
     /// The file or directory `rest` names under `root`, opened, trying `--ignore-ext`
     /// extensions for a name that does not exist.
-    fn find(&self, root: &Path, rest: &UrlPath) -> Result<Opened, StatusCode> {
-        let candidate = rest.under(root);
-        let refusal = match self.open(root, &candidate) {
+    /// `candidate` is `rest.under(root)`.
+    fn find(&self, root: &Path, candidate: &Path, rest: &UrlPath) -> Result<Opened, StatusCode> {
+        let refusal = match self.open(root, candidate) {
             Ok(opened) => return Ok(opened),
             Err(refusal) => refusal,
         };
@@ -367,6 +398,7 @@ impl Site {
         dir: &Path,
         url: &UrlPath,
         parts: &Parts,
+        conn: &ConnInfo,
     ) -> Response<Body> {
         for name in &self.index {
             // The index may itself be a symlink: it must stay under the root too.
@@ -378,6 +410,7 @@ impl Site {
                         &parts.method,
                         &parts.headers,
                         &self.files,
+                        conn.zero_copy.as_ref(),
                     )
                     .await;
                 }

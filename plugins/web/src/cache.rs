@@ -1,0 +1,216 @@
+//! A small cache of small files: their bytes and precomputed headers, so a request for one
+//! costs one stat instead of open, fstat, read and close.
+//!
+//! **Safety.** An entry is made only from a file opened the safe way ([`crate::resolve`]:
+//! `openat2(RESOLVE_BENEATH)` under a held root), keyed by the path it was opened by. Every hit
+//! is revalidated with one `fstatat(root, path, AT_SYMLINK_NOFOLLOW)` compared on
+//! [`Identity`]: device, inode, size, mode, mtime and ctime to the nanosecond. Anything short
+//! of an exact match falls back to the normal safe open. A rename, link, chmod, chown or write
+//! changes the ctime, so a file made private, replaced, moved out of the root or rewritten is
+//! seen at once; a symlink in the last component never matches (its own inode is compared), so
+//! symlinked files simply are not served from here.
+//!
+//! **Racy timestamps.** File timestamps are coarse (a kernel tick, or seconds on some file
+//! systems): two writes within one tick can leave size, mtime and ctime alike. As git does for
+//! its index, a file whose mtime or ctime is less than [`SETTLE`] old is not cached; any later
+//! change then gets timestamps that differ from the cached ones.
+//!
+//! Only requests whose answer is the file's bytes as they are can use an entry (GET or HEAD, no
+//! Range, no Accept-Encoding: see `Site::static_route`); everything else takes the normal path.
+//! Memory is bounded: at most [`MAX_FILE`] bytes per file and [`BUDGET`] bytes in all, with
+//! arbitrary entries dropped to make room.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use nix::sys::stat::FileStat;
+
+use crate::files::FileOptions;
+use crate::resolve::{Opened, RootDir};
+
+/// The largest file kept.
+pub const MAX_FILE: u64 = 64 * 1024;
+/// The most file bytes kept in all.
+pub const BUDGET: usize = 2 * 1024 * 1024;
+/// How old a file's timestamps must be before it is cached.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// What must not have changed for a cached file to still be the file at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mode: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    pub fn of_stat(st: &FileStat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mode: st.st_mode,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
+    pub fn of_meta(meta: &Metadata) -> Identity {
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size() as i64,
+            mode: meta.mode(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether both timestamps are at least [`SETTLE`] in the past.
+    fn settled(&self, now: SystemTime) -> bool {
+        let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let limit = now.as_secs() as i64 - SETTLE.as_secs() as i64;
+        self.mtime.0 < limit && self.ctime.0 < limit
+    }
+}
+
+/// A cached file: its bytes and what its response says about it.
+#[derive(Debug)]
+pub struct CachedFile {
+    identity: Identity,
+    pub bytes: Bytes,
+    pub etag: String,
+    pub etag_value: Option<HeaderValue>,
+    pub modified: Option<SystemTime>,
+    pub last_modified: Option<HeaderValue>,
+    pub content_type: HeaderValue,
+    pub content_length: HeaderValue,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// By the path's bytes (hashing a `Path` walks its components).
+    files: HashMap<OsString, Arc<CachedFile>>,
+    bytes: usize,
+}
+
+/// The cache of one [`crate::site::Site`] (a reconfigure starts an empty one).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    entries: Mutex<Entries>,
+}
+
+impl FileCache {
+    /// The entry for `path` (under `root`), if the file there is still exactly the one cached.
+    pub fn get(&self, root: &RootDir, path: &Path) -> Option<Arc<CachedFile>> {
+        let entry = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.files.get(path.as_os_str())?.clone()
+        };
+        let now = root.stat_nofollow(path)?;
+        (Identity::of_stat(&now) == entry.identity).then_some(entry)
+    }
+
+    /// Reads the regular file `opened` (at most [`MAX_FILE`] bytes, opened beneath `root` by
+    /// the path it is keyed by) and keeps it if it is settled and its path still names it
+    /// without a symlink. `None`: not kept; serve it the normal way.
+    pub fn fill(
+        &self,
+        root: &RootDir,
+        opened: &Opened,
+        opts: &FileOptions,
+    ) -> Option<Arc<CachedFile>> {
+        let identity = Identity::of_meta(&opened.meta);
+        let len = opened.meta.len();
+        if len > MAX_FILE || !identity.settled(SystemTime::now()) {
+            return None;
+        }
+        let bytes = read_exactly(&opened.file, len as usize).ok()??;
+        let at_path = root.stat_nofollow(&opened.path)?;
+        if Identity::of_stat(&at_path) != identity {
+            return None;
+        }
+        let modified = opened.meta.modified().ok();
+        let etag = crate::conditional::etag(&opened.meta, "");
+        let entry = Arc::new(CachedFile {
+            identity,
+            bytes: Bytes::from(bytes),
+            etag_value: HeaderValue::from_str(&etag).ok(),
+            etag,
+            modified,
+            last_modified: modified
+                .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+            content_type: opts.content_type(&opened.path),
+            content_length: HeaderValue::from(len),
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = entries.files.remove(opened.path.as_os_str()) {
+            entries.bytes -= old.bytes.len();
+        }
+        while entries.bytes + entry.bytes.len() > BUDGET {
+            let Some(victim) = entries.files.keys().next().cloned() else {
+                break;
+            };
+            if let Some(old) = entries.files.remove(&victim) {
+                entries.bytes -= old.bytes.len();
+            }
+        }
+        entries.bytes += entry.bytes.len();
+        entries
+            .files
+            .insert(opened.path.clone().into_os_string(), entry.clone());
+        Some(entry)
+    }
+}
+
+/// `len` bytes from the start of `file`; `None` if it has fewer now (it changed meanwhile).
+fn read_exactly(file: &File, len: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut bytes[filled..], filled as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_settled_timestamps_count() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut id = Identity {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mode: 0o100644,
+            mtime: (1_000_000 - 10, 0),
+            ctime: (1_000_000 - 10, 0),
+        };
+        assert!(id.settled(now));
+        id.ctime = (1_000_000 - 1, 999);
+        assert!(!id.settled(now));
+        id.ctime = (1_000_000 - 10, 0);
+        id.mtime = (1_000_000, 0);
+        assert!(!id.settled(now));
+    }
+}
