@@ -483,7 +483,7 @@ fn the_real_telnet_client_on_a_pty() {
     let script = sb.write(
         "drive.py",
         r#"
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 port, password = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
 if pid == 0:
@@ -543,7 +543,7 @@ fn password_without_a_value_asks_twice_on_a_terminal() {
     let script = sb.write(
         "ask.py",
         r#"
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 mktap, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
 pid, fd = pty.fork()
 if pid == 0:
@@ -561,8 +561,16 @@ def until(needle, limit=20):
                 seen += os.read(fd, 4096)
             except OSError:
                 break
-until("password: "); os.write(fd, first.encode() + b"\n")
-until("again: "); os.write(fd, second.encode() + b"\n")
+def echo_off(limit=20):
+    # rpassword prints the prompt, then turns echo off: type only once it is off, as the
+    # terminal would otherwise echo what a fast typist sends in between.
+    end = time.time() + limit
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        if time.time() > end:
+            sys.stderr.write("timeout waiting for echo to go off\n"); sys.exit(2)
+        time.sleep(0.01)
+until("password: "); echo_off(); os.write(fd, first.encode() + b"\n")
+until("again: "); echo_off(); os.write(fd, second.encode() + b"\n")
 _, status = os.waitpid(pid, 0)
 try:
     while True:
