@@ -235,12 +235,14 @@ fn accept_loop<H, F>(
     });
 }
 
-/// Counts a connection as open for as long as it lives.
+/// Counts a connection as open for as long as it lives, in its service and in the process
+/// (whose last one to close lets the allocator give memory back: [`crate::memory`]).
 struct OpenConnection(Arc<AtomicUsize>);
 
 impl OpenConnection {
     fn new(count: &Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
+        crate::memory::connection_opened();
         OpenConnection(count.clone())
     }
 }
@@ -248,6 +250,7 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        crate::memory::connection_closed();
     }
 }
 

@@ -311,7 +311,7 @@ impl Site {
             if !url.trailing_slash {
                 return redirect_to_slash(&parts.uri);
             }
-            return self.directory(root, &opened.path, url, parts, conn).await;
+            return self.directory(root, opened, url, parts, conn).await;
         }
         if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
@@ -395,14 +395,14 @@ impl Site {
     async fn directory(
         &self,
         root: &Path,
-        dir: &Path,
+        dir: Opened,
         url: &UrlPath,
         parts: &Parts,
         conn: &ConnInfo,
     ) -> Response<Body> {
         for name in &self.index {
             // The index may itself be a symlink: it must stay under the root too.
-            if let Ok(opened) = self.open(root, &dir.join(name)) {
+            if let Ok(opened) = self.open(root, &dir.path.join(name)) {
                 if opened.meta.is_file() {
                     return files::respond(
                         root,
@@ -416,7 +416,8 @@ impl Site {
                 }
             }
         }
-        match listing::render(dir, url) {
+        // Listed from the descriptor that was checked, not by its path again.
+        match listing::render(dir.file, url) {
             Ok(html) => html_response(html),
             Err(e) => files::io_error_response(&e),
         }
@@ -477,13 +478,10 @@ pub fn closing(status: StatusCode) -> Response<Body> {
     r
 }
 
-pub fn html_response(text: String) -> Response<Body> {
+pub fn html_response(text: impl Into<Bytes>) -> Response<Body> {
+    let text = text.into();
     let len = text.len();
-    let mut response = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Full::new(text).map_err(|never| match never {}).boxed());
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

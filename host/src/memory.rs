@@ -1,0 +1,82 @@
+//! Giving freed heap memory back to the system when the process goes idle.
+//!
+//! glibc's malloc keeps what connections free in its arenas, fragmented between the chunks
+//! still in use, so a burst of connections leaves the resident size at its peak for good.
+//! When the last open connection of the process closes, [`connection_closed`] asks the
+//! allocator to return every whole free page (`malloc_trim`), at most once a second so that
+//! a client opening one connection after another does not pay for it on each. Under steady
+//! load some connection is always open and nothing is trimmed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Connections open in the whole process, over every service.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// When the heap was last trimmed.
+static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// The least time between two trims.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) fn connection_opened() {
+    OPEN.fetch_add(1, Ordering::AcqRel);
+}
+
+pub(crate) fn connection_closed() {
+    if OPEN.fetch_sub(1, Ordering::AcqRel) == 1 && due(&LAST_TRIM, Instant::now()) {
+        trim();
+    }
+}
+
+/// Whether a trim at `now` is due after the one recorded in `last`; if so, records `now`.
+/// False while another thread holds `last` (it is deciding, or has just decided, to trim).
+fn due(last: &Mutex<Option<Instant>>, now: Instant) -> bool {
+    let Ok(mut last) = last.try_lock() else {
+        return false;
+    };
+    if last.is_some_and(|t| now.saturating_duration_since(t) < TRIM_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+/// Returns free memory to the system. The `libc` crate binds `malloc_trim`, which nix does
+/// not wrap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim() {
+    // SAFETY: malloc_trim takes no pointer; it walks glibc's own arenas under their locks and
+    // may be called from any thread at any time.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators and C libraries manage their own release.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_at_most_once_a_second() {
+        let last = Mutex::new(None);
+        let start = Instant::now();
+        assert!(due(&last, start), "the first is due");
+        assert!(!due(&last, start + Duration::from_millis(500)), "too soon");
+        assert!(due(&last, start + Duration::from_millis(1500)));
+        assert!(!due(&last, start + Duration::from_millis(1600)));
+        let held = last.lock().expect("lock");
+        assert!(
+            !due(&last, start + Duration::from_secs(60)),
+            "another thread decides"
+        );
+        drop(held);
+        trim();
+    }
+}
