@@ -461,3 +461,34 @@ fn cached_small_files_are_revalidated_on_every_request() {
     let r = curl(&url("/a.txt"), &["-H", "Accept-Encoding: gzip"]);
     assert_eq!(r.text(), "version 2");
 }
+
+#[test]
+fn files_dated_before_1970_are_served_without_last_modified() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let (sb, twistd) = serve(&[]);
+    let stamp = |name: &str, when| {
+        sb.write(&format!("root/old/{name}"), name);
+        std::fs::File::options()
+            .write(true)
+            .open(sb.join(&format!("root/old/{name}")))
+            .and_then(|f| f.set_modified(when))
+            .expect("set mtime");
+    };
+    stamp(
+        "1960.txt",
+        UNIX_EPOCH - Duration::from_secs(10 * 365 * 86_400),
+    );
+    // (ext4 cannot store a time after 2446, so the other end, past 9999, is not tried here.)
+    let r = curl(&twistd.url(0, "/old/1960.txt"), &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "1960.txt"));
+    assert_eq!(r.header("last-modified"), None);
+    assert!(r.header("etag").is_some());
+    let since = curl(
+        &twistd.url(0, "/old/1960.txt"),
+        &["-H", "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT"],
+    );
+    assert_eq!(since.status, 200);
+    let listing = curl(&twistd.url(0, "/old/"), &[]);
+    assert_eq!(listing.status, 200);
+    assert!(listing.text().contains("1960.txt"));
+}

@@ -143,7 +143,7 @@ impl FileCache {
         if Identity::of_stat(&at_path) != identity {
             return None;
         }
-        let modified = opened.meta.modified().ok();
+        let modified = crate::conditional::modified(&opened.meta);
         let etag = crate::conditional::etag(&opened.meta, "");
         let entry = Arc::new(CachedFile {
             identity,

@@ -15,6 +15,16 @@ pub enum Outcome {
     PreconditionFailed,
 }
 
+/// The file's modification time as HTTP can state it (`Last-Modified`, If-Modified-Since):
+/// `None` for a time before 1970 or after 9999, which an HTTP-date cannot hold (`httpdate`
+/// would panic formatting it); such a file is served without date validators.
+pub fn modified(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    // 253402300799 is 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let t = meta.modified().ok()?;
+    (t >= UNIX_EPOCH && t.duration_since(UNIX_EPOCH).ok()? <= LAST).then_some(t)
+}
+
 /// A strong entity tag for a file: changes with its inode, size and modification time
 /// (nanoseconds included, so two writes within a second differ). `suffix` distinguishes the
 /// encodings of one file (`.gz`, `.br` siblings).

@@ -136,7 +136,7 @@ pub async fn respond(
         None => (path, meta, None, Some(file)),
     };
     let len = meta.len();
-    let modified = meta.modified().ok();
+    let modified = conditional::modified(meta);
     let etag = conditional::etag(
         meta,
         coding.map_or("", |c| if c == "br" { "-br" } else { "-gz" }),
