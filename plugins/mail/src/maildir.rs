@@ -9,14 +9,16 @@
 //! block on the disk: each delivery writes and flushes its own files at once, and deliveries
 //! into one directory share its fsync (group commit, [`DirSync`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
 
 /// Creates a Maildir (and its parents) if it is missing. A new one is flushed to disk, parent
 /// entry included, so that messages acknowledged into it cannot vanish with their directory.
@@ -144,16 +146,22 @@ impl Deliverer {
     /// If the caller goes away midway, the delivery still finishes (or is taken back) on the
     /// blocking pool; at worst a file is left in `tmp/` for [`clean_tmp`].
     pub async fn deliver_each(&self, targets: Vec<(PathBuf, Arc<Vec<u8>>)>) -> io::Result<()> {
+        let (done, outcome) = oneshot::channel();
         if targets.len() < 2 {
             let shared = self.shared.clone();
-            return blocking(move || {
-                let placed = targets
+            tokio::task::spawn_blocking(move || {
+                match targets
                     .iter()
                     .map(|(maildir, content)| shared.place(maildir, content))
-                    .collect::<io::Result<Vec<_>>>()?;
-                shared.publish(&placed)
-            })
-            .await;
+                    .collect::<io::Result<Vec<_>>>()
+                {
+                    Ok(placed) => shared.publish(placed, done),
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                    }
+                }
+            });
+            return finished(outcome).await;
         }
         // Several files: each is written and flushed on its own thread, so their flushes
         // overlap instead of queueing one behind the other.
@@ -178,26 +186,25 @@ impl Deliverer {
             }
         }
         let shared = self.shared.clone();
-        blocking(move || match failure {
+        tokio::task::spawn_blocking(move || match failure {
             Some(e) => {
                 for file in &placed {
                     let _ = std::fs::remove_file(&file.tmp);
                 }
-                Err(e)
+                let _ = done.send(Err(e));
             }
-            None => shared.publish(&placed),
-        })
-        .await
+            None => shared.publish(placed, done),
+        });
+        finished(outcome).await
     }
 }
 
-/// Runs `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
+/// The outcome a delivery's blocking work sends back; its end without one (a panic, or the
+/// runtime shutting down before it ran) is an error.
+async fn finished(outcome: oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
+    outcome
         .await
-        .unwrap_or_else(|e| Err(io::Error::other(format!("delivery task failed: {e}"))))
+        .unwrap_or_else(|_| Err(io::Error::other("the delivery was abandoned")))
 }
 
 impl Shared {
@@ -232,67 +239,91 @@ impl Shared {
         }
     }
 
-    /// Renames flushed files into `new/` and fsyncs each `new/` once; on any failure every one
-    /// of them is taken back (the client will send the message again).
-    fn publish(&self, placed: &[Placed]) -> io::Result<()> {
+    /// Renames flushed files into `new/`, then has each `new/` fsynced once; `done` hears the
+    /// outcome. On any failure every file is taken back (the client will send the message
+    /// again).
+    fn publish(&self, placed: Vec<Placed>, done: oneshot::Sender<io::Result<()>>) {
         for (renamed, file) in placed.iter().enumerate() {
             if let Err(e) = std::fs::rename(&file.tmp, &file.new) {
-                for done in &placed[..renamed] {
-                    let _ = std::fs::remove_file(&done.new);
+                for taken in &placed[..renamed] {
+                    let _ = std::fs::remove_file(&taken.new);
                 }
                 for left in &placed[renamed..] {
                     let _ = std::fs::remove_file(&left.tmp);
                 }
-                return Err(e);
+                let _ = done.send(Err(e));
+                return;
             }
         }
-        let dirs: BTreeSet<&Path> = placed.iter().map(|p| p.dir.as_path()).collect();
-        if let Err(e) = self.dirs.sync(&dirs) {
-            for file in placed {
-                let _ = std::fs::remove_file(&file.new);
+        let mut dirs: Vec<PathBuf> = Vec::with_capacity(placed.len());
+        let mut files = Vec::with_capacity(placed.len());
+        for file in placed {
+            if !dirs.contains(&file.dir) {
+                dirs.push(file.dir);
             }
-            return Err(e);
+            files.push(file.new);
         }
-        Ok(())
+        self.dirs.sync(
+            dirs,
+            Ticket {
+                left: 0,
+                failure: None,
+                files,
+                done,
+            },
+        );
     }
 }
 
 /// Group commit of directory fsyncs.
 ///
-/// A thread that needs a directory flushed queues a ticket for it. If no flush of that
-/// directory is running, the thread runs one for every ticket queued so far (its own
-/// included); otherwise it waits, and the first waiter to find the directory idle after that
-/// flush runs the next one for everything queued meanwhile. A ticket is never served by a
-/// flush that started before it was queued, since its rename may have come too late for it.
-/// Different directories are flushed independently, side by side.
+/// A delivery whose files are renamed into `new/` queues a ticket on each of those
+/// directories. A directory nobody is flushing is claimed by the thread that queued there: it
+/// flushes it for every ticket queued so far, and again for those queued meanwhile, until none
+/// is left. A ticket is never served by a flush that started before it was queued (its rename
+/// may have been too late for it), and no thread ever waits for another: a thread that finds
+/// the directory claimed leaves its ticket to the claimant. A ticket's sender hears the outcome
+/// once all its directories are flushed. Different directories are flushed independently.
 #[derive(Debug, Default)]
 struct DirSync {
     state: Mutex<SyncState>,
-    changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct SyncState {
     next_ticket: u64,
-    /// Directories with queued tickets or a flush running; an entry goes when it has neither,
-    /// so the map holds only what is in progress.
-    dirs: HashMap<PathBuf, DirState>,
+    /// Directories with queued tickets or a claimant; an entry goes when its claimant finds
+    /// nothing more queued, so the map holds only what is in progress.
+    dirs: HashMap<PathBuf, Vec<u64>>,
     /// Tickets still waiting for some of their directories.
     tickets: HashMap<u64, Ticket>,
 }
 
-#[derive(Debug, Default)]
-struct DirState {
-    running: bool,
-    queued: Vec<u64>,
-}
-
+/// A delivery waiting for its directories' flushes.
 #[derive(Debug)]
 struct Ticket {
     /// Directories not flushed for this ticket yet.
     left: usize,
     /// The first failure among them.
-    failure: Option<(io::ErrorKind, String)>,
+    failure: Option<io::Error>,
+    /// The files in `new/`, removed if a flush fails.
+    files: Vec<PathBuf>,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
+impl Ticket {
+    fn complete(self) {
+        let outcome = match self.failure {
+            None => Ok(()),
+            Some(e) => {
+                for file in &self.files {
+                    let _ = std::fs::remove_file(file);
+                }
+                Err(e)
+            }
+        };
+        let _ = self.done.send(outcome);
+    }
 }
 
 impl DirSync {
@@ -302,89 +333,69 @@ impl DirSync {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Returns once every directory in `dirs` has been fsynced after this call began.
-    fn sync(&self, dirs: &BTreeSet<&Path>) -> io::Result<()> {
+    /// Queues `ticket` on each of `dirs` (distinct), and flushes those nobody else is flushing.
+    fn sync(&self, dirs: Vec<PathBuf>, mut ticket: Ticket) {
         if dirs.is_empty() {
-            return Ok(());
+            return ticket.complete();
         }
-        let mut state = self.lock();
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.tickets.insert(
-            ticket,
-            Ticket {
-                left: dirs.len(),
-                failure: None,
-            },
-        );
-        for dir in dirs {
-            state
-                .dirs
-                .entry(dir.to_path_buf())
-                .or_default()
-                .queued
-                .push(ticket);
-        }
-        loop {
-            if state.tickets.get(&ticket).is_some_and(|t| t.left == 0) {
-                let done = state.tickets.remove(&ticket).and_then(|t| t.failure);
-                return match done {
-                    None => Ok(()),
-                    Some((kind, message)) => Err(io::Error::new(kind, message)),
-                };
-            }
-            // A directory of ours where our ticket waits and nobody is flushing: flush it.
-            let idle = dirs.iter().copied().find(|dir| {
-                state
-                    .dirs
-                    .get(*dir)
-                    .is_some_and(|d| !d.running && d.queued.contains(&ticket))
-            });
-            match idle {
-                Some(dir) => state = self.flush(state, dir),
-                None => {
-                    state = self
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        ticket.left = dirs.len();
+        let mut claimed = Vec::new();
+        {
+            let mut state = self.lock();
+            let id = state.next_ticket;
+            state.next_ticket += 1;
+            state.tickets.insert(id, ticket);
+            for dir in dirs {
+                match state.dirs.get_mut(&dir) {
+                    Some(queued) => queued.push(id),
+                    None => {
+                        state.dirs.insert(dir.clone(), vec![id]);
+                        claimed.push(dir);
+                    }
                 }
             }
+        }
+        // Round-robin over the claimed directories, so none waits behind a busy one.
+        while !claimed.is_empty() {
+            claimed.retain(|dir| self.flush_once(dir));
         }
     }
 
-    /// Flushes `dir` for every ticket queued on it, with the lock released meanwhile.
-    fn flush<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, SyncState>,
-        dir: &Path,
-    ) -> MutexGuard<'a, SyncState> {
-        let served = match state.dirs.get_mut(dir) {
-            Some(d) => {
-                d.running = true;
-                std::mem::take(&mut d.queued)
+    /// One flush of a claimed `dir` for the tickets queued on it; false (and the claim given
+    /// up) if there were none.
+    fn flush_once(&self, dir: &Path) -> bool {
+        let served = {
+            let mut state = self.lock();
+            match state.dirs.get_mut(dir) {
+                Some(queued) if !queued.is_empty() => std::mem::take(queued),
+                _ => {
+                    state.dirs.remove(dir);
+                    return false;
+                }
             }
-            None => return state,
         };
-        drop(state);
         let result = File::open(dir).and_then(|d| d.sync_all());
-        let mut state = self.lock();
-        let idle = state.dirs.get_mut(dir).is_some_and(|d| {
-            d.running = false;
-            d.queued.is_empty()
-        });
-        if idle {
-            state.dirs.remove(dir);
-        }
-        for ticket in served {
-            if let Some(t) = state.tickets.get_mut(&ticket) {
-                t.left -= 1;
+        let mut finished = Vec::new();
+        {
+            let mut state = self.lock();
+            for id in served {
+                let Some(ticket) = state.tickets.get_mut(&id) else {
+                    continue;
+                };
+                ticket.left -= 1;
                 if let Err(e) = &result {
-                    t.failure.get_or_insert((e.kind(), e.to_string()));
+                    ticket
+                        .failure
+                        .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+                }
+                if ticket.left == 0 {
+                    finished.extend(state.tickets.remove(&id));
                 }
             }
         }
-        self.changed.notify_all();
-        state
+        // Outside the lock: a failed ticket removes its files first.
+        finished.into_iter().for_each(Ticket::complete);
+        true
     }
 }
 
@@ -593,6 +604,13 @@ mod tests {
             list(&two, &mut SizeCache::new()).expect("list").len(),
             21 + 21
         );
+        // A claimant lets go of its directory just after its last acknowledgement.
+        for _ in 0..1000 {
+            if deliverer.shared.dirs.lock().dirs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let state = deliverer.shared.dirs.lock();
         assert!(
             state.dirs.is_empty() && state.tickets.is_empty(),
