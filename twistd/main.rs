@@ -10,6 +10,7 @@
 
 mod daemon;
 mod logging;
+mod malloc;
 mod pidfile;
 mod privileges;
 
@@ -543,6 +544,7 @@ fn serve(
 }
 
 fn main() -> ExitCode {
+    malloc::fix_mmap_threshold();
     let (registry, refused) = builtin::registry_with_external();
     for message in refused {
         eprintln!("twistd: {message}");

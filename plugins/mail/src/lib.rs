@@ -7,8 +7,9 @@
 //! - [`users`]: domains and users: Argon2id password hashes, the password file, and resolving
 //!   an address to a Maildir (with `--default` and `--bounce-to-postmaster`).
 //! - [`aliases`]: the aliases(5) file with `:include:`, reloaded when a file changes.
-//! - [`maildir`]: the Maildir layout, unique file names, and the [`maildir::Deliverer`], the
-//!   group-commit writer that only acknowledges a message once it is fsynced into `new/`.
+//! - [`maildir`]: the Maildir layout, unique file names, and the [`maildir::Deliverer`], which
+//!   only acknowledges a message once it is fsynced into `new/` (directory fsyncs are
+//!   group-committed).
 //! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
 //!   only ends at CRLF.CRLF.
 //! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.

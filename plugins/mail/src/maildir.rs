@@ -5,17 +5,17 @@
 //! crash leaves either nothing or the whole message in `new/`, never part of one. Files hold
 //! LF line endings, as mutt, Dovecot and Python's `mailbox` expect.
 //!
-//! The [`Deliverer`] is a dedicated thread doing that work for every session: whatever
-//! deliveries queue up while it flushes one batch form the next batch, so concurrent sessions
-//! share directory fsyncs (group commit) and the async workers never block on the disk.
+//! The [`Deliverer`] does that work on the runtime's blocking pool, so the async workers never
+//! block on the disk: each delivery writes and flushes its own files at once, and deliveries
+//! into one directory share its fsync (group commit, [`DirSync`]).
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -67,59 +67,70 @@ pub fn clean_tmp(maildir: &Path, now: SystemTime, max_age: Duration) -> io::Resu
 /// Deliveries made by this process, for unique names.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// A host name as it goes into unique names: `/` and `:` escaped, as the Maildir specification
+/// says.
+fn escape_host(hostname: &str) -> String {
+    hostname.replace('/', "\\057").replace(':', "\\072")
+}
+
 /// A standard Maildir name: `SECONDS.M<usec>P<pid>Q<n>.HOST,S=<size>,W=<size with CRLF>`.
 /// `S=` and `W=` are Dovecot's: the file size and the size as POP3 counts it (CRLF lines),
 /// which saves reading every message at login. The host name has `/` and `:` escaped as the
 /// Maildir specification says.
 pub fn unique_name(hostname: &str, size: usize, crlf_size: usize) -> String {
+    name_for(&escape_host(hostname), std::process::id(), size, crlf_size)
+}
+
+/// [`unique_name`] with the host already escaped and the process id at hand.
+fn name_for(host: &str, pid: u32, size: usize, crlf_size: usize) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let host = hostname.replace('/', "\\057").replace(':', "\\072");
     format!(
-        "{}.M{}P{}Q{}.{host},S={size},W={crlf_size}",
+        "{}.M{}P{pid}Q{}.{host},S={size},W={crlf_size}",
         now.as_secs(),
         now.subsec_micros(),
-        std::process::id(),
         SEQUENCE.fetch_add(1, Ordering::Relaxed),
     )
 }
 
-/// Files for one or more Maildirs (the relay queue is one too); `ack` hears whether every one
-/// is durably in its `new/`.
-struct Job {
-    targets: Vec<(PathBuf, Arc<Vec<u8>>)>,
-    ack: oneshot::Sender<io::Result<()>>,
-}
-
-/// The handle sessions deliver through; the writer thread ends when the last handle is gone.
+/// The handle sessions deliver through; clones share one [`DirSync`].
+///
+/// A delivery runs on the runtime's blocking pool as soon as it is asked for: its files are
+/// written and fsynced there at once, side by side with every other delivery in progress (the
+/// block layer overlaps concurrent flushes), then renamed into `new/`. Only the directory
+/// fsync waits for others: deliveries into one directory share it (group commit).
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
-/// A batch flushes at most this many messages, so the first of them is not kept waiting long.
-const MAX_BATCH: usize = 256;
+#[derive(Debug)]
+struct Shared {
+    /// The host name for unique names, escaped once.
+    host: String,
+    /// This process's id, read once (glibc makes every `getpid` a system call).
+    pid: u32,
+    dirs: DirSync,
+}
+
+/// A message's file, written and flushed under `tmp/`, on its way to `new/`.
+struct Placed {
+    tmp: PathBuf,
+    new: PathBuf,
+    /// The `new/` directory, fsynced once the file is renamed into it.
+    dir: PathBuf,
+}
 
 impl Deliverer {
-    /// Starts the writer thread.
-    pub fn start(hostname: String) -> io::Result<Deliverer> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("maildir-writer".into())
-            .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    commit(&hostname, batch);
-                }
-            })?;
-        Ok(Deliverer { jobs })
+    pub fn new(hostname: &str) -> Deliverer {
+        Deliverer {
+            shared: Arc::new(Shared {
+                host: escape_host(hostname),
+                pid: std::process::id(),
+                dirs: DirSync::default(),
+            }),
+        }
     }
 
     /// Delivers `content` (LF line endings) into each Maildir's `new/`; returns once it is
@@ -131,137 +142,261 @@ impl Deliverer {
     }
 
     /// Like [`Deliverer::deliver`], with its own content for each Maildir; all or none.
+    ///
+    /// If the caller goes away midway, the delivery still finishes (or is taken back) on the
+    /// blocking pool; at worst a file is left in `tmp/` for [`clean_tmp`].
     pub async fn deliver_each(&self, targets: Vec<(PathBuf, Arc<Vec<u8>>)>) -> io::Result<()> {
-        let (ack, done) = oneshot::channel();
-        self.jobs
-            .send(Job { targets, ack })
-            .map_err(|_| io::Error::other("the maildir writer has stopped"))?;
-        done.await
-            .unwrap_or_else(|_| Err(io::Error::other("the maildir writer has stopped")))
-    }
-}
-
-/// A message's file on its way from `tmp/` to `new/`.
-struct Placed {
-    job: usize,
-    file: Option<File>,
-    tmp: PathBuf,
-    new: PathBuf,
-}
-
-/// Writes a batch: every file, then every file fsync, the renames, one fsync per touched `new/`
-/// directory, and only then the acknowledgements.
-fn commit(hostname: &str, batch: Vec<Job>) {
-    let mut failed: Vec<Option<io::Error>> = batch.iter().map(|_| None).collect();
-    let mut placed: Vec<Placed> = Vec::new();
-    for (index, job) in batch.iter().enumerate() {
-        for (maildir, content) in &job.targets {
-            let crlf_size = content.len() + content.iter().filter(|&&b| b == b'\n').count();
-            let name = unique_name(hostname, content.len(), crlf_size);
-            let tmp = maildir.join("tmp").join(&name);
-            let written = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .and_then(|mut file| file.write_all(content).map(|()| file));
-            match written {
-                Ok(file) => placed.push(Placed {
-                    job: index,
-                    file: Some(file),
-                    tmp,
-                    new: maildir.join("new").join(&name),
-                }),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    failed[index].get_or_insert(e);
+        let (done, outcome) = oneshot::channel();
+        if targets.len() < 2 {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                match targets
+                    .iter()
+                    .map(|(maildir, content)| shared.place(maildir, content))
+                    .collect::<io::Result<Vec<_>>>()
+                {
+                    Ok(placed) => shared.publish(placed, done),
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                    }
                 }
-            }
+            });
+            return finished(outcome).await;
         }
-    }
-    let files: Vec<(usize, File)> = placed
-        .iter_mut()
-        .filter(|p| failed[p.job].is_none())
-        .filter_map(|p| Some((p.job, p.file.take()?)))
-        .collect();
-    for (job, e) in sync_files(files) {
-        failed[job].get_or_insert(e);
-    }
-    let mut moved: Vec<&Placed> = Vec::new();
-    for p in &placed {
-        if failed[p.job].is_some() {
-            continue;
-        }
-        match std::fs::rename(&p.tmp, &p.new) {
-            Ok(()) => moved.push(p),
-            Err(e) => {
-                failed[p.job].get_or_insert(e);
-            }
-        }
-    }
-    let dirs: BTreeSet<&Path> = moved
-        .iter()
-        .filter_map(|p| p.new.parent())
-        .collect::<BTreeSet<_>>();
-    for dir in dirs {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            for p in &moved {
-                if p.new.parent() == Some(dir) {
-                    failed[p.job].get_or_insert(io::Error::new(e.kind(), e.to_string()));
-                }
-            }
-        }
-    }
-    // A message refused anywhere is taken back everywhere: the client will send it again.
-    for p in &placed {
-        if failed[p.job].is_some() {
-            let _ = std::fs::remove_file(&p.tmp);
-            let _ = std::fs::remove_file(&p.new);
-        }
-    }
-    for (job, failure) in batch.into_iter().zip(failed) {
-        let _ = job.ack.send(match failure {
-            None => Ok(()),
-            Some(e) => Err(e),
-        });
-    }
-}
-
-/// Threads that fsync one batch's files side by side. Concurrent fsyncs on one file system
-/// can share a journal commit (ext4 and XFS group them), where one thread's fsyncs in a row
-/// each wait for their own.
-const SYNC_THREADS: usize = 8;
-
-/// fsyncs every file, several at a time; returns the failures with their job index.
-fn sync_files(files: Vec<(usize, File)>) -> Vec<(usize, io::Error)> {
-    let sync = |chunk: &[(usize, File)]| -> Vec<(usize, io::Error)> {
-        chunk
-            .iter()
-            .filter_map(|(job, file)| file.sync_all().err().map(|e| (*job, e)))
-            .collect()
-    };
-    if files.len() < 2 {
-        return sync(&files);
-    }
-    let per_thread = files.len().div_ceil(SYNC_THREADS);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = files
-            .chunks(per_thread)
-            .map(|chunk| (chunk, scope.spawn(move || sync(chunk))))
-            .collect();
-        workers
+        // Several files: each is written and flushed on its own thread, so their flushes
+        // overlap instead of queueing one behind the other.
+        let writes: Vec<_> = targets
             .into_iter()
-            .flat_map(|(chunk, worker)| {
-                // A worker that died says nothing about its files: none of them is acknowledged.
-                worker.join().unwrap_or_else(|_| {
-                    chunk
-                        .iter()
-                        .map(|(job, _)| (*job, io::Error::other("fsync thread failed")))
-                        .collect()
-                })
+            .map(|(maildir, content)| {
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || shared.place(&maildir, &content))
             })
-            .collect()
-    })
+            .collect();
+        let mut placed = Vec::with_capacity(writes.len());
+        let mut failure = None;
+        for write in writes {
+            match write.await {
+                Ok(Ok(file)) => placed.push(file),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(io::Error::other(format!("delivery task failed: {e}")));
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || match failure {
+            Some(e) => {
+                for file in &placed {
+                    let _ = std::fs::remove_file(&file.tmp);
+                }
+                let _ = done.send(Err(e));
+            }
+            None => shared.publish(placed, done),
+        });
+        finished(outcome).await
+    }
+}
+
+/// The outcome a delivery's blocking work sends back; its end without one (a panic, or the
+/// runtime shutting down before it ran) is an error.
+async fn finished(outcome: oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
+    outcome
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the delivery was abandoned")))
+}
+
+impl Shared {
+    /// Writes `content` into a new file under `maildir/tmp/` and fsyncs it; a failure leaves
+    /// nothing behind.
+    fn place(&self, maildir: &Path, content: &[u8]) -> io::Result<Placed> {
+        let lines = content.iter().filter(|&&b| b == b'\n').count();
+        let name = name_for(&self.host, self.pid, content.len(), content.len() + lines);
+        let tmp = maildir.join("tmp").join(&name);
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(content)?;
+                file.sync_all()
+            });
+        match written {
+            Ok(()) => {
+                let dir = maildir.join("new");
+                Ok(Placed {
+                    new: dir.join(&name),
+                    tmp,
+                    dir,
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames flushed files into `new/`, then has each `new/` fsynced once; `done` hears the
+    /// outcome. On any failure every file is taken back (the client will send the message
+    /// again).
+    fn publish(&self, placed: Vec<Placed>, done: oneshot::Sender<io::Result<()>>) {
+        for (renamed, file) in placed.iter().enumerate() {
+            if let Err(e) = std::fs::rename(&file.tmp, &file.new) {
+                for taken in &placed[..renamed] {
+                    let _ = std::fs::remove_file(&taken.new);
+                }
+                for left in &placed[renamed..] {
+                    let _ = std::fs::remove_file(&left.tmp);
+                }
+                let _ = done.send(Err(e));
+                return;
+            }
+        }
+        let mut dirs: Vec<PathBuf> = Vec::with_capacity(placed.len());
+        let mut files = Vec::with_capacity(placed.len());
+        for file in placed {
+            if !dirs.contains(&file.dir) {
+                dirs.push(file.dir);
+            }
+            files.push(file.new);
+        }
+        self.dirs.sync(
+            dirs,
+            Ticket {
+                left: 0,
+                failure: None,
+                files,
+                done,
+            },
+        );
+    }
+}
+
+/// Group commit of directory fsyncs.
+///
+/// A delivery whose files are renamed into `new/` queues a ticket on each of those
+/// directories. A directory nobody is flushing is claimed by the thread that queued there: it
+/// flushes it for every ticket queued so far, and again for those queued meanwhile, until none
+/// is left. A ticket is never served by a flush that started before it was queued (its rename
+/// may have been too late for it), and no thread ever waits for another: a thread that finds
+/// the directory claimed leaves its ticket to the claimant. A ticket's sender hears the outcome
+/// once all its directories are flushed. Different directories are flushed independently.
+#[derive(Debug, Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    next_ticket: u64,
+    /// Directories with queued tickets or a claimant; an entry goes when its claimant finds
+    /// nothing more queued, so the map holds only what is in progress.
+    dirs: HashMap<PathBuf, Vec<u64>>,
+    /// Tickets still waiting for some of their directories.
+    tickets: HashMap<u64, Ticket>,
+}
+
+/// A delivery waiting for its directories' flushes.
+#[derive(Debug)]
+struct Ticket {
+    /// Directories not flushed for this ticket yet.
+    left: usize,
+    /// The first failure among them.
+    failure: Option<io::Error>,
+    /// The files in `new/`, removed if a flush fails.
+    files: Vec<PathBuf>,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
+impl Ticket {
+    fn complete(self) {
+        let outcome = match self.failure {
+            None => Ok(()),
+            Some(e) => {
+                for file in &self.files {
+                    let _ = std::fs::remove_file(file);
+                }
+                Err(e)
+            }
+        };
+        let _ = self.done.send(outcome);
+    }
+}
+
+impl DirSync {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `ticket` on each of `dirs` (distinct), and flushes those nobody else is flushing.
+    fn sync(&self, dirs: Vec<PathBuf>, mut ticket: Ticket) {
+        if dirs.is_empty() {
+            return ticket.complete();
+        }
+        ticket.left = dirs.len();
+        let mut claimed = Vec::new();
+        {
+            let mut state = self.lock();
+            let id = state.next_ticket;
+            state.next_ticket += 1;
+            state.tickets.insert(id, ticket);
+            for dir in dirs {
+                match state.dirs.get_mut(&dir) {
+                    Some(queued) => queued.push(id),
+                    None => {
+                        state.dirs.insert(dir.clone(), vec![id]);
+                        claimed.push(dir);
+                    }
+                }
+            }
+        }
+        // Round-robin over the claimed directories, so none waits behind a busy one.
+        while !claimed.is_empty() {
+            claimed.retain(|dir| self.flush_once(dir));
+        }
+    }
+
+    /// One flush of a claimed `dir` for the tickets queued on it; false (and the claim given
+    /// up) if there were none.
+    fn flush_once(&self, dir: &Path) -> bool {
+        let served = {
+            let mut state = self.lock();
+            match state.dirs.get_mut(dir) {
+                Some(queued) if !queued.is_empty() => std::mem::take(queued),
+                _ => {
+                    state.dirs.remove(dir);
+                    return false;
+                }
+            }
+        };
+        let result = File::open(dir).and_then(|d| d.sync_all());
+        let mut finished = Vec::new();
+        {
+            let mut state = self.lock();
+            for id in served {
+                let Some(ticket) = state.tickets.get_mut(&id) else {
+                    continue;
+                };
+                ticket.left -= 1;
+                if let Err(e) = &result {
+                    ticket
+                        .failure
+                        .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+                }
+                if ticket.left == 0 {
+                    finished.extend(state.tickets.remove(&id));
+                }
+            }
+        }
+        // Outside the lock: a failed ticket removes its files first.
+        finished.into_iter().for_each(Ticket::complete);
+        true
+    }
 }
 
 /// A message as POP3 sees it.
@@ -275,10 +410,17 @@ pub struct Message {
     pub size: u64,
 }
 
+/// POP3 sizes of the messages whose names carry no `W=`, by unique name: what [`list`] learnt
+/// by reading them, for the next listing of the same Maildir (a message never changes under
+/// its unique name). A listing keeps only the names it saw, so this never outgrows the Maildir.
+pub type SizeCache = HashMap<String, u64>;
+
 /// The messages of a Maildir (`new/` and `cur/`), oldest first. Files that vanish meanwhile,
-/// dot files and names that are not valid UIDLs are skipped.
-pub fn list(maildir: &Path) -> io::Result<Vec<Message>> {
+/// dot files and names that are not valid UIDLs are skipped. A message's size comes from its
+/// name (`W=`), else from `sizes`, else from reading it.
+pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
     let mut found: Vec<(u64, String, Message)> = Vec::new();
+    let mut learnt = SizeCache::new();
     for sub in ["new", "cur"] {
         for entry in std::fs::read_dir(maildir.join(sub))? {
             let entry = entry?;
@@ -293,17 +435,24 @@ pub fn list(maildir: &Path) -> io::Result<Vec<Message>> {
             {
                 continue;
             }
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
+            // The type comes with the directory entry on most file systems: no stat per file.
+            if !entry.file_type().is_ok_and(|kind| kind.is_file()) {
                 continue;
             }
+            let path = entry.path();
             let size = match crlf_size_from_name(&uid) {
                 Some(size) => size,
-                None => match std::fs::read(&path) {
-                    Ok(bytes) => to_crlf(&bytes).len() as u64,
-                    Err(_) => continue,
-                },
+                None => {
+                    let size = match sizes.get(&uid) {
+                        Some(&size) => size,
+                        None => match std::fs::read(&path) {
+                            Ok(bytes) => crlf_len(&bytes),
+                            Err(_) => continue,
+                        },
+                    };
+                    learnt.insert(uid.clone(), size);
+                    size
+                }
             };
             let seconds = uid
                 .split('.')
@@ -314,7 +463,57 @@ pub fn list(maildir: &Path) -> io::Result<Vec<Message>> {
         }
     }
     found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    *sizes = learnt;
     Ok(found.into_iter().map(|(_, _, m)| m).collect())
+}
+
+/// The length of [`to_crlf`]`(bytes)`, without making it.
+fn crlf_len(bytes: &[u8]) -> u64 {
+    let bare = memchr::memchr_iter(b'\n', bytes)
+        .filter(|&i| i == 0 || bytes[i - 1] != b'\r')
+        .count();
+    (bytes.len() + bare) as u64
+}
+
+/// Reads a message file. One in the page cache is read right away, on the calling thread,
+/// with `preadv2(RWF_NOWAIT)` (which never waits for the disk); one that needs the disk is
+/// read on the blocking pool instead. `size_hint` (the POP3 size) sizes the buffer.
+pub async fn read_message(path: &Path, size_hint: u64) -> io::Result<Vec<u8>> {
+    if let Some(bytes) = read_cached(path, size_hint)? {
+        return Ok(bytes);
+    }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// The whole file if every byte of it is in the page cache; `None` if some of it is not, or
+/// the file system cannot tell.
+fn read_cached(path: &Path, size_hint: u64) -> io::Result<Option<Vec<u8>>> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    // Opening walks cached directory entries: the login has just listed them.
+    let file = File::open(path)?;
+    // One spare byte, so that a file of exactly the hinted size ends with one read of 0.
+    let hint = usize::try_from(size_hint).unwrap_or(0).min(1 << 26);
+    let mut buf = vec![0u8; hint + 1];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2 + 4096, 0);
+        }
+        let mut slices = [io::IoSliceMut::new(&mut buf[len..])];
+        match preadv2(&file, &mut slices, len as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(Some(buf));
+            }
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Dovecot's `,W=<n>` in a unique name.
@@ -366,6 +565,57 @@ mod tests {
     #[test]
     fn crlf() {
         assert_eq!(to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc");
+        for text in [&b""[..], b"\n", b"a\nb\r\nc", b"\r\n\n\r", b"x\n\n"] {
+            assert_eq!(crlf_len(text), to_crlf(text).len() as u64);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deliveries_share_directory_flushes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let one = dir.path().join("one");
+        let two = dir.path().join("two");
+        ensure(&one).expect("maildir");
+        ensure(&two).expect("maildir");
+        let deliverer = Deliverer::new("h");
+        let sends: Vec<_> = (0..64)
+            .map(|i| {
+                let deliverer = deliverer.clone();
+                let targets = match i % 3 {
+                    0 => vec![one.clone()],
+                    1 => vec![two.clone()],
+                    _ => vec![one.clone(), two.clone()],
+                };
+                tokio::spawn(async move {
+                    deliverer
+                        .deliver(targets, format!("Subject: {i}\n\n{i}\n").into_bytes())
+                        .await
+                })
+            })
+            .collect();
+        for send in sends {
+            send.await.expect("task").expect("delivered");
+        }
+        assert_eq!(
+            list(&one, &mut SizeCache::new()).expect("list").len(),
+            22 + 21
+        );
+        assert_eq!(
+            list(&two, &mut SizeCache::new()).expect("list").len(),
+            21 + 21
+        );
+        // A claimant lets go of its directory just after its last acknowledgement.
+        for _ in 0..1000 {
+            if deliverer.shared.dirs.lock().dirs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let state = deliverer.shared.dirs.lock();
+        assert!(
+            state.dirs.is_empty() && state.tickets.is_empty(),
+            "{state:?}"
+        );
     }
 
     #[tokio::test]
@@ -375,7 +625,7 @@ mod tests {
         let two = dir.path().join("two");
         ensure(&one).expect("maildir");
         ensure(&two).expect("maildir");
-        let deliverer = Deliverer::start("h".into()).expect("writer");
+        let deliverer = Deliverer::new("h");
         deliverer
             .deliver(
                 vec![one.clone(), two.clone()],
@@ -384,7 +634,7 @@ mod tests {
             .await
             .expect("delivered");
         for maildir in [&one, &two] {
-            let messages = list(maildir).expect("list");
+            let messages = list(maildir, &mut SizeCache::new()).expect("list");
             assert_eq!(messages.len(), 1);
             assert_eq!(messages[0].size, 18);
             assert!(std::fs::read_dir(maildir.join("tmp"))
@@ -398,7 +648,7 @@ mod tests {
             .await
             .is_err());
         assert_eq!(
-            list(&one).expect("list").len(),
+            list(&one, &mut SizeCache::new()).expect("list").len(),
             1,
             "a failed delivery is taken back"
         );

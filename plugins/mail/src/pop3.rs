@@ -5,7 +5,7 @@
 //! connection or a stopping service deletes nothing. UIDLs are the Maildir unique names, which
 //! stay the same across sessions and across a move from `new/` to `cur/`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub const MAX_LINE: usize = 512;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a failed login waits before its answer, to slow down password guessing.
 pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+/// Output buffer capacity a session keeps between replies.
+const KEPT_OUTPUT: usize = 64 * 1024;
 /// Failed logins one connection may make before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
 
@@ -35,6 +37,9 @@ pub struct Pop3 {
     pub hostname: String,
     /// Maildirs with a session in the TRANSACTION state.
     pub locked: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Sizes learnt by reading messages, per Maildir, for the next login (see
+    /// [`maildir::SizeCache`]); a session takes its Maildir's out while it lists.
+    pub sizes: Mutex<HashMap<PathBuf, maildir::SizeCache>>,
     /// A real hash to verify unknown users against, so they take as long as known ones.
     pub decoy_hash: String,
     /// STLS is offered when there is a certificate.
@@ -45,6 +50,12 @@ pub struct Pop3 {
 }
 
 impl Pop3 {
+    fn sizes(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, maildir::SizeCache>> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn takes_passwords(&self, tls: bool) -> bool {
         tls || self.tls.is_none() || self.allow_plaintext_auth
     }
@@ -175,6 +186,8 @@ impl Session {
             stream.write_all(&self.out).await?;
             stream.flush().await?;
             self.out.clear();
+            // A big message's buffer is not kept for the rest of the session.
+            self.out.shrink_to(KEPT_OUTPUT);
         }
         Ok(())
     }
@@ -286,12 +299,20 @@ impl Session {
             return self.reply("-ERR [IN-USE] the mailbox is in use by another session");
         };
         let path = mailbox.path.clone();
+        let mut sizes = pop3.sizes().remove(&path).unwrap_or_default();
         let listed = tokio::task::spawn_blocking(move || {
             maildir::ensure(&path)?;
-            maildir::list(&path)
+            let listed = maildir::list(&path, &mut sizes)?;
+            Ok((listed, sizes))
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map(|(listed, sizes)| {
+            if !sizes.is_empty() {
+                pop3.sizes().insert(mailbox.path.clone(), sizes);
+            }
+            listed
+        });
         match listed {
             Ok(messages) => {
                 let total: u64 = messages.iter().map(|m| m.size).sum();
@@ -377,41 +398,15 @@ impl Session {
     async fn send_message(&mut self, index: usize, body_lines: Option<usize>) {
         let t = self.transaction.as_ref().expect("called in TRANSACTION");
         let message = &t.messages[index];
-        let bytes = match tokio::fs::read(&message.path).await {
+        let bytes = match maildir::read_message(&message.path, message.size).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(path = %message.path.display(), "cannot read a message: {e}");
                 return self.reply("-ERR [SYS/TEMP] the message cannot be read");
             }
         };
-        let size = message.size;
-        let content = maildir::to_crlf(&bytes);
-        drop(bytes);
-        self.reply(&format!("+OK {size} octets"));
-        let mut in_body = false;
-        let mut ended_with_crlf = true;
-        let mut left = body_lines.unwrap_or(usize::MAX);
-        for line in content.split_inclusive(|&b| b == b'\n') {
-            if in_body {
-                if left == 0 {
-                    break;
-                }
-                left -= 1;
-            } else if line == b"\r\n" {
-                in_body = true;
-            }
-            if line.starts_with(b".") {
-                self.out.push(b'.');
-            }
-            self.out.extend_from_slice(line);
-            ended_with_crlf = line.ends_with(b"\r\n");
-            if self.out.len() > 64 * 1024 && self.flush().await.is_err() {
-                return;
-            }
-        }
-        if !ended_with_crlf {
-            self.out.extend_from_slice(b"\r\n");
-        }
+        self.reply(&format!("+OK {} octets", message.size));
+        stuff(&bytes, body_lines, &mut self.out);
         self.reply(".");
     }
 
@@ -441,6 +436,37 @@ impl Session {
     }
 }
 
+/// Appends a stored message (LF or CRLF lines) to `out` as POP3 sends it: CRLF line endings,
+/// a `.` doubled at the start of a line, a final CRLF if the last line had none; with
+/// `body_lines`, only the headers and that many lines of the body (TOP). One pass, one copy.
+fn stuff(message: &[u8], body_lines: Option<usize>, out: &mut Vec<u8>) {
+    out.reserve(message.len() + message.len() / 16 + 2);
+    let mut rest = message;
+    let mut in_body = false;
+    let mut left = body_lines.unwrap_or(usize::MAX);
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if in_body {
+            if left == 0 {
+                break;
+            }
+            left -= 1;
+        } else if line.is_empty() {
+            in_body = true;
+        }
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+        rest = next;
+    }
+}
+
 /// Unlinks `paths` and fsyncs the directories they were in; false if any could not go. A file
 /// already gone (another client's deletion) counts as removed.
 fn remove_messages(maildir: &Path, paths: &[PathBuf]) -> bool {
@@ -464,4 +490,33 @@ fn remove_messages(maildir: &Path, paths: &[PathBuf]) -> bool {
         }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stuff;
+
+    fn stuffed(message: &[u8], body_lines: Option<usize>) -> Vec<u8> {
+        let mut out = Vec::new();
+        stuff(message, body_lines, &mut out);
+        out
+    }
+
+    #[test]
+    fn crlf_dot_stuffing_and_top() {
+        let message = b"Subject: x\n.hidden: y\r\n\n.line one\nline two\r\n..\nlast";
+        assert_eq!(
+            stuffed(message, None),
+            b"Subject: x\r\n..hidden: y\r\n\r\n..line one\r\nline two\r\n...\r\nlast\r\n"
+        );
+        assert_eq!(
+            stuffed(message, Some(1)),
+            b"Subject: x\r\n..hidden: y\r\n\r\n..line one\r\n"
+        );
+        assert_eq!(
+            stuffed(message, Some(0)),
+            b"Subject: x\r\n..hidden: y\r\n\r\n"
+        );
+        assert_eq!(stuffed(b"", None), b"");
+    }
 }

@@ -3,7 +3,7 @@
 //! The tap's `listen` list and the config's `protocols` pair up position by position, so each
 //! [`BoundListener`] is matched to its protocol without looking at its address.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use host::service::{serve, ServiceContext};
@@ -103,8 +103,7 @@ impl Service for MailService {
                 .map_err(|e| format!("maildir {}: {e}", mailbox.path.display()))?;
             clean(&mailbox.path);
         }
-        let deliverer = Deliverer::start(self.hostname.clone())
-            .map_err(|e| format!("cannot start the maildir writer: {e}"))?;
+        let deliverer = Deliverer::new(&self.hostname);
         let relay = match &self.relay {
             Some(settings) => {
                 maildir::ensure(&settings.queue)
@@ -135,6 +134,7 @@ impl Service for MailService {
             directory: self.directory.clone(),
             hostname: self.hostname.clone(),
             locked: Arc::new(Mutex::new(HashSet::new())),
+            sizes: Mutex::new(HashMap::new()),
             decoy_hash,
             tls: self.tls.clone(),
             allow_plaintext_auth: self.allow_plaintext_auth,
