@@ -10,7 +10,6 @@
 
 mod daemon;
 mod logging;
-mod malloc;
 mod pidfile;
 mod privileges;
 
@@ -544,7 +543,7 @@ fn serve(
 }
 
 fn main() -> ExitCode {
-    malloc::fix_mmap_threshold();
+    host::memory::fix_mmap_threshold();
     let (registry, refused) = builtin::registry_with_external();
     for message in refused {
         eprintln!("twistd: {message}");

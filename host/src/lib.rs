@@ -36,7 +36,7 @@ pub mod docs;
 pub mod endpoint;
 pub mod exit;
 pub mod external;
-mod memory;
+pub mod memory;
 pub mod net;
 pub mod passphrase;
 pub mod plugin;
