@@ -21,7 +21,9 @@
 //! or vanish at any moment; so an entry answers such a request only after one more
 //! `fstatat(root, sibling, AT_SYMLINK_NOFOLLOW)` per accepted sibling coding has failed with
 //! ENOENT. Anything else there (a file, a symlink, a directory, another error) sends the
-//! request down the normal path, which decides as it always does. Without a sibling the normal
+//! request down the normal path, which decides as it always does (these stats come before the
+//! revalidating one, so a file that has a sibling costs one stat more than with no cache, not
+//! two; and none are made for a path with no entry). Without a sibling the normal
 //! path gzips a compressible file of more than [`compress::MIN_SIZE`] bytes on the fly; an
 //! entry keeps that gzip (made once at fill, with the same function and level, so the same
 //! bytes) beside the file's bytes, valid exactly as long as they are: same [`Identity`].
@@ -137,6 +139,17 @@ struct Entries {
     bytes: usize,
 }
 
+/// What [`FileCache::get`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The file, unchanged.
+    Hit(Arc<CachedFile>),
+    /// No entry, or not the file there now: the normal path may fill one.
+    Miss,
+    /// An entry this request cannot use: the normal path, leaving the entry be.
+    Unusable,
+}
+
 /// The cache of one [`crate::site::Site`] (a reconfigure starts an empty one).
 #[derive(Debug, Default)]
 pub struct FileCache {
@@ -144,14 +157,24 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// The entry for `path` (under `root`), if the file there is still exactly the one cached.
-    pub fn get(&self, root: &RootDir, path: &Path) -> Option<Arc<CachedFile>> {
+    /// The entry for `path` (under `root`), if the file there is still exactly the one cached
+    /// and `usable` (called only when there is an entry, before the revalidating stat: the
+    /// request's other conditions, such as no precompressed sibling) holds.
+    pub fn get(&self, root: &RootDir, path: &Path, usable: impl FnOnce() -> bool) -> Lookup {
         let entry = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.files.get(path.as_os_str())?.clone()
+            match entries.files.get(path.as_os_str()) {
+                Some(entry) => entry.clone(),
+                None => return Lookup::Miss,
+            }
         };
-        let now = root.stat_nofollow(path)?;
-        (Identity::of_stat(&now) == entry.identity).then_some(entry)
+        if !usable() {
+            return Lookup::Unusable;
+        }
+        match root.stat_nofollow(path) {
+            Some(now) if Identity::of_stat(&now) == entry.identity => Lookup::Hit(entry),
+            _ => Lookup::Miss,
+        }
     }
 
     /// Reads the regular file `opened` (at most [`MAX_FILE`] bytes, opened beneath `root` by

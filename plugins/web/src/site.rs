@@ -18,7 +18,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::access_log::AccessLog;
-use crate::cache::FileCache;
+use crate::cache::{FileCache, Lookup};
 use crate::cgi::{self, CgiOptions};
 use crate::files::{self, FileOptions};
 use crate::resolve::{open_beneath, open_checked, Opened, Refusal, RootDir, UrlPath};
@@ -302,11 +302,13 @@ impl Site {
         // Whether the cache has no current entry (so one may be made below).
         let mut missed = true;
         if let Some(held) = cacheable {
-            if let Some(cached) = self.cache.get(held, &candidate) {
-                if files::no_sibling(held, &candidate, &parts.headers) {
-                    return files::respond_cached(&cached, &parts.method, &parts.headers);
+            let usable = || files::no_sibling(held, &candidate, &parts.headers);
+            match self.cache.get(held, &candidate, usable) {
+                Lookup::Hit(cached) => {
+                    return files::respond_cached(&cached, &parts.method, &parts.headers)
                 }
-                missed = false;
+                Lookup::Miss => {}
+                Lookup::Unusable => missed = false,
             }
         }
         let opened = match self.find(root, &candidate, &rest) {
