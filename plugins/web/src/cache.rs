@@ -25,8 +25,10 @@
 //! revalidating one, so a file that has a sibling costs one stat more than with no cache, not
 //! two; and none are made for a path with no entry). Without a sibling the normal
 //! path gzips a compressible file of more than [`compress::MIN_SIZE`] bytes on the fly; an
-//! entry keeps that gzip (made once at fill, with the same function and level, so the same
-//! bytes) beside the file's bytes, valid exactly as long as they are: same [`Identity`].
+//! entry keeps that gzip (made once, when a request that accepts gzip fills the entry, with
+//! the same function and level, so the same bytes) beside the file's bytes, valid exactly as
+//! long as they are: same [`Identity`]. An entry filled for a client without gzip holds none
+//! (a fill costs no compression nobody asked for); the first gzip client refills it.
 //!
 //! Memory is bounded: at most [`MAX_FILE`] bytes per file and [`BUDGET`] bytes in all
 //! (identity and gzip bytes both count), with arbitrary entries dropped to make room.
@@ -114,6 +116,9 @@ pub struct CachedFile {
     /// on the fly (compressible type, more than [`compress::MIN_SIZE`] bytes, compression on,
     /// and the gzip smaller than the file).
     pub gzip: Option<Gzipped>,
+    /// The normal path would gzip these bytes, but the entry was filled without: a request
+    /// that accepts gzip refills it ([`FileCache::fill`] with `want_gzip`).
+    pub gzip_missing: bool,
 }
 
 /// A cached file's on-the-fly gzip and the headers that differ for it.
@@ -179,12 +184,14 @@ impl FileCache {
 
     /// Reads the regular file `opened` (at most [`MAX_FILE`] bytes, opened beneath `root` by
     /// the path it is keyed by) and keeps it if it is settled and its path still names it
-    /// without a symlink. `None`: not kept; serve it the normal way.
+    /// without a symlink. `None`: not kept; serve it the normal way. With `want_gzip` (the
+    /// request accepts gzip) the entry also holds the gzip the normal path would send.
     pub fn fill(
         &self,
         root: &RootDir,
         opened: &Opened,
         opts: &FileOptions,
+        want_gzip: bool,
     ) -> Option<Arc<CachedFile>> {
         let identity = Identity::of_meta(&opened.meta);
         let len = opened.meta.len();
@@ -200,17 +207,18 @@ impl FileCache {
         let etag = crate::conditional::etag(&opened.meta, "");
         let content_type = opts.content_type(&opened.path);
         // The same test and the same function as `files::respond`, so the same bytes.
-        let gzip = (opts.compress
+        let gzippable = opts.compress
             && len > compress::MIN_SIZE
             && len <= crate::files::WHOLE_READ_LIMIT
-            && compress::compressible(&content_type))
-        .then(|| compress::gzip(&bytes))
-        .flatten()
-        .map(|gz| Gzipped {
-            content_length: HeaderValue::from(gz.len()),
-            bytes: Bytes::from(gz),
-            weak_etag: HeaderValue::from_str(&format!("W/{etag}")).ok(),
-        });
+            && compress::compressible(&content_type);
+        let gzip = (gzippable && want_gzip)
+            .then(|| compress::gzip(&bytes))
+            .flatten()
+            .map(|gz| Gzipped {
+                content_length: HeaderValue::from(gz.len()),
+                bytes: Bytes::from(gz),
+                weak_etag: HeaderValue::from_str(&format!("W/{etag}")).ok(),
+            });
         let entry = Arc::new(CachedFile {
             identity,
             bytes: Bytes::from(bytes),
@@ -222,6 +230,7 @@ impl FileCache {
             content_type,
             content_length: HeaderValue::from(len),
             gzip,
+            gzip_missing: gzippable && !want_gzip,
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = entries.files.remove(opened.path.as_os_str()) {

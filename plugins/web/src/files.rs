@@ -322,6 +322,11 @@ pub fn no_sibling(root: &RootDir, candidate: &Path, headers: &HeaderMap) -> bool
         })
 }
 
+/// Whether the request accepts gzip (without Accept-Encoding, quickly no).
+pub fn wants_gzip(headers: &HeaderMap) -> bool {
+    headers.contains_key(ACCEPT_ENCODING) && compress::accepts(headers, "gzip")
+}
+
 /// A cached file's response to a [`cacheable_request`] for which [`no_sibling`] holds: the
 /// same status, headers and body [`respond`] gives, with no file system call.
 pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap) -> Response<Body> {
@@ -353,10 +358,7 @@ pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap)
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, cached.content_type.clone());
     // As `respond` gzips on the fly (the entry holds a gzip only when it would).
-    let gzipped = cached
-        .gzip
-        .as_ref()
-        .filter(|_| headers.contains_key(ACCEPT_ENCODING) && compress::accepts(headers, "gzip"));
+    let gzipped = cached.gzip.as_ref().filter(|_| wants_gzip(headers));
     let body = match gzipped {
         Some(gz) => {
             h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));

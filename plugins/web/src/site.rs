@@ -304,6 +304,9 @@ impl Site {
         if let Some(held) = cacheable {
             let usable = || files::no_sibling(held, &candidate, &parts.headers);
             match self.cache.get(held, &candidate, usable) {
+                // (Filled for a client without gzip: this one refills it below.)
+                Lookup::Hit(cached) if cached.gzip_missing && files::wants_gzip(&parts.headers) => {
+                }
                 Lookup::Hit(cached) => {
                     return files::respond_cached(&cached, &parts.method, &parts.headers)
                 }
@@ -325,7 +328,12 @@ impl Site {
             return error_response(StatusCode::NOT_FOUND);
         }
         if let Some(held) = cacheable.filter(|_| missed && opened.path == candidate) {
-            if let Some(cached) = self.cache.fill(held, &opened, &self.files) {
+            if let Some(cached) = self.cache.fill(
+                held,
+                &opened,
+                &self.files,
+                files::wants_gzip(&parts.headers),
+            ) {
                 if files::no_sibling(held, &candidate, &parts.headers) {
                     return files::respond_cached(&cached, &parts.method, &parts.headers);
                 }
