@@ -455,11 +455,118 @@ fn cached_small_files_are_revalidated_on_every_request() {
     // Removed.
     std::fs::remove_file(sb.join("root/d.txt")).expect("remove");
     assert_eq!(curl(&url("/d.txt"), &[]).status, 404);
-    // A range or an Accept-Encoding takes the normal path, from the same file.
+    // A range takes the normal path, from the same file; an Accept-Encoding sees it too.
     let r = curl(&url("/a.txt"), &["-r", "0-6"]);
     assert_eq!((r.status, r.text().as_str()), (206, "version"));
     let r = curl(&url("/a.txt"), &["-H", "Accept-Encoding: gzip"]);
     assert_eq!(r.text(), "version 2");
+}
+
+/// With Accept-Encoding a cached file's answer is the normal path's answer (web::cache):
+/// identity or gzipped on the fly alike, and a precompressed sibling that appears, changes or
+/// goes away after caching is seen by the very next request.
+#[test]
+fn cached_small_files_answer_accept_encoding_as_uncached() {
+    let (sb, twistd) = serve(&[]);
+    sb.write("root/c/small.css", "body { color: blue }\n");
+    sb.write("root/c/big.css", text(100));
+    sb.write("root/c/pic.png", vec![7u8; 3000]);
+    sb.write("root/c/pre.js", text(50));
+    sb.write("root/c/pre.js.gz", "PRE-GZ");
+    sb.write("root/c/pre.js.br", "PRE-BR");
+    let url = |p: &str| twistd.url(0, p);
+    let paths = ["/c/small.css", "/c/big.css", "/c/pic.png", "/c/pre.js"];
+    let codings = [
+        "gzip",
+        "br",
+        "gzip, br",
+        "gzip, deflate, br, zstd",
+        "identity",
+        "*",
+        "*;q=0",
+        "gzip;q=0, br",
+        "br;q=0, *",
+        "",
+    ];
+    let fetch_all = || {
+        let mut all = Vec::new();
+        for path in paths {
+            for coding in codings {
+                let ae = format!("Accept-Encoding: {coding}");
+                for head in [false, true] {
+                    let mut args = vec!["-H", ae.as_str()];
+                    if head {
+                        args.push("--head");
+                    }
+                    let r = curl(&url(path), &args);
+                    // (With --head curl writes the head, Date and all, as the body.)
+                    let body = if head { Vec::new() } else { r.body.clone() };
+                    all.push((path, coding, head, r.status, headers_but_date(&r), body));
+                }
+            }
+        }
+        all
+    };
+    // Too fresh to be cached: the normal path's answers.
+    let fresh = fetch_all();
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    for path in paths {
+        for _ in 0..2 {
+            assert_eq!(curl(&url(path), &[]).status, 200, "{path}");
+        }
+    }
+    // Cached (filled above, or by the first of these): the same answers.
+    let cached = fetch_all();
+    for (f, c) in fresh.iter().zip(&cached) {
+        assert_eq!(f, c, "{} with Accept-Encoding: {}, head {}", f.0, f.1, f.2);
+    }
+    let gz = cached
+        .iter()
+        .find(|r| r.0 == "/c/big.css" && r.1 == "gzip" && !r.2)
+        .expect("fetched");
+    assert!(gz.4.contains(&("content-encoding".into(), "gzip".into())));
+    let r = curl(&url("/c/big.css"), &["--compressed"]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.text(), text(100), "curl decoded the cached gzip back");
+
+    // Siblings appearing, changing and going away after caching.
+    let both = ["-H", "Accept-Encoding: gzip, br"];
+    sb.write("root/c/big.css.br", "BR-1");
+    let r = curl(&url("/c/big.css"), &both);
+    assert_eq!(
+        (r.header("content-encoding"), r.text().as_str()),
+        (Some("br"), "BR-1")
+    );
+    sb.write("root/c/big.css.br", "BR-2");
+    assert_eq!(curl(&url("/c/big.css"), &both).text(), "BR-2");
+    sb.write("root/c/big.css.br", "BR-three");
+    assert_eq!(curl(&url("/c/big.css"), &both).text(), "BR-three");
+    std::fs::remove_file(sb.join("root/c/big.css.br")).expect("remove");
+    sb.write("root/c/big.css.gz", "GZ-1");
+    let r = curl(&url("/c/big.css"), &both);
+    assert_eq!(
+        (r.header("content-encoding"), r.text().as_str()),
+        (Some("gzip"), "GZ-1")
+    );
+    std::fs::remove_file(sb.join("root/c/big.css.gz")).expect("remove");
+    let r = curl(&url("/c/big.css"), &["--compressed"]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.text(), text(100));
+    sb.write("root/c/small.css.gz", "SMALL-GZ");
+    let r = curl(&url("/c/small.css"), &["-H", "Accept-Encoding: gzip"]);
+    assert_eq!(
+        (r.header("content-encoding"), r.text().as_str()),
+        (Some("gzip"), "SMALL-GZ")
+    );
+    // Not a sibling for the normal path (a dangling symlink, a directory): the same answers
+    // as before they appeared.
+    std::fs::remove_file(sb.join("root/c/small.css.gz")).expect("remove");
+    std::os::unix::fs::symlink("nowhere", sb.join("root/c/big.css.br")).expect("symlink");
+    std::fs::create_dir(sb.join("root/c/big.css.gz")).expect("mkdir");
+    let after = fetch_all();
+    for (f, a) in fresh.iter().zip(&after) {
+        assert_eq!(f, a, "{} with Accept-Encoding: {}, head {}", f.0, f.1, f.2);
+    }
 }
 
 #[test]

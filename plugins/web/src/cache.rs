@@ -15,10 +15,23 @@
 //! its index, a file whose mtime or ctime is less than [`SETTLE`] old is not cached; any later
 //! change then gets timestamps that differ from the cached ones.
 //!
-//! Only requests whose answer is the file's bytes as they are can use an entry (GET or HEAD, no
-//! Range, no Accept-Encoding: see `Site::static_route`); everything else takes the normal path.
-//! Memory is bounded: at most [`MAX_FILE`] bytes per file and [`BUDGET`] bytes in all, with
-//! arbitrary entries dropped to make room.
+//! **Content codings.** GET and HEAD without Range use an entry (see `Site::static_route`);
+//! ranges take the normal path. With Accept-Encoding the normal path would first look for a
+//! precompressed sibling (`x.css.br`, `x.css.gz`) the client accepts, and a sibling may appear
+//! or vanish at any moment; so an entry answers such a request only after one more
+//! `fstatat(root, sibling, AT_SYMLINK_NOFOLLOW)` per accepted sibling coding has failed with
+//! ENOENT. Anything else there (a file, a symlink, a directory, another error) sends the
+//! request down the normal path, which decides as it always does (these stats come before the
+//! revalidating one, so a file that has a sibling costs one stat more than with no cache, not
+//! two; and none are made for a path with no entry). Without a sibling the normal
+//! path gzips a compressible file of more than [`compress::MIN_SIZE`] bytes on the fly; an
+//! entry keeps that gzip (made once, when a request that accepts gzip fills the entry, with
+//! the same function and level, so the same bytes) beside the file's bytes, valid exactly as
+//! long as they are: same [`Identity`]. An entry filled for a client without gzip holds none
+//! (a fill costs no compression nobody asked for); the first gzip client refills it.
+//!
+//! Memory is bounded: at most [`MAX_FILE`] bytes per file and [`BUDGET`] bytes in all
+//! (identity and gzip bytes both count), with arbitrary entries dropped to make room.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,6 +46,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use nix::sys::stat::FileStat;
 
+use crate::compress;
 use crate::files::FileOptions;
 use crate::resolve::{Opened, RootDir};
 
@@ -98,6 +112,29 @@ pub struct CachedFile {
     pub last_modified: Option<HeaderValue>,
     pub content_type: HeaderValue,
     pub content_length: HeaderValue,
+    /// The bytes gzipped, for a client that accepts gzip, when the normal path would gzip them
+    /// on the fly (compressible type, more than [`compress::MIN_SIZE`] bytes, compression on,
+    /// and the gzip smaller than the file).
+    pub gzip: Option<Gzipped>,
+    /// The normal path would gzip these bytes, but the entry was filled without: a request
+    /// that accepts gzip refills it ([`FileCache::fill`] with `want_gzip`).
+    pub gzip_missing: bool,
+}
+
+/// A cached file's on-the-fly gzip and the headers that differ for it.
+#[derive(Debug)]
+pub struct Gzipped {
+    pub bytes: Bytes,
+    pub content_length: HeaderValue,
+    /// `W/` and the file's ETag: the gzipped bytes are not the file's.
+    pub weak_etag: Option<HeaderValue>,
+}
+
+impl CachedFile {
+    /// The bytes this entry holds (counted in [`BUDGET`]).
+    fn size(&self) -> usize {
+        self.bytes.len() + self.gzip.as_ref().map_or(0, |g| g.bytes.len())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +144,17 @@ struct Entries {
     bytes: usize,
 }
 
+/// What [`FileCache::get`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The file, unchanged.
+    Hit(Arc<CachedFile>),
+    /// No entry, or not the file there now: the normal path may fill one.
+    Miss,
+    /// An entry this request cannot use: the normal path, leaving the entry be.
+    Unusable,
+}
+
 /// The cache of one [`crate::site::Site`] (a reconfigure starts an empty one).
 #[derive(Debug, Default)]
 pub struct FileCache {
@@ -114,24 +162,36 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// The entry for `path` (under `root`), if the file there is still exactly the one cached.
-    pub fn get(&self, root: &RootDir, path: &Path) -> Option<Arc<CachedFile>> {
+    /// The entry for `path` (under `root`), if the file there is still exactly the one cached
+    /// and `usable` (called only when there is an entry, before the revalidating stat: the
+    /// request's other conditions, such as no precompressed sibling) holds.
+    pub fn get(&self, root: &RootDir, path: &Path, usable: impl FnOnce() -> bool) -> Lookup {
         let entry = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.files.get(path.as_os_str())?.clone()
+            match entries.files.get(path.as_os_str()) {
+                Some(entry) => entry.clone(),
+                None => return Lookup::Miss,
+            }
         };
-        let now = root.stat_nofollow(path)?;
-        (Identity::of_stat(&now) == entry.identity).then_some(entry)
+        if !usable() {
+            return Lookup::Unusable;
+        }
+        match root.stat_nofollow(path) {
+            Some(now) if Identity::of_stat(&now) == entry.identity => Lookup::Hit(entry),
+            _ => Lookup::Miss,
+        }
     }
 
     /// Reads the regular file `opened` (at most [`MAX_FILE`] bytes, opened beneath `root` by
     /// the path it is keyed by) and keeps it if it is settled and its path still names it
-    /// without a symlink. `None`: not kept; serve it the normal way.
+    /// without a symlink. `None`: not kept; serve it the normal way. With `want_gzip` (the
+    /// request accepts gzip) the entry also holds the gzip the normal path would send.
     pub fn fill(
         &self,
         root: &RootDir,
         opened: &Opened,
         opts: &FileOptions,
+        want_gzip: bool,
     ) -> Option<Arc<CachedFile>> {
         let identity = Identity::of_meta(&opened.meta);
         let len = opened.meta.len();
@@ -145,6 +205,20 @@ impl FileCache {
         }
         let modified = crate::conditional::modified(&opened.meta);
         let etag = crate::conditional::etag(&opened.meta, "");
+        let content_type = opts.content_type(&opened.path);
+        // The same test and the same function as `files::respond`, so the same bytes.
+        let gzippable = opts.compress
+            && len > compress::MIN_SIZE
+            && len <= crate::files::WHOLE_READ_LIMIT
+            && compress::compressible(&content_type);
+        let gzip = (gzippable && want_gzip)
+            .then(|| compress::gzip(&bytes))
+            .flatten()
+            .map(|gz| Gzipped {
+                content_length: HeaderValue::from(gz.len()),
+                bytes: Bytes::from(gz),
+                weak_etag: HeaderValue::from_str(&format!("W/{etag}")).ok(),
+            });
         let entry = Arc::new(CachedFile {
             identity,
             bytes: Bytes::from(bytes),
@@ -153,22 +227,24 @@ impl FileCache {
             modified,
             last_modified: modified
                 .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
-            content_type: opts.content_type(&opened.path),
+            content_type,
             content_length: HeaderValue::from(len),
+            gzip,
+            gzip_missing: gzippable && !want_gzip,
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = entries.files.remove(opened.path.as_os_str()) {
-            entries.bytes -= old.bytes.len();
+            entries.bytes -= old.size();
         }
-        while entries.bytes + entry.bytes.len() > BUDGET {
+        while entries.bytes + entry.size() > BUDGET {
             let Some(victim) = entries.files.keys().next().cloned() else {
                 break;
             };
             if let Some(old) = entries.files.remove(&victim) {
-                entries.bytes -= old.bytes.len();
+                entries.bytes -= old.size();
             }
         }
-        entries.bytes += entry.bytes.len();
+        entries.bytes += entry.size();
         entries
             .files
             .insert(opened.path.clone().into_os_string(), entry.clone());

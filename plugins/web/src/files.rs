@@ -19,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY,
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY,
 };
 use hyper::{Method, Response, StatusCode};
 use tokio_util::io::poll_read_buf;
@@ -29,7 +29,7 @@ use crate::cache::CachedFile;
 use crate::compress;
 use crate::conditional::{self, Outcome};
 use crate::ranges::{self, Ranges};
-use crate::resolve::{contain, Opened};
+use crate::resolve::{contain, Opened, RootDir};
 use crate::server::{error_response, Body};
 use crate::zerocopy::{Queue, SendfileBody};
 
@@ -301,15 +301,34 @@ pub async fn respond(
     response
 }
 
-/// Whether a request's answer can be a cached file's bytes as they are: no Range and no
-/// Accept-Encoding (which could pick a precompressed sibling or gzip on the fly). The method is
-/// GET or HEAD by then.
-pub fn plain_request(headers: &HeaderMap) -> bool {
-    !headers.contains_key(RANGE) && !headers.contains_key(hyper::header::ACCEPT_ENCODING)
+/// Whether a request can be answered from a cached file: no Range (ranges take the normal
+/// path). The method is GET or HEAD by then.
+pub fn cacheable_request(headers: &HeaderMap) -> bool {
+    !headers.contains_key(RANGE)
 }
 
-/// A cached file's response to a [`plain_request`]: the same headers [`respond`] gives, with
-/// no file system call.
+/// Whether the normal path would find no precompressed sibling of the cached file at
+/// `candidate` for this request: for each sibling coding the client accepts, in the order
+/// [`sibling`] tries them, nothing at all is named `candidate.br` / `candidate.gz` (one
+/// `fstatat` each; none without Accept-Encoding). `false` sends the request down the normal path.
+pub fn no_sibling(root: &RootDir, candidate: &Path, headers: &HeaderMap) -> bool {
+    if !headers.contains_key(ACCEPT_ENCODING) {
+        return true;
+    }
+    [("br", ".br"), ("gzip", ".gz")]
+        .into_iter()
+        .all(|(coding, suffix)| {
+            !compress::accepts(headers, coding) || root.absent(candidate, suffix)
+        })
+}
+
+/// Whether the request accepts gzip (without Accept-Encoding, quickly no).
+pub fn wants_gzip(headers: &HeaderMap) -> bool {
+    headers.contains_key(ACCEPT_ENCODING) && compress::accepts(headers, "gzip")
+}
+
+/// A cached file's response to a [`cacheable_request`] for which [`no_sibling`] holds: the
+/// same status, headers and body [`respond`] gives, with no file system call.
 pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap) -> Response<Body> {
     let mut response = Response::new(empty());
     // Room for these, Server, Date and a few --add-header without growing the map.
@@ -338,10 +357,25 @@ pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap)
     }
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, cached.content_type.clone());
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(CONTENT_LENGTH, cached.content_length.clone());
+    // As `respond` gzips on the fly (the entry holds a gzip only when it would).
+    let gzipped = cached.gzip.as_ref().filter(|_| wants_gzip(headers));
+    let body = match gzipped {
+        Some(gz) => {
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            h.insert(CONTENT_LENGTH, gz.content_length.clone());
+            if let Some(v) = &gz.weak_etag {
+                h.insert(ETAG, v.clone());
+            }
+            &gz.bytes
+        }
+        None => {
+            h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            h.insert(CONTENT_LENGTH, cached.content_length.clone());
+            &cached.bytes
+        }
+    };
     if method != Method::HEAD {
-        *response.body_mut() = full(cached.bytes.clone());
+        *response.body_mut() = full(body.clone());
     }
     response
 }

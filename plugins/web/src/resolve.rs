@@ -114,6 +114,37 @@ impl RootDir {
     /// call, for [`crate::cache`] to revalidate an entry; it proves nothing by itself). `None`
     /// for the root itself, a path outside it, or any error.
     pub fn stat_nofollow(&self, candidate: &Path) -> Option<nix::sys::stat::FileStat> {
+        let relative = self.relative(candidate)?;
+        nix::sys::stat::fstatat(
+            &self.fd,
+            OsStr::from_bytes(relative),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+    }
+
+    /// Whether nothing at all is named `candidate` + `suffix` (a path under the root): one
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)` that fails with ENOENT. Any other outcome, including a
+    /// dangling symlink or another error, is `false`.
+    pub fn absent(&self, candidate: &Path, suffix: &str) -> bool {
+        let Some(relative) = self.relative(candidate) else {
+            return false;
+        };
+        let mut name = Vec::with_capacity(relative.len() + suffix.len());
+        name.extend_from_slice(relative);
+        name.extend_from_slice(suffix.as_bytes());
+        matches!(
+            nix::sys::stat::fstatat(
+                &self.fd,
+                OsStr::from_bytes(&name),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ),
+            Err(nix::errno::Errno::ENOENT)
+        )
+    }
+
+    /// `candidate`'s bytes below the root; `None` for the root itself or a path outside it.
+    fn relative<'a>(&self, candidate: &'a Path) -> Option<&'a [u8]> {
         // By bytes: `Path::strip_prefix` walks components. Candidates are built by pushing
         // segments onto the root, so the root's bytes and a `/` lead them.
         let root = self.path.as_os_str().as_bytes();
@@ -123,15 +154,7 @@ impl RootDir {
         } else {
             rest.strip_prefix(b"/")?
         };
-        if relative.is_empty() {
-            return None;
-        }
-        nix::sys::stat::fstatat(
-            &self.fd,
-            OsStr::from_bytes(relative),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .ok()
+        (!relative.is_empty()).then_some(relative)
     }
 }
 

@@ -18,7 +18,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::access_log::AccessLog;
-use crate::cache::FileCache;
+use crate::cache::{FileCache, Lookup};
 use crate::cgi::{self, CgiOptions};
 use crate::files::{self, FileOptions};
 use crate::resolve::{open_beneath, open_checked, Opened, Refusal, RootDir, UrlPath};
@@ -294,13 +294,24 @@ impl Site {
                 None => (self.host_root(parts), Cow::Borrowed(url)),
             },
         };
-        // A small file as it is: from the cache when one stat shows it unchanged.
+        // A small file: from the cache when one stat shows it unchanged and, if the client
+        // accepts a coding, one more per accepted coding shows no precompressed sibling.
         let held = self.root_dirs.get(root.as_os_str());
-        let plain = held.filter(|_| files::plain_request(&parts.headers));
+        let cacheable = held.filter(|_| files::cacheable_request(&parts.headers));
         let candidate = rest.under(root);
-        if let Some(held) = plain {
-            if let Some(cached) = self.cache.get(held, &candidate) {
-                return files::respond_cached(&cached, &parts.method, &parts.headers);
+        // Whether the cache has no current entry (so one may be made below).
+        let mut missed = true;
+        if let Some(held) = cacheable {
+            let usable = || files::no_sibling(held, &candidate, &parts.headers);
+            match self.cache.get(held, &candidate, usable) {
+                // (Filled for a client without gzip: this one refills it below.)
+                Lookup::Hit(cached) if cached.gzip_missing && files::wants_gzip(&parts.headers) => {
+                }
+                Lookup::Hit(cached) => {
+                    return files::respond_cached(&cached, &parts.method, &parts.headers)
+                }
+                Lookup::Miss => {}
+                Lookup::Unusable => missed = false,
             }
         }
         let opened = match self.find(root, &candidate, &rest) {
@@ -316,9 +327,16 @@ impl Site {
         if !opened.meta.is_file() {
             return error_response(StatusCode::NOT_FOUND);
         }
-        if let Some(held) = plain.filter(|_| opened.path == candidate) {
-            if let Some(cached) = self.cache.fill(held, &opened, &self.files) {
-                return files::respond_cached(&cached, &parts.method, &parts.headers);
+        if let Some(held) = cacheable.filter(|_| missed && opened.path == candidate) {
+            if let Some(cached) = self.cache.fill(
+                held,
+                &opened,
+                &self.files,
+                files::wants_gzip(&parts.headers),
+            ) {
+                if files::no_sibling(held, &candidate, &parts.headers) {
+                    return files::respond_cached(&cached, &parts.method, &parts.headers);
+                }
             }
         }
         files::respond(
