@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -155,18 +156,10 @@ pub async fn respond(
             }
         }
     }
-    match conditional::evaluate(headers, &etag, modified, true) {
-        Outcome::Proceed => {}
-        Outcome::NotModified => {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            return response;
-        }
-        Outcome::PreconditionFailed => {
-            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
-            failed.headers_mut().extend(response.headers_mut().drain());
-            return failed;
-        }
-    }
+    let mut response = match preconditions(headers, &etag, modified, response) {
+        ControlFlow::Continue(response) => response,
+        ControlFlow::Break(answer) => return answer,
+    };
     {
         let h = response.headers_mut();
         h.insert(CONTENT_TYPE, content_type.clone());
@@ -343,18 +336,10 @@ pub fn respond_cached(cached: &CachedFile, method: &Method, headers: &HeaderMap)
             h.insert(LAST_MODIFIED, v.clone());
         }
     }
-    match conditional::evaluate(headers, &cached.etag, cached.modified, true) {
-        Outcome::Proceed => {}
-        Outcome::NotModified => {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            return response;
-        }
-        Outcome::PreconditionFailed => {
-            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
-            failed.headers_mut().extend(response.headers_mut().drain());
-            return failed;
-        }
-    }
+    let mut response = match preconditions(headers, &cached.etag, cached.modified, response) {
+        ControlFlow::Continue(response) => response,
+        ControlFlow::Break(answer) => return answer,
+    };
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, cached.content_type.clone());
     // As `respond` gzips on the fly (the entry holds a gzip only when it would).
@@ -550,6 +535,29 @@ pub fn io_status(e: &io::Error) -> StatusCode {
         _ => {
             tracing::warn!("file read failed: {e}");
             StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The request's preconditions against a file's validators: `Continue(response)` to go on, or
+/// `Break` with the 304 (`response` itself, its validators kept) or 412 (with `response`'s
+/// headers) to send instead.
+fn preconditions(
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<std::time::SystemTime>,
+    mut response: Response<Body>,
+) -> ControlFlow<Response<Body>, Response<Body>> {
+    match conditional::evaluate(headers, etag, modified, true) {
+        Outcome::Proceed => ControlFlow::Continue(response),
+        Outcome::NotModified => {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            ControlFlow::Break(response)
+        }
+        Outcome::PreconditionFailed => {
+            let mut failed = error_response(StatusCode::PRECONDITION_FAILED);
+            failed.headers_mut().extend(response.headers_mut().drain());
+            ControlFlow::Break(failed)
         }
     }
 }
