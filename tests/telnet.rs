@@ -483,7 +483,7 @@ fn the_real_telnet_client_on_a_pty() {
     let script = sb.write(
         "drive.py",
         r#"
-import os, pty, select, sys, termios, time
+import os, pty, select, sys, time
 port, password = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
 if pid == 0:
