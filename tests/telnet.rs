@@ -14,6 +14,25 @@ use util::{curl, stderr, Sandbox, Twistd, TIMEOUT};
 const PASSWORD: &str = "s3cret-Horse-battery";
 const LOOPBACK0: &str = "tcp:0:interface=127.0.0.1";
 
+/// The start of the Python scripts that drive a program on a pty: `until(text)` reads the
+/// terminal (into `seen`) until `text` shows, bounded; the script sets `fd` to the pty master.
+const PTY_PRELUDE: &str = r#"
+import os, pty, select, sys, termios, time
+seen = b""
+def until(needle, limit=20):
+    global seen
+    end = time.time() + limit
+    while needle.encode() not in seen:
+        if time.time() > end:
+            sys.stderr.write("timeout waiting for %r; saw %r\n" % (needle, seen)); sys.exit(2)
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+"#;
+
 /// Removes telnet commands (IAC WILL/WONT/DO/DONT x) from what the server sent.
 fn visible(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len());
@@ -482,25 +501,12 @@ fn the_real_telnet_client_on_a_pty() {
     let (sb, twistd) = app();
     let script = sb.write(
         "drive.py",
-        r#"
-import os, pty, select, sys, time
+        format!(
+            r#"{PTY_PRELUDE}
 port, password = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
 if pid == 0:
     os.execvp("telnet", ["telnet", "127.0.0.1", port])
-seen = b""
-def until(needle, limit=20):
-    global seen
-    end = time.time() + limit
-    while needle.encode() not in seen:
-        if time.time() > end:
-            sys.stderr.write("timeout waiting for %r; saw %r\n" % (needle, seen)); sys.exit(2)
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
 until("username: "); os.write(fd, b"admin\r")
 until("password: "); os.write(fd, password.encode() + b"\r")
 until("web> "); os.write(fd, b"services\r")
@@ -508,7 +514,8 @@ until("telnet"); until("web> "); os.write(fd, b"quit\r")
 until("bye")
 os.waitpid(pid, 0)
 sys.stdout.write(seen.decode("utf-8", "replace"))
-"#,
+"#
+        ),
     );
     let port = twistd.addr(1).port().to_string();
     let out = std::process::Command::new("python3")
@@ -542,25 +549,12 @@ fn password_without_a_value_asks_twice_on_a_terminal() {
     sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
     let script = sb.write(
         "ask.py",
-        r#"
-import os, pty, select, sys, termios, time
+        format!(
+            r#"{PTY_PRELUDE}
 mktap, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(mktap, [mktap, "--append", "web.tap", "telnet", "--password"])
-seen = b""
-def until(needle, limit=20):
-    global seen
-    end = time.time() + limit
-    while needle.encode() not in seen:
-        if time.time() > end:
-            sys.stderr.write("timeout waiting for %r; saw %r\n" % (needle, seen)); sys.exit(2)
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
 def echo_off(limit=20):
     # rpassword prints the prompt, then turns echo off: type only once it is off, as the
     # terminal would otherwise echo what a fast typist sends in between.
@@ -582,7 +576,8 @@ except OSError:
     pass
 sys.stdout.write(seen.decode("utf-8", "replace"))
 sys.exit(os.WEXITSTATUS(status))
-"#,
+"#
+        ),
     );
     let run = |first: &str, second: &str| {
         std::process::Command::new("python3")
