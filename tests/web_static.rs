@@ -405,6 +405,22 @@ fn headers_but_date(r: &util::Fetched) -> Vec<(String, String)> {
     h
 }
 
+/// Waits until the files' timestamps are old enough for web::cache to keep them: mtime and
+/// ctime both more than two whole seconds in the past.
+fn settled(sb: &Sandbox, files: &[impl AsRef<str>]) {
+    use std::os::unix::fs::MetadataExt;
+    util::wait_until("the files are old enough to be cached", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        files.iter().all(|f| {
+            let meta = std::fs::metadata(sb.join(f.as_ref())).expect("stat");
+            meta.mtime().max(meta.ctime()) < now - 2
+        })
+    });
+}
+
 /// Small files are cached once their timestamps are a few seconds old (web::cache); each hit
 /// is revalidated by one stat, so every change is seen by the very next request, and a cached
 /// answer is the same as the uncached one.
@@ -421,7 +437,10 @@ fn cached_small_files_are_revalidated_on_every_request() {
     let fresh_head = curl(&url("/a.txt"), &["--head"]);
     // Settled (the rule wants both timestamps over two whole seconds old), then cached by the
     // first request and served from the cache by the next ones.
-    std::thread::sleep(std::time::Duration::from_millis(3100));
+    settled(
+        &sb,
+        &["root/a.txt", "root/b.txt", "root/c.txt", "root/d.txt"],
+    );
     for path in ["/a.txt", "/b.txt", "/c.txt", "/d.txt"] {
         for _ in 0..2 {
             assert_eq!(curl(&url(path), &[]).status, 200, "{path}");
@@ -509,7 +528,13 @@ fn cached_small_files_answer_accept_encoding_as_uncached() {
     };
     // Too fresh to be cached: the normal path's answers.
     let fresh = fetch_all();
-    std::thread::sleep(std::time::Duration::from_millis(3100));
+    settled(
+        &sb,
+        &paths
+            .map(|p| format!("root{p}"))
+            .each_ref()
+            .map(String::as_str),
+    );
     for path in paths {
         for _ in 0..2 {
             assert_eq!(curl(&url(path), &[]).status, 200, "{path}");
