@@ -528,13 +528,7 @@ fn cached_small_files_answer_accept_encoding_as_uncached() {
     };
     // Too fresh to be cached: the normal path's answers.
     let fresh = fetch_all();
-    settled(
-        &sb,
-        &paths
-            .map(|p| format!("root{p}"))
-            .each_ref()
-            .map(String::as_str),
-    );
+    settled(&sb, &paths.map(|p| format!("root{p}")));
     for path in paths {
         for _ in 0..2 {
             assert_eq!(curl(&url(path), &[]).status, 200, "{path}");
