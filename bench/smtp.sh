@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SMTP: taphost's mail plugin (durable delivery: file and directory fsync before the 250)
+# SMTP: taphost's mail plugin (durable delivery: file and directory flushed before the 250)
 # against Twisted's `twistd mail` (delivers without fsync) and Postfix's smtp-sink (accepts and
 # discards: the upper bound), 1 KiB and 100 KiB messages over 20 sessions, Postfix's
 # smtp-source as the client. -k checks that every 250 left a file in alice's Maildir.

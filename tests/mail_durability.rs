@@ -13,12 +13,24 @@ use util::{Sandbox, TIMEOUT};
 
 /// Sends 1000 numbered messages over four sessions, kills twistd with SIGKILL part-way, and
 /// checks that every message that got its 250 is in the Maildir exactly once, and that every
-/// file in `new/` is a whole message.
+/// file in `new/` is a whole message: with the default grouped flushes (`--fsync filesystem`)
+/// and with `--fsync per-file`.
 #[test]
 fn kill_9_loses_no_acknowledged_message_and_leaves_no_partial_file() {
+    kill_9_midway("filesystem");
+}
+
+#[test]
+fn kill_9_with_per_file_fsync_loses_no_acknowledged_message() {
+    kill_9_midway("per-file");
+}
+
+fn kill_9_midway(fsync: &str) {
     let sb = Sandbox::new();
     sb.mktap_ok(&[
         "mail",
+        "--fsync",
+        fsync,
         "-d",
         "example.com=maildir",
         "-u",

@@ -113,6 +113,8 @@ pub struct MailConfig {
     pub hostname: String,
     /// The largest message SMTP accepts, in octets.
     pub max_message_size: u64,
+    /// How deliveries are flushed to disk before the 250 (`--fsync`).
+    pub fsync: maildir::Flush,
     /// Endpoints from the command line, on their way to the tap's listen list.
     #[serde(skip)]
     pub listen: Vec<Endpoint>,
@@ -139,6 +141,7 @@ impl Default for MailConfig {
             allow_plaintext_auth: false,
             hostname: String::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            fsync: maildir::Flush::default(),
             listen: Vec::new(),
         }
     }
@@ -238,6 +241,12 @@ struct MailArgs {
     /// The largest message accepted, in octets.
     #[arg(long = "max-message-size", value_name = "OCTETS", default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: u64,
+
+    /// How a message is flushed to disk before its 250: `filesystem` (one syncfs for a group
+    /// of deliveries) or `per-file` (fsync of each file and its directory; for a mail store
+    /// that shares its file system with bulk writers).
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = maildir::Flush::default())]
+    fsync: maildir::Flush,
 }
 
 impl Args for MailConfig {
@@ -263,6 +272,7 @@ impl FromArgMatches for MailConfig {
             aliases: args.aliases,
             hostname: args.hostname.unwrap_or_default(),
             max_message_size: args.max_message_size,
+            fsync: args.fsync,
             protocols: Vec::new(),
             relay: args.relay,
             smarthost: args.smarthost,

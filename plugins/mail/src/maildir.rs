@@ -1,23 +1,28 @@
 //! Maildirs: the layout, file names, durable delivery, and reading a mailbox for POP3.
 //!
 //! A Maildir is a directory with `tmp`, `new` and `cur` (mode 0700; messages 0600). Delivery
-//! writes the message under `tmp/`, fsyncs it, renames it into `new/` and fsyncs `new/`, so a
-//! crash leaves either nothing or the whole message in `new/`, never part of one. Files hold
-//! LF line endings, as mutt, Dovecot and Python's `mailbox` expect.
+//! writes the message under `tmp/`, flushes it to disk, renames it into `new/` and fsyncs
+//! `new/`, so a crash leaves either nothing or the whole message in `new/`, never part of one.
+//! Files hold LF line endings, as mutt, Dovecot and Python's `mailbox` expect.
 //!
-//! The [`Deliverer`] does that work on the runtime's blocking pool, so the async workers never
-//! block on the disk: each delivery writes and flushes its own files at once, and deliveries
-//! into one directory share its fsync (group commit, [`DirSync`]).
+//! The [`Deliverer`] does that work off the async workers, so they never block on the disk, in
+//! one of two ways ([`Flush`], `--fsync`):
+//! - `filesystem` (the default): two threads take the deliveries in groups, one syncfs flushes
+//!   all the files of a group, one fsync each `new/` they went into ([`Committer`],
+//!   [`Publisher`]): a few flushes per group instead of two per message;
+//! - `per-file`: each delivery writes and fsyncs its own files on the blocking pool, and
+//!   deliveries into one directory share its fsync ([`DirSync`]), as Postfix and Dovecot do.
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 /// Creates a Maildir (and its parents) if it is missing. A new one is flushed to disk, parent
@@ -94,12 +99,26 @@ fn name_for(host: &str, pid: u32, size: usize, crlf_size: usize) -> String {
     )
 }
 
-/// The handle sessions deliver through; clones share one [`DirSync`].
-///
-/// A delivery runs on the runtime's blocking pool as soon as it is asked for: its files are
-/// written and fsynced there at once, side by side with every other delivery in progress (the
-/// block layer overlaps concurrent flushes), then renamed into `new/`. Only the directory
-/// fsync waits for others: deliveries into one directory share it (group commit).
+/// How a delivery reaches stable storage before its 250 (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flush {
+    /// Deliveries are written by one thread, in groups: every file of a group is written and
+    /// renamed into `new/`, then one syncfs(2) flushes them all (data, inodes and directory
+    /// entries) and one fsync of a `new/` directory on each file system flushes the device
+    /// cache after what syncfs wrote last. syncfs also writes out whatever else is dirty on
+    /// that file system, so a mail store beside a bulk writer waits for it: use `per-file`
+    /// there. Needs Linux 5.8 or later (syncfs reports write-back errors since); older kernels
+    /// get `per-file`.
+    #[default]
+    Filesystem,
+    /// fsync(2) of every message file, then of `new/`, as Postfix and Dovecot do; concurrent
+    /// deliveries into one directory share its fsync.
+    PerFile,
+}
+
+/// The handle sessions deliver through; clones share one way of flushing: a [`Committer`]
+/// thread ([`Flush::Filesystem`]) or a [`DirSync`] ([`Flush::PerFile`]).
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     shared: Arc<Shared>,
@@ -107,29 +126,71 @@ pub struct Deliverer {
 
 #[derive(Debug)]
 struct Shared {
-    /// The host name for unique names, escaped once.
-    host: String,
-    /// This process's id, read once (glibc makes every `getpid` a system call).
-    pid: u32,
-    dirs: DirSync,
+    names: Namer,
+    flush: Flushing,
 }
 
-/// A message's file, written and flushed under `tmp/`, on its way to `new/`.
+#[derive(Debug)]
+enum Flushing {
+    /// Deliveries queued for the committer thread, which ends when the last sender goes.
+    Filesystem(mpsc::Sender<Job>),
+    PerFile(DirSync),
+}
+
+/// What unique names are made of, worked out once.
+#[derive(Debug, Clone)]
+struct Namer {
+    /// The host name, escaped.
+    host: String,
+    /// This process's id (glibc makes every `getpid` a system call).
+    pid: u32,
+}
+
+/// A message's file, written under `tmp/`, on its way to `new/`.
 struct Placed {
     tmp: PathBuf,
     new: PathBuf,
-    /// The `new/` directory, fsynced once the file is renamed into it.
+    /// The `new/` directory, flushed once the file is renamed into it.
     dir: PathBuf,
+    /// The page cache the file takes, in bytes.
+    pages: u64,
+}
+
+/// A delivery for the committer thread.
+struct Job {
+    targets: Vec<(PathBuf, Arc<Vec<u8>>)>,
+    done: oneshot::Sender<io::Result<()>>,
 }
 
 impl Deliverer {
-    pub fn new(hostname: &str) -> Deliverer {
+    /// A deliverer flushing as `flush` says (`Filesystem` starts its thread here; if the
+    /// kernel's syncfs cannot report errors, or the thread cannot start, it is `PerFile`).
+    pub fn new(hostname: &str, flush: Flush) -> Deliverer {
+        let names = Namer {
+            host: escape_host(hostname),
+            pid: std::process::id(),
+        };
+        let flush = match flush {
+            Flush::Filesystem if !syncfs_reports_errors() => {
+                tracing::warn!(
+                    "--fsync filesystem needs Linux 5.8 or later (syncfs reports write-back \
+                     errors since): flushing each file instead"
+                );
+                Flushing::PerFile(DirSync::default())
+            }
+            Flush::Filesystem => match start_committer(&names) {
+                Ok(jobs) => Flushing::Filesystem(jobs),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the delivery threads ({e}): flushing each file instead"
+                    );
+                    Flushing::PerFile(DirSync::default())
+                }
+            },
+            Flush::PerFile => Flushing::PerFile(DirSync::default()),
+        };
         Deliverer {
-            shared: Arc::new(Shared {
-                host: escape_host(hostname),
-                pid: std::process::id(),
-                dirs: DirSync::default(),
-            }),
+            shared: Arc::new(Shared { names, flush }),
         }
     }
 
@@ -143,16 +204,22 @@ impl Deliverer {
 
     /// Like [`Deliverer::deliver`], with its own content for each Maildir; all or none.
     ///
-    /// If the caller goes away midway, the delivery still finishes (or is taken back) on the
-    /// blocking pool; at worst a file is left in `tmp/` for [`clean_tmp`].
+    /// If the caller goes away midway, the delivery still finishes (or is taken back) on its
+    /// thread; at worst a file is left in `tmp/` for [`clean_tmp`].
     pub async fn deliver_each(&self, targets: Vec<(PathBuf, Arc<Vec<u8>>)>) -> io::Result<()> {
         let (done, outcome) = oneshot::channel();
+        if let Flushing::Filesystem(jobs) = &self.shared.flush {
+            if jobs.send(Job { targets, done }).is_err() {
+                return Err(io::Error::other("the delivery thread is gone"));
+            }
+            return finished(outcome).await;
+        }
         if targets.len() < 2 {
             let shared = self.shared.clone();
             tokio::task::spawn_blocking(move || {
                 match targets
                     .iter()
-                    .map(|(maildir, content)| shared.place(maildir, content))
+                    .map(|(maildir, content)| shared.names.place(maildir, content, true))
                     .collect::<io::Result<Vec<_>>>()
                 {
                     Ok(placed) => shared.publish(placed, done),
@@ -169,7 +236,7 @@ impl Deliverer {
             .into_iter()
             .map(|(maildir, content)| {
                 let shared = self.shared.clone();
-                tokio::task::spawn_blocking(move || shared.place(&maildir, &content))
+                tokio::task::spawn_blocking(move || shared.names.place(&maildir, &content, true))
             })
             .collect();
         let mut placed = Vec::with_capacity(writes.len());
@@ -188,9 +255,7 @@ impl Deliverer {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || match failure {
             Some(e) => {
-                for file in &placed {
-                    let _ = std::fs::remove_file(&file.tmp);
-                }
+                remove_all(placed.iter().map(|file| &file.tmp));
                 let _ = done.send(Err(e));
             }
             None => shared.publish(placed, done),
@@ -207,11 +272,23 @@ async fn finished(outcome: oneshot::Receiver<io::Result<()>>) -> io::Result<()> 
         .unwrap_or_else(|_| Err(io::Error::other("the delivery was abandoned")))
 }
 
-impl Shared {
-    /// Writes `content` into a new file under `maildir/tmp/` and fsyncs it; a failure leaves
-    /// nothing behind.
-    fn place(&self, maildir: &Path, content: &[u8]) -> io::Result<Placed> {
-        let lines = content.iter().filter(|&&b| b == b'\n').count();
+/// Removes files, on the way back from a failure (one that is already gone is no matter).
+fn remove_all<'a>(files: impl IntoIterator<Item = &'a PathBuf>) {
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A copy of an error for each delivery it failed.
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+impl Namer {
+    /// Writes `content` into a new file under `maildir/tmp/`, fsynced if `sync`; a failure
+    /// leaves nothing behind.
+    fn place(&self, maildir: &Path, content: &[u8], sync: bool) -> io::Result<Placed> {
+        let lines = memchr::memchr_iter(b'\n', content).count();
         let name = name_for(&self.host, self.pid, content.len(), content.len() + lines);
         let tmp = maildir.join("tmp").join(&name);
         let written = OpenOptions::new()
@@ -221,7 +298,10 @@ impl Shared {
             .open(&tmp)
             .and_then(|mut file| {
                 file.write_all(content)?;
-                file.sync_all()
+                if sync {
+                    file.sync_all()?;
+                }
+                Ok(())
             });
         match written {
             Ok(()) => {
@@ -230,6 +310,7 @@ impl Shared {
                     new: dir.join(&name),
                     tmp,
                     dir,
+                    pages: (content.len() as u64).next_multiple_of(4096),
                 })
             }
             Err(e) => {
@@ -239,21 +320,49 @@ impl Shared {
         }
     }
 
+    /// Writes every target's file under its `tmp/`, not flushed; all or none (a failure
+    /// removes what was written).
+    fn write_all(&self, targets: &[(PathBuf, Arc<Vec<u8>>)]) -> io::Result<Vec<Placed>> {
+        let mut placed = Vec::with_capacity(targets.len());
+        for (maildir, content) in targets {
+            match self.place(maildir, content, false) {
+                Ok(file) => placed.push(file),
+                Err(e) => {
+                    remove_all(placed.iter().map(|file| &file.tmp));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(placed)
+    }
+}
+
+/// Renames each file from `tmp/` into `new/`; on a failure, every file is taken back.
+fn rename_all(placed: &[Placed]) -> io::Result<()> {
+    for (renamed, file) in placed.iter().enumerate() {
+        if let Err(e) = std::fs::rename(&file.tmp, &file.new) {
+            remove_all(placed[..renamed].iter().map(|taken| &taken.new));
+            remove_all(placed[renamed..].iter().map(|left| &left.tmp));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
     /// Renames flushed files into `new/`, then has each `new/` fsynced once; `done` hears the
     /// outcome. On any failure every file is taken back (the client will send the message
     /// again).
     fn publish(&self, placed: Vec<Placed>, done: oneshot::Sender<io::Result<()>>) {
-        for (renamed, file) in placed.iter().enumerate() {
-            if let Err(e) = std::fs::rename(&file.tmp, &file.new) {
-                for taken in &placed[..renamed] {
-                    let _ = std::fs::remove_file(&taken.new);
-                }
-                for left in &placed[renamed..] {
-                    let _ = std::fs::remove_file(&left.tmp);
-                }
-                let _ = done.send(Err(e));
-                return;
-            }
+        let Flushing::PerFile(dirsync) = &self.flush else {
+            let _ = done.send(Err(io::Error::other(
+                "per-file flush on a filesystem deliverer",
+            )));
+            return;
+        };
+        if let Err(e) = rename_all(&placed) {
+            let _ = done.send(Err(e));
+            return;
         }
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(placed.len());
         let mut files = Vec::with_capacity(placed.len());
@@ -263,7 +372,7 @@ impl Shared {
             }
             files.push(file.new);
         }
-        self.dirs.sync(
+        dirsync.sync(
             dirs,
             Ticket {
                 left: 0,
@@ -272,6 +381,227 @@ impl Shared {
                 done,
             },
         );
+    }
+}
+
+/// Starts the [`Committer`] and [`Publisher`] threads; each ends when its queue's last sender
+/// goes (the publisher's is the committer's).
+fn start_committer(names: &Namer) -> io::Result<mpsc::Sender<Job>> {
+    let (published, publisher_queue) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("maildir-publish".into())
+        .spawn(move || Publisher::run(publisher_queue))?;
+    let (jobs, queue) = mpsc::channel();
+    let committer = Committer {
+        names: names.clone(),
+        filesystems: HashMap::new(),
+        publisher: published,
+    };
+    std::thread::Builder::new()
+        .name("maildir-flush".into())
+        .spawn(move || committer.run(queue))?;
+    Ok(jobs)
+}
+
+/// Whether this kernel's syncfs(2) reports write-back errors: Linux 5.8 and later (before, it
+/// returned success after a failed write, which would acknowledge a message that is not on
+/// disk).
+fn syncfs_reports_errors() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (5, 8)
+}
+
+/// Above this much dirty page cache not of its own (`Dirty` + `Writeback` in /proc/meminfo),
+/// the committer flushes a group file by file: syncfs would first write all of it (with a
+/// build writing to the same file system, a syncfs took 8 ms here instead of 0.2).
+const OTHERS_DIRTY_LIMIT: u64 = 4 << 20;
+
+/// The files of a group's deliveries, each with the sender its delivery answers through.
+type Group = Vec<Delivery>;
+type Delivery = (Vec<Placed>, oneshot::Sender<io::Result<()>>);
+
+/// The first of the two threads of [`Flush::Filesystem`]: it takes every delivery queued
+/// since its last round, writes their files under `tmp/`, flushes them all at once
+/// ([`Committer::flush`]), and hands them to the [`Publisher`], which renames them into `new/`,
+/// fsyncs those directories, and answers. So a file is on disk before its name is in `new/`,
+/// as with per-file fsyncs, and the two flushes of one round's deliveries overlap the two of
+/// the round before and after.
+///
+/// While it waits for the disk, sessions go on and queue the next round's deliveries, so
+/// rounds grow with the load (group commit, as databases do), and the sessions hear back with
+/// one wake-up per round, not one per message.
+struct Committer {
+    names: Namer,
+    /// A directory held open on each file system (by device number) since its first
+    /// delivery, to call syncfs through: syncfs reports the write-back errors on the file
+    /// system since that handle's previous call (on its first, those nobody has seen), so a
+    /// long-lived handle misses none between a write and its flush.
+    filesystems: HashMap<u64, File>,
+    publisher: mpsc::Sender<Group>,
+}
+
+impl Committer {
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
+        while let Ok(first) = queue.recv() {
+            let mut jobs = vec![first];
+            jobs.extend(queue.try_iter());
+            self.round(jobs);
+        }
+    }
+
+    fn round(&mut self, jobs: Vec<Job>) {
+        let mut written: Group = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.names.write_all(&job.targets) {
+                Ok(placed) => written.push((placed, job.done)),
+                Err(e) => {
+                    let _ = job.done.send(Err(e));
+                }
+            }
+        }
+        if written.is_empty() {
+            return;
+        }
+        let failure = match self.flush(&written, &[]) {
+            Ok(()) => match self.publisher.send(written) {
+                Ok(()) => return,
+                Err(mpsc::SendError(written)) => {
+                    (io::Error::other("the delivery thread is gone"), written)
+                }
+            },
+            Err(e) => (e, written),
+        };
+        let (e, written) = failure;
+        for (placed, done) in written {
+            remove_all(placed.iter().map(|file| &file.tmp));
+            let _ = done.send(Err(copy_error(&e)));
+        }
+    }
+
+    /// Flushes the files of `written` (under `tmp/`) and the directory entries `renamed` made
+    /// in `new/`: one syncfs per file system, then an fsync of one of those directories on
+    /// each; or, when much else is dirty, an fsync of each written file and each `new/`.
+    ///
+    /// The fsync after syncfs is for file systems without a journal (ext4's nojournal mode):
+    /// their syncfs flushes the device cache before its last metadata writes, and this fsync
+    /// flushes it after them. Elsewhere it finds nothing dirty and costs one cache flush.
+    fn flush(&mut self, written: &[Delivery], renamed: &[Delivery]) -> io::Result<()> {
+        let (written, renamed) = (files_of(written), files_of(renamed));
+        let mut dirs: Vec<&Path> = Vec::new();
+        for dir in written
+            .iter()
+            .filter_map(|file| file.tmp.parent())
+            .chain(renamed.iter().map(|file| file.dir.as_path()))
+        {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        let ours = written.iter().map(|file| file.pages).sum();
+        if others_dirty(ours) > OTHERS_DIRTY_LIMIT {
+            written
+                .iter()
+                .try_for_each(|file| File::open(&file.tmp)?.sync_all())?;
+            return dirs
+                .iter()
+                .filter(|dir| renamed.iter().any(|file| file.dir == **dir))
+                .try_for_each(|dir| File::open(dir)?.sync_all());
+        }
+        let mut devices: Vec<(u64, File)> = Vec::new();
+        for dir in dirs {
+            let handle = File::open(dir)?;
+            let device = handle.metadata()?.dev();
+            if devices.iter().all(|(seen, _)| *seen != device) {
+                if let std::collections::hash_map::Entry::Vacant(entry) =
+                    self.filesystems.entry(device)
+                {
+                    entry.insert(handle.try_clone()?);
+                }
+                devices.push((device, handle));
+            }
+        }
+        for (device, _) in &devices {
+            if let Some(handle) = self.filesystems.get(device) {
+                rustix::fs::syncfs(handle)?;
+            }
+        }
+        devices.iter().try_for_each(|(_, dir)| dir.sync_all())
+    }
+}
+
+/// The second thread of [`Flush::Filesystem`]: renames flushed files into `new/`, fsyncs
+/// each of those directories once for all the deliveries queued since its last round, and
+/// answers them.
+struct Publisher;
+
+impl Publisher {
+    fn run(queue: mpsc::Receiver<Group>) {
+        while let Ok(first) = queue.recv() {
+            let mut group = first;
+            group.extend(queue.try_iter().flatten());
+            Publisher::round(group);
+        }
+    }
+
+    fn round(group: Group) {
+        let mut renamed: Group = Vec::with_capacity(group.len());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (placed, done) in group {
+            if let Err(e) = rename_all(&placed) {
+                let _ = done.send(Err(e));
+                continue;
+            }
+            for file in &placed {
+                if !dirs.contains(&file.dir) {
+                    dirs.push(file.dir.clone());
+                }
+            }
+            renamed.push((placed, done));
+        }
+        let flushed = dirs.iter().try_for_each(|dir| File::open(dir)?.sync_all());
+        for (placed, done) in renamed {
+            let outcome = match &flushed {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Not known to be on disk: take it back, the client will send it again.
+                    remove_all(placed.iter().map(|file| &file.new));
+                    Err(copy_error(e))
+                }
+            };
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+fn files_of(group: &[Delivery]) -> Vec<&Placed> {
+    group.iter().flat_map(|(placed, _)| placed).collect()
+}
+
+/// Dirty page cache (`Dirty` + `Writeback` in /proc/meminfo), in bytes, beyond `ours`; the
+/// most there can be if /proc/meminfo cannot be read.
+fn others_dirty(ours: u64) -> u64 {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return u64::MAX;
+    };
+    let kib = |key: &str| {
+        meminfo.lines().find_map(|line| {
+            line.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    match (kib("Dirty:"), kib("Writeback:")) {
+        (Some(dirty), Some(writeback)) => ((dirty + writeback) << 10).saturating_sub(ours),
+        _ => u64::MAX,
     }
 }
 
@@ -316,9 +646,7 @@ impl Ticket {
         let outcome = match self.failure {
             None => Ok(()),
             Some(e) => {
-                for file in &self.files {
-                    let _ = std::fs::remove_file(file);
-                }
+                remove_all(&self.files);
                 Err(e)
             }
         };
@@ -384,9 +712,7 @@ impl DirSync {
                 };
                 ticket.left -= 1;
                 if let Err(e) = &result {
-                    ticket
-                        .failure
-                        .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+                    ticket.failure.get_or_insert_with(|| copy_error(e));
                 }
                 if ticket.left == 0 {
                     finished.extend(state.tickets.remove(&id));
@@ -570,6 +896,13 @@ mod tests {
         }
     }
 
+    fn dirsync(deliverer: &Deliverer) -> &DirSync {
+        match &deliverer.shared.flush {
+            Flushing::PerFile(dirsync) => dirsync,
+            Flushing::Filesystem(_) => panic!("not a per-file deliverer"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_share_directory_flushes() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -577,7 +910,7 @@ mod tests {
         let two = dir.path().join("two");
         ensure(&one).expect("maildir");
         ensure(&two).expect("maildir");
-        let deliverer = Deliverer::new("h");
+        let deliverer = Deliverer::new("h", Flush::PerFile);
         let sends: Vec<_> = (0..64)
             .map(|i| {
                 let deliverer = deliverer.clone();
@@ -606,12 +939,12 @@ mod tests {
         );
         // A claimant lets go of its directory just after its last acknowledgement.
         for _ in 0..1000 {
-            if deliverer.shared.dirs.lock().dirs.is_empty() {
+            if dirsync(&deliverer).lock().dirs.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let state = deliverer.shared.dirs.lock();
+        let state = dirsync(&deliverer).lock();
         assert!(
             state.dirs.is_empty() && state.tickets.is_empty(),
             "{state:?}"
@@ -620,37 +953,96 @@ mod tests {
 
     #[tokio::test]
     async fn delivery_lands_in_new_and_lists() {
+        for flush in [Flush::Filesystem, Flush::PerFile] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let one = dir.path().join("one");
+            let two = dir.path().join("two");
+            ensure(&one).expect("maildir");
+            ensure(&two).expect("maildir");
+            let deliverer = Deliverer::new("h", flush);
+            deliverer
+                .deliver(
+                    vec![one.clone(), two.clone()],
+                    b"Subject: x\n\nhi\n".to_vec(),
+                )
+                .await
+                .expect("delivered");
+            for maildir in [&one, &two] {
+                let messages = list(maildir, &mut SizeCache::new()).expect("list");
+                assert_eq!(messages.len(), 1, "{flush:?}");
+                assert_eq!(messages[0].size, 18);
+                assert!(std::fs::read_dir(maildir.join("tmp"))
+                    .expect("tmp")
+                    .next()
+                    .is_none());
+            }
+            let missing = dir.path().join("missing");
+            assert!(deliverer
+                .deliver(vec![one.clone(), missing], b"x\n".to_vec())
+                .await
+                .is_err());
+            assert_eq!(
+                list(&one, &mut SizeCache::new()).expect("list").len(),
+                1,
+                "{flush:?}: a failed delivery is taken back"
+            );
+            assert!(
+                std::fs::read_dir(one.join("tmp"))
+                    .expect("tmp")
+                    .next()
+                    .is_none(),
+                "{flush:?}: nothing is left in tmp/"
+            );
+        }
+    }
+
+    /// Many deliveries at once, to one Maildir, the other, and both: each lands once, whole,
+    /// and nothing stays in `tmp/` (the committer's rounds, and its publisher's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_deliveries_each_land_once() {
         let dir = tempfile::tempdir().expect("tmp");
         let one = dir.path().join("one");
         let two = dir.path().join("two");
         ensure(&one).expect("maildir");
         ensure(&two).expect("maildir");
-        let deliverer = Deliverer::new("h");
-        deliverer
-            .deliver(
-                vec![one.clone(), two.clone()],
-                b"Subject: x\n\nhi\n".to_vec(),
-            )
-            .await
-            .expect("delivered");
-        for maildir in [&one, &two] {
-            let messages = list(maildir, &mut SizeCache::new()).expect("list");
-            assert_eq!(messages.len(), 1);
-            assert_eq!(messages[0].size, 18);
+        let deliverer = Deliverer::new("h", Flush::Filesystem);
+        let sends: Vec<_> = (0..300)
+            .map(|i| {
+                let deliverer = deliverer.clone();
+                let targets = match i % 3 {
+                    0 => vec![one.clone()],
+                    1 => vec![two.clone()],
+                    _ => vec![one.clone(), two.clone()],
+                };
+                tokio::spawn(async move {
+                    deliverer
+                        .deliver(targets, format!("Subject: {i}\n\n{i}\n").into_bytes())
+                        .await
+                })
+            })
+            .collect();
+        for send in sends {
+            send.await.expect("task").expect("delivered");
+        }
+        for (maildir, expected) in [(&one, 200), (&two, 200)] {
+            let mut subjects: Vec<u32> = list(maildir, &mut SizeCache::new())
+                .expect("list")
+                .iter()
+                .map(|m| {
+                    let text = std::fs::read_to_string(&m.path).expect("read");
+                    text.strip_prefix("Subject: ")
+                        .and_then(|t| t.split('\n').next())
+                        .and_then(|n| n.parse().ok())
+                        .expect("a numbered message")
+                })
+                .collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            assert_eq!(subjects.len(), expected);
             assert!(std::fs::read_dir(maildir.join("tmp"))
                 .expect("tmp")
                 .next()
                 .is_none());
         }
-        let missing = dir.path().join("missing");
-        assert!(deliverer
-            .deliver(vec![one.clone(), missing], b"x\n".to_vec())
-            .await
-            .is_err());
-        assert_eq!(
-            list(&one, &mut SizeCache::new()).expect("list").len(),
-            1,
-            "a failed delivery is taken back"
-        );
     }
 }

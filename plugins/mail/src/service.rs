@@ -10,6 +10,7 @@ use host::service::{serve, ServiceContext};
 use host::{BoundListener, Service};
 
 use crate::aliases::Aliases;
+use crate::maildir::Flush;
 use crate::maildir::{self, Deliverer};
 use crate::pop3::Pop3;
 use crate::relay::{Relay, RelaySettings};
@@ -26,6 +27,7 @@ pub struct MailService {
     aliases: Option<std::path::PathBuf>,
     hostname: String,
     max_message_size: u64,
+    flush: Flush,
     protocols: Vec<String>,
     tls: Option<TlsAcceptor>,
     auth: bool,
@@ -74,6 +76,7 @@ impl MailService {
             aliases: config.aliases.clone(),
             hostname,
             max_message_size: config.max_message_size,
+            flush: config.fsync,
             protocols: config.protocols.clone(),
         })
     }
@@ -103,7 +106,7 @@ impl Service for MailService {
                 .map_err(|e| format!("maildir {}: {e}", mailbox.path.display()))?;
             clean(&mailbox.path);
         }
-        let deliverer = Deliverer::new(&self.hostname);
+        let deliverer = Deliverer::new(&self.hostname, self.flush);
         let relay = match &self.relay {
             Some(settings) => {
                 maildir::ensure(&settings.queue)
