@@ -170,6 +170,8 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
         "queue",
         "--smarthost",
         &format!("127.0.0.1:{port}"),
+        "--relay-min-backoff",
+        "1",
         "-s",
         LOOPBACK0,
         "--no-pop3",
@@ -221,4 +223,139 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Sends one message from alice to carol@remote.test through the relay at `addr`.
+fn submit(dir: &std::path::Path, addr: SocketAddr, subject: &str) {
+    python(
+        dir,
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('alice@example.com', ['carol@remote.test'],
+               'Subject: %s\r\n\r\nbody\r\n' % sys.argv[2])
+"#,
+        &[&addr.to_string(), subject],
+    );
+}
+
+/// The first log line with `needle`, logged already (maybe before "ready:") or to come.
+fn logged(twistd: &mut util::Twistd, needle: &str) -> String {
+    match twistd.log.iter().find(|l| l.contains(needle)) {
+        Some(line) => line.clone(),
+        None => twistd.wait_for(needle),
+    }
+}
+
+/// The queue's only file, as text.
+fn only_queue_file(sb: &Sandbox) -> String {
+    let names: Vec<_> = std::fs::read_dir(sb.join("queue/new"))
+        .expect("queue/new")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    String::from_utf8_lossy(&std::fs::read(&names[0]).expect("read")).into_owned()
+}
+
+/// An `X-Envelope-*` field of a queue file, as a number.
+fn envelope_field(file: &str, name: &str) -> u64 {
+    file.lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(&format!("X-Envelope-{name}: ")))
+        .unwrap_or_else(|| panic!("no X-Envelope-{name} in {file}"))
+        .parse()
+        .expect("a number")
+}
+
+/// The subjects of carol's messages at the smarthost, sorted.
+fn carol_subjects(sb: &Sandbox) -> Vec<String> {
+    let mut subjects: Vec<String> = files(sb, "carol", "new")
+        .iter()
+        .filter_map(|(_, text)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+/// Retry times used to live in memory only: a restart retried every queued message at once and
+/// started the back-off again. The queue file records them now.
+#[test]
+fn the_retry_schedule_survives_a_restart() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let port = free_port();
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let relay = |min: &str, max: &str| {
+        serve(
+            &a,
+            &[
+                "--relay",
+                "queue",
+                "--smarthost",
+                &smarthost_addr,
+                "--relay-min-backoff",
+                min,
+                "--relay-max-backoff",
+                max,
+            ],
+        )
+    };
+
+    // The smarthost is down: the first attempt is deferred, for an hour, in the file.
+    let mut twistd = relay("3600", "7200");
+    submit(a.path(), twistd.addr(0), "first");
+    twistd.wait_for("relay deferred");
+    let deferred = only_queue_file(&a);
+    assert_eq!(envelope_field(&deferred, "Attempts"), 1, "{deferred}");
+    assert!(
+        envelope_field(&deferred, "Next-Attempt") >= envelope_field(&deferred, "Queued") + 3600,
+        "{deferred}"
+    );
+    let (status, _) = twistd.stop();
+    assert!(status.success());
+
+    // The smarthost is up, but the restarted relay keeps the recorded hour: a message queued
+    // after the restart goes out, the first one stays as it was.
+    let remote = smarthost(&b, port);
+    let mut twistd = relay("3600", "7200");
+    let waits = logged(&mut twistd, "before its next attempt");
+    assert!(waits.contains("attempts=1"), "{waits}");
+    submit(a.path(), twistd.addr(0), "second");
+    wait_until("carol has the second message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    wait_until("the second message left the queue", || {
+        count(&a.join("queue/new")) == 1
+    });
+    assert_eq!(carol_subjects(&b), ["second"]);
+    assert_eq!(only_queue_file(&a), deferred, "the first one was not tried");
+    let (status, _) = twistd.stop();
+    assert!(status.success());
+
+    // A maximum back-off of 2 s brings the recorded time forward; with the smarthost down
+    // again, that attempt is the second (2 s = 1 s doubled), not a first one.
+    drop(remote);
+    let mut twistd = relay("1", "2");
+    let line = twistd.wait_for("relay deferred");
+    assert!(line.contains("attempt=2"), "{line}");
+    wait_until("the file records the second attempt", || {
+        std::fs::read_dir(a.join("queue/new"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("\nX-Envelope-Attempts: 2\n"))
+            })
+    });
+    let _remote = smarthost(&b, port);
+    wait_until("carol has both messages", || {
+        count(&b.join("maildir/carol/new")) == 2
+    });
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    assert_eq!(carol_subjects(&b), ["first", "second"]);
+    twistd.wait_for("relayed");
 }
