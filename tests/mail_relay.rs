@@ -1,11 +1,16 @@
 //! The mail plugin's relay queue against a second mail service on loopback as the smarthost:
-//! the round trip, retries, bounces, expiry, and a queue that outlives a restart.
+//! the round trip, retries, bounces, expiry, a queue and a retry schedule that outlive a
+//! restart, STARTTLS towards the next server; and delivery by MX through a DNS server of the
+//! test's own (`tests/mail/dns.py`) to a mail service on 127.0.0.x:25.
 
 #[path = "mail/support.rs"]
 mod support;
 mod util;
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use support::*;
 
 use util::{stderr, wait_until, Sandbox};
@@ -358,4 +363,335 @@ fn the_retry_schedule_survives_a_restart() {
     wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
     assert_eq!(carol_subjects(&b), ["first", "second"]);
     twistd.wait_for("relayed");
+}
+
+/// The next server offers STARTTLS (a certificate made now): `may`, the default, takes it
+/// without checking the certificate, `verify` with the right `--relay-ca` takes it and checks,
+/// `verify` with other CAs defers, `none` stays in plain text.
+#[test]
+fn relay_uses_starttls_towards_the_next_server() {
+    let b = Sandbox::new();
+    certificate(&b);
+    let port = free_port();
+    let _remote = remote(
+        &b,
+        &format!("tcp:{port}:interface=127.0.0.1"),
+        &["-c", "cert.pem", "--privkey", "key.pem"],
+    );
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let ca = b.join("cert.pem");
+    let ca = ca.to_str().expect("a UTF-8 path");
+    // The "system" CAs of the verifying relay without --relay-ca: another certificate.
+    let others = Sandbox::new();
+    certificate(&others);
+
+    // verify, with CAs that do not know the certificate: deferred, nothing reaches carol.
+    let a = Sandbox::new();
+    let mut relay = serve_env(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "verify",
+        ],
+        &[("SSL_CERT_FILE", &others.join("cert.pem"))],
+    );
+    submit(a.path(), relay.addr(0), "unverifiable");
+    let deferred = relay.wait_for("relay deferred");
+    assert!(
+        deferred.contains("TLS handshake: invalid peer certificate")
+            && deferred.contains("--relay-tls verify"),
+        "{deferred}"
+    );
+    assert_eq!(count(&a.join("queue/new")), 1);
+    assert_eq!(count(&b.join("maildir/carol/new")), 0);
+
+    // may (the default): encrypted, not verified.
+    let a = Sandbox::new();
+    let mut relay = serve(&a, &["--relay", "queue", "--smarthost", &smarthost_addr]);
+    submit(a.path(), relay.addr(0), "opportunistic");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains("certificate not verified"),
+        "{relayed}"
+    );
+
+    // verify with the receiver's certificate as the CA: encrypted and verified.
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "verify",
+            "--relay-ca",
+            ca,
+        ],
+    );
+    submit(a.path(), relay.addr(0), "verified");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 2
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains(", certificate verified"),
+        "{relayed}"
+    );
+
+    // none: plain text although STARTTLS is offered.
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "none",
+        ],
+    );
+    submit(a.path(), relay.addr(0), "plain");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 3
+    });
+    assert!(relay.wait_for("relayed").contains("tls=plain text"));
+
+    // What the receiver wrote down: ESMTPS for the two sessions under TLS, ESMTP for the other.
+    let mut received: Vec<(String, &str)> = files(&b, "carol", "new")
+        .iter()
+        .map(|(_, text)| {
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .expect("a subject")
+                .to_string();
+            let with = if text.contains("by mx.remote.test (taphost) with ESMTPS id") {
+                "ESMTPS"
+            } else if text.contains("by mx.remote.test (taphost) with ESMTP id") {
+                "ESMTP"
+            } else {
+                "?"
+            };
+            (subject, with)
+        })
+        .collect();
+    received.sort();
+    assert_eq!(
+        received,
+        [
+            ("opportunistic".to_string(), "ESMTPS"),
+            ("plain".to_string(), "ESMTP"),
+            ("verified".to_string(), "ESMTPS"),
+        ]
+    );
+}
+
+/// tests/mail/dns.py, running; killed when dropped.
+struct Dns {
+    child: Child,
+    port: u16,
+    queries: Arc<Mutex<Vec<String>>>,
+}
+
+impl Dns {
+    fn start(zone: &str) -> Dns {
+        let mut child = Command::new("python3")
+            .arg(util::repo().join("tests/mail/dns.py"))
+            .arg(zone)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run dns.py");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let port = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.parse().ok())
+            .expect("dns.py prints its port");
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let seen = queries.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                seen.lock().expect("queries").push(line);
+            }
+        });
+        Dns {
+            child,
+            port,
+            queries,
+        }
+    }
+
+    fn asked(&self, query: &str) -> bool {
+        self.queries
+            .lock()
+            .expect("queries")
+            .iter()
+            .any(|q| q == query)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An address in 127/8 whose port 25 is free (binding it needs root), or why there is none.
+fn loopback_with_port_25_free() -> Result<Ipv4Addr, String> {
+    // Start somewhere that depends on the process, so parallel runs rarely meet.
+    let start = std::process::id() % 200;
+    let mut last = String::new();
+    for i in 0..200 {
+        let ip = Ipv4Addr::new(127, 0, 0, 30 + ((start + i) % 200) as u8);
+        match std::net::TcpListener::bind((ip, 25)) {
+            Ok(_) => return Ok(ip),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!("binding port 25 needs root: {e}"))
+            }
+            Err(e) => last = format!("{ip}:25: {e}"),
+        }
+    }
+    Err(format!("no 127.0.0.x with port 25 free (last: {last})"))
+}
+
+/// MX routing for real: the relay asks a DNS server of the test's own (`--relay-resolver`)
+/// for remote.test's MX, then for the MX host's address, and delivers there on port 25; a
+/// recipient at a domain with a null MX (RFC 7505) is bounced at once.
+#[test]
+fn relay_delivers_by_mx_through_the_resolver_given() {
+    let mx_ip = match loopback_with_port_25_free() {
+        Ok(ip) => ip,
+        Err(reason) => {
+            println!("SKIPPED relay_delivers_by_mx_through_the_resolver_given: {reason}");
+            return;
+        }
+    };
+    let zone = format!(
+        r#"{{"MX": {{"remote.test": [[20, "backup.remote.test"], [10, "mx.remote.test"]],
+                    "nomail.test": [[0, ""]]}},
+            "A": {{"mx.remote.test": ["{mx_ip}"]}}}}"#
+    );
+    let dns = Dns::start(&zone);
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let _remote = remote(&b, &format!("tcp:25:interface={mx_ip}"), &[]);
+    let resolver = format!("127.0.0.1:{}", dns.port);
+    let mut relay = serve(&a, &["--relay", "queue", "--relay-resolver", &resolver]);
+    python(
+        a.path(),
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('alice@example.com', ['carol@remote.test', 'nobody@nomail.test'],
+               'Subject: by mx\r\nMessage-ID: <mx1@example.com>\r\n\r\nbody\r\n')
+"#,
+        &[&relay.addr(0).to_string()],
+    );
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains(&format!("relay=mx.remote.test[{mx_ip}]:25")),
+        "{relayed}"
+    );
+    let carol = &files(&b, "carol", "new")[0].1;
+    assert!(carol.contains("Subject: by mx\n"), "{carol}");
+    assert!(dns.asked("MX remote.test") && dns.asked("A mx.remote.test"));
+
+    // The null MX: a bounce naming the recipient with 5.1.10, at once, and no address looked
+    // up for the domain.
+    wait_until("alice has the bounce", || {
+        count(&a.join("maildir/alice/new")) == 1
+    });
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    let bounce = &files(&a, "alice", "new")[0].1;
+    assert!(
+        bounce.contains(
+            "Final-Recipient: rfc822; nobody@nomail.test\nAction: failed\nStatus: 5.1.10\n"
+        ),
+        "{bounce}"
+    );
+    assert!(!bounce.contains("carol@remote.test"), "{bounce}");
+    assert!(dns.asked("MX nomail.test"));
+    assert!(!dns.asked("A nomail.test"), "a null MX is no implicit MX");
+}
+
+#[test]
+fn relay_options_are_checked() {
+    let sb = Sandbox::new();
+    let refused = |args: &[&str], message: &str| {
+        let mut all = vec!["mail", "-d", "e.com=md"];
+        all.extend_from_slice(args);
+        let out = sb.mktap(&all);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    };
+    refused(
+        &["--relay", "q", "--relay-ca", "ca.pem"],
+        "--relay-ca: only used with --relay-tls verify (not may)",
+    );
+    refused(
+        &[
+            "--relay",
+            "q",
+            "--relay-tls",
+            "verify",
+            "--relay-ca",
+            "missing.pem",
+        ],
+        "--relay-ca missing.pem:",
+    );
+    refused(&["--relay", "q", "--relay-tls", "sometimes"], "--relay-tls");
+    refused(
+        &["--relay-tls", "verify"],
+        "--relay-tls: needs --relay QUEUEDIR",
+    );
+    refused(
+        &["--relay", "q", "--relay-resolver", "dns.example"],
+        "expected IP or IP:PORT",
+    );
+    refused(
+        &[
+            "--relay",
+            "q",
+            "--smarthost",
+            "h:25",
+            "--relay-resolver",
+            "127.0.0.53",
+        ],
+        "--relay-resolver: not used with --smarthost",
+    );
+    sb.mktap_ok(&[
+        "-n",
+        "relay",
+        "mail",
+        "-d",
+        "e.com=md",
+        "--relay",
+        "q",
+        "--relay-resolver",
+        "127.0.0.53",
+        "--relay-resolver",
+        "[::1]:5353",
+    ]);
+    let tap: serde_json::Value = serde_json::from_str(&sb.read("relay.tap")).expect("json");
+    let config = &tap["services"][0]["config"];
+    assert_eq!(config["relay_tls"], "may");
+    assert_eq!(
+        config["relay_resolver"],
+        serde_json::json!(["127.0.0.53:53", "[::1]:5353"])
+    );
 }

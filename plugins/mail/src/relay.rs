@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,13 +48,17 @@ use crate::maildir::{self, Deliverer};
 use crate::outbound::{self, Outcome};
 use crate::users::{Directory, Route};
 
-/// The relay's settings, from `--relay`, `--smarthost`, `--relay-min-backoff`,
-/// `--relay-max-backoff` and `--queue-lifetime`.
+/// The relay's settings, from `--relay`, `--smarthost`, `--relay-resolver`, `--relay-tls`,
+/// `--relay-ca`, `--relay-min-backoff`, `--relay-max-backoff` and `--queue-lifetime`.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub queue: PathBuf,
     /// `HOST:PORT`; without it, each recipient domain's MX hosts on port 25.
     pub smarthost: Option<String>,
+    /// DNS servers for the MX lookups; none: those of /etc/resolv.conf.
+    pub resolver: Vec<SocketAddr>,
+    /// STARTTLS towards the next server.
+    pub tls: outbound::Tls,
     pub hostname: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -180,7 +185,7 @@ impl Relay {
     pub fn new(settings: RelaySettings) -> Relay {
         let route = match &settings.smarthost {
             Some(host) => outbound::Route::Smarthost(host.clone()),
-            None => outbound::Route::mx(),
+            None => outbound::Route::mx(settings.resolver.clone()),
         };
         Relay {
             settings,
@@ -346,6 +351,7 @@ impl Relay {
         let envelope = &queued.envelope;
         let outcomes = outbound::deliver(
             &self.route,
+            &self.settings.tls,
             &self.settings.hostname,
             &envelope.sender,
             &envelope.recipients,
@@ -358,8 +364,14 @@ impl Relay {
         let mut remaining = Vec::new();
         for (rcpt, outcome) in envelope.recipients.iter().zip(outcomes) {
             match outcome {
-                Outcome::Delivered => {
-                    tracing::info!(file = %name, to = %rcpt, via = %self.route, "relayed");
+                Outcome::Delivered(session) => {
+                    tracing::info!(
+                        file = %name,
+                        to = %rcpt,
+                        relay = %session.relay,
+                        tls = %session.security(),
+                        "relayed"
+                    );
                 }
                 Outcome::Failed(reply) => {
                     tracing::warn!(file = %name, to = %rcpt, "relay failed: {reply}");
