@@ -496,52 +496,50 @@ fn relay_uses_starttls_towards_the_next_server() {
     );
 }
 
-/// tests/mail/dns.py, running; killed when dropped.
-struct Dns {
+/// A Python server of `tests/mail/` that prints its port, then a line per thing it saw;
+/// killed when dropped.
+struct Script {
     child: Child,
     port: u16,
-    queries: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
-impl Dns {
-    fn start(zone: &str) -> Dns {
+impl Script {
+    fn start(name: &str, args: &[&str]) -> Script {
         let mut child = Command::new("python3")
-            .arg(util::repo().join("tests/mail/dns.py"))
-            .arg(zone)
+            .arg(util::repo().join("tests/mail").join(name))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("run dns.py");
+            .unwrap_or_else(|e| panic!("run {name}: {e}"));
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let port = lines
             .next()
             .and_then(Result::ok)
             .and_then(|l| l.parse().ok())
-            .expect("dns.py prints its port");
-        let queries = Arc::new(Mutex::new(Vec::new()));
-        let seen = queries.clone();
+            .unwrap_or_else(|| panic!("{name} prints its port"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let lines_seen = seen.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                seen.lock().expect("queries").push(line);
+                lines_seen.lock().expect("seen").push(line);
             }
         });
-        Dns {
-            child,
-            port,
-            queries,
-        }
+        Script { child, port, seen }
     }
 
-    fn asked(&self, query: &str) -> bool {
-        self.queries
-            .lock()
-            .expect("queries")
-            .iter()
-            .any(|q| q == query)
+    /// Whether it printed exactly `line`.
+    fn saw(&self, line: &str) -> bool {
+        self.seen.lock().expect("seen").iter().any(|l| l == line)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.seen.lock().expect("seen").clone()
     }
 }
 
-impl Drop for Dns {
+impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -583,7 +581,7 @@ fn relay_delivers_by_mx_through_the_resolver_given() {
                     "nomail.test": [[0, ""]]}},
             "A": {{"mx.remote.test": ["{mx_ip}"]}}}}"#
     );
-    let dns = Dns::start(&zone);
+    let dns = Script::start("dns.py", &[&zone]);
     let (a, b) = (Sandbox::new(), Sandbox::new());
     let _remote = remote(&b, &format!("tcp:25:interface={mx_ip}"), &[]);
     let resolver = format!("127.0.0.1:{}", dns.port);
@@ -609,7 +607,7 @@ with smtplib.SMTP(host, int(port)) as s:
     );
     let carol = &files(&b, "carol", "new")[0].1;
     assert!(carol.contains("Subject: by mx\n"), "{carol}");
-    assert!(dns.asked("MX remote.test") && dns.asked("A mx.remote.test"));
+    assert!(dns.saw("MX remote.test") && dns.saw("A mx.remote.test"));
 
     // The null MX: a bounce naming the recipient with 5.1.10, at once, and no address looked
     // up for the domain.
@@ -625,8 +623,8 @@ with smtplib.SMTP(host, int(port)) as s:
         "{bounce}"
     );
     assert!(!bounce.contains("carol@remote.test"), "{bounce}");
-    assert!(dns.asked("MX nomail.test"));
-    assert!(!dns.asked("A nomail.test"), "a null MX is no implicit MX");
+    assert!(dns.saw("MX nomail.test"));
+    assert!(!dns.saw("A nomail.test"), "a null MX is no implicit MX");
 }
 
 #[test]
@@ -694,4 +692,67 @@ fn relay_options_are_checked() {
         config["relay_resolver"],
         serde_json::json!(["127.0.0.53:53", "[::1]:5353"])
     );
+}
+
+/// `--relay-tls may` when the handshake fails: the delivery is made again in plain text on a
+/// new connection, as Postfix does; `verify` defers when STARTTLS is not offered at all.
+#[test]
+fn relay_tls_may_falls_back_to_plain_text_and_verify_does_not() {
+    let broken = Script::start("broken_tls.py", &[]);
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &format!("127.0.0.1:{}", broken.port),
+        ],
+    );
+    submit(a.path(), relay.addr(0), "fallback");
+    let fallback = relay.wait_for("trying again in plain text");
+    assert!(fallback.contains("STARTTLS failed"), "{fallback}");
+    let relayed = relay.wait_for("relayed");
+    assert!(relayed.contains("tls=plain text"), "{relayed}");
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    wait_until("the server saw QUIT", || broken.saw("QUIT"));
+    let commands: Vec<String> = broken
+        .lines()
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        commands,
+        ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "DATA", "MESSAGE", "QUIT"],
+        "one TLS try, then one plain session"
+    );
+
+    // A receiver without STARTTLS, and verify: deferred, nothing sent.
+    let b = Sandbox::new();
+    let port = free_port();
+    let _plain = smarthost(&b, port);
+    let c = Sandbox::new();
+    certificate(&c);
+    let mut strict = serve(
+        &c,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &format!("127.0.0.1:{port}"),
+            "--relay-tls",
+            "verify",
+            // Any CA will do: the session never gets as far as a certificate.
+            "--relay-ca",
+            "cert.pem",
+        ],
+    );
+    submit(c.path(), strict.addr(0), "strict");
+    let deferred = strict.wait_for("relay deferred");
+    assert!(
+        deferred.contains("no STARTTLS offered, and --relay-tls verify requires TLS"),
+        "{deferred}"
+    );
+    assert_eq!(count(&b.join("maildir/carol/new")), 0);
+    assert_eq!(count(&c.join("queue/new")), 1);
 }
