@@ -239,7 +239,8 @@ impl Relay {
 
     /// When a file not seen before is due, from the schedule recorded in its envelope. A file
     /// whose envelope cannot be read is due at once: the attempt reports the problem.
-    async fn recorded(&self, name: &str) -> Instant {
+    /// Also the seconds it waits from now.
+    async fn recorded(&self, name: &str) -> (Instant, u64) {
         let path = self.settings.queue.join("new").join(name);
         let head = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut head = Vec::new();
@@ -252,20 +253,20 @@ impl Relay {
         .unwrap_or_else(|e| Err(io::Error::other(e)));
         let now = Instant::now();
         let Some((envelope, _)) = head.ok().as_deref().and_then(Envelope::parse) else {
-            return now;
+            return (now, 0);
         };
         let wait = envelope
             .next_attempt
             .saturating_sub(now_unix())
             .min(self.settings.max_backoff.as_secs());
         if wait > 0 {
-            tracing::info!(
+            tracing::debug!(
                 file = %name,
                 attempts = envelope.attempts,
                 "relay queue file waits {wait} s before its next attempt"
             );
         }
-        now + Duration::from_secs(wait)
+        (now + Duration::from_secs(wait), wait)
     }
 
     async fn run(&self, ctx: &ServiceContext, deliverer: &Deliverer, directory: &Directory) {
@@ -286,6 +287,8 @@ impl Relay {
             let present: HashSet<&String> = names.iter().collect();
             schedule.retain(|name, _| present.contains(name));
             let mut next_wake: Option<Instant> = None;
+            // Files first seen in this pass that wait for a recorded time: how many, how long.
+            let mut waiting = (0usize, u64::MAX);
             for name in names {
                 if ctx.is_stopping() {
                     return;
@@ -293,7 +296,10 @@ impl Relay {
                 let due = match schedule.get(&name) {
                     Some(due) => *due,
                     None => {
-                        let due = self.recorded(&name).await;
+                        let (due, wait) = self.recorded(&name).await;
+                        if wait > 0 {
+                            waiting = (waiting.0 + 1, waiting.1.min(wait));
+                        }
                         schedule.insert(name.clone(), due);
                         due
                     }
@@ -319,6 +325,15 @@ impl Relay {
                         schedule.insert(name, due);
                     }
                 }
+            }
+            if waiting.0 > 0 {
+                tracing::info!(
+                    queue = %self.settings.queue.display(),
+                    "{} deferred relay queue file(s) wait for their recorded next attempt, \
+                     the soonest in {} s",
+                    waiting.0,
+                    waiting.1
+                );
             }
             let sleep = async {
                 match next_wake {
