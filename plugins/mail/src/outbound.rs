@@ -5,8 +5,9 @@
 //! has no MX record (the implicit MX), and nothing at all for a null MX (RFC 7505). The MX
 //! lookups and the addresses of the MX hosts come from DNS (`--relay-resolver`, or the servers
 //! of /etc/resolv.conf); a smarthost's name is resolved by the system (getaddrinfo). Every
-//! address of a host is tried in turn, then the next host, only while a host cannot be reached
-//! or refuses the session; once a host has answered the transaction, its answer stands.
+//! address of a host is tried in turn, then the next host (five addresses in all at most, as
+//! Postfix's `smtp_mx_address_limit`), only while a host cannot be reached or refuses the
+//! session; once a host has answered the transaction, its answer stands.
 //!
 //! STARTTLS follows Postfix's `smtp_tls_security_level` (`--relay-tls`): `may` upgrades when
 //! the EHLO reply offers STARTTLS and takes any certificate; when the next server refuses the
@@ -42,6 +43,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The SMTP port of MX hosts.
 const SMTP_PORT: u16 = 25;
+/// How many MX host addresses one delivery tries at most (Postfix's `smtp_mx_address_limit`):
+/// a domain with hundreds of MX records costs a bounded time.
+const MX_ADDRESS_LIMIT: usize = 5;
 
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,18 +302,25 @@ fn mx_targets(domain: &str, mut records: Vec<(u16, String)>) -> Result<Vec<Strin
         .collect())
 }
 
-/// Every address of every host, in order, on port 25; a host whose lookup failed is an error
-/// in its place, kept for the log if nothing else works.
+/// Every address of every host, in order, on port 25, up to [`MX_ADDRESS_LIMIT`]; a host
+/// whose lookup failed is an error in its place, kept for the log if nothing else works.
 async fn addresses(resolver: &TokioResolver, hosts: &[String]) -> Vec<Result<Peer, String>> {
     let mut peers = Vec::new();
+    let mut found = 0;
     for host in hosts {
+        if found >= MX_ADDRESS_LIMIT {
+            break;
+        }
         match resolver.lookup_ip(format!("{host}.")).await {
-            Ok(ips) => peers.extend(ips.iter().map(|ip: IpAddr| {
-                Ok(Peer {
-                    name: host.clone(),
-                    address: Address::Resolved(SocketAddr::new(ip, SMTP_PORT)),
-                })
-            })),
+            Ok(ips) => {
+                for ip in ips.iter().take(MX_ADDRESS_LIMIT - found) {
+                    found += 1;
+                    peers.push(Ok(Peer {
+                        name: host.clone(),
+                        address: Address::Resolved(SocketAddr::new(ip, SMTP_PORT)),
+                    }));
+                }
+            }
             Err(e) => peers.push(Err(format!("{host}: {e}"))),
         }
     }
