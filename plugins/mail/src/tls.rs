@@ -96,7 +96,7 @@ pub fn acceptor(certificate: &Path, key: Option<&Path>) -> Result<TlsAcceptor, T
 }
 
 /// Where the system's CA certificates are, as OpenSSL and rustls-native-certs look for them on
-/// Linux when `$SSL_CERT_FILE` names none: Debian, Ubuntu, Arch; Fedora, RHEL; openSUSE;
+/// Linux when `$SSL_CERT_FILE` is not set: Debian, Ubuntu, Arch; Fedora, RHEL; openSUSE;
 /// Alpine and the BSDs.
 const SYSTEM_CA_BUNDLES: [&str; 5] = [
     "/etc/ssl/certs/ca-certificates.crt",
@@ -110,21 +110,24 @@ const SYSTEM_CA_BUNDLES: [&str; 5] = [
 fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     let (option, path) = match ca {
         Some(path) => ("--relay-ca", path.to_path_buf()),
-        None => {
-            let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-            let found = env
-                .into_iter()
-                .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from))
-                .find(|p| p.is_file())
-                .ok_or(TlsError::Client {
-                    option: "--relay-tls verify",
-                    reason:
-                        "no system CA certificates found (looked at $SSL_CERT_FILE and \
-                             /etc/ssl/certs/ca-certificates.crt and the like); give --relay-ca FILE"
+        None => match std::env::var_os("SSL_CERT_FILE") {
+            // As in OpenSSL: when set, it is the file, found or not.
+            Some(file) => ("--relay-tls verify ($SSL_CERT_FILE)", PathBuf::from(file)),
+            None => {
+                let found = SYSTEM_CA_BUNDLES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+                    .ok_or(TlsError::Client {
+                        option: "--relay-tls verify",
+                        reason: "no system CA certificates found (no \
+                                 /etc/ssl/certs/ca-certificates.crt or the like); give \
+                                 --relay-ca FILE"
                             .into(),
-                })?;
-            ("--relay-tls verify", found)
-        }
+                    })?;
+                ("--relay-tls verify", found)
+            }
+        },
     };
     let pem = std::fs::read(&path).map_err(|source| TlsError::Read {
         option,
