@@ -575,7 +575,7 @@ fn relay_delivers_by_mx_through_the_resolver_given() {
     let mx_ip = match loopback_with_port_25_free() {
         Ok(ip) => ip,
         Err(reason) => {
-            println!("SKIPPED relay_delivers_by_mx_through_the_resolver_given: {reason}");
+            eprintln!("skipped: {reason}");
             return;
         }
     };
