@@ -1,11 +1,16 @@
 //! The mail plugin's relay queue against a second mail service on loopback as the smarthost:
-//! the round trip, retries, bounces, expiry, and a queue that outlives a restart.
+//! the round trip, retries, bounces, expiry, a queue and a retry schedule that outlive a
+//! restart, STARTTLS towards the next server; and delivery by MX through a DNS server of the
+//! test's own (`tests/mail/dns.py`) to a mail service on 127.0.0.x:25.
 
 #[path = "mail/support.rs"]
 mod support;
 mod util;
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use support::*;
 
 use util::{stderr, wait_until, Sandbox};
@@ -170,6 +175,8 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
         "queue",
         "--smarthost",
         &format!("127.0.0.1:{port}"),
+        "--relay-min-backoff",
+        "1",
         "-s",
         LOOPBACK0,
         "--no-pop3",
@@ -221,4 +228,534 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Sends one message from alice to carol@remote.test through the relay at `addr`.
+fn submit(dir: &std::path::Path, addr: SocketAddr, subject: &str) {
+    python(
+        dir,
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('alice@example.com', ['carol@remote.test'],
+               'Subject: %s\r\n\r\nbody\r\n' % sys.argv[2])
+"#,
+        &[&addr.to_string(), subject],
+    );
+}
+
+/// The first log line with `needle`, logged already (maybe before "ready:") or to come.
+fn logged(twistd: &mut util::Twistd, needle: &str) -> String {
+    match twistd.log.iter().find(|l| l.contains(needle)) {
+        Some(line) => line.clone(),
+        None => twistd.wait_for(needle),
+    }
+}
+
+/// The queue's only file, as text.
+fn only_queue_file(sb: &Sandbox) -> String {
+    let names: Vec<_> = std::fs::read_dir(sb.join("queue/new"))
+        .expect("queue/new")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    String::from_utf8_lossy(&std::fs::read(&names[0]).expect("read")).into_owned()
+}
+
+/// An `X-Envelope-*` field of a queue file, as a number.
+fn envelope_field(file: &str, name: &str) -> u64 {
+    file.lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(&format!("X-Envelope-{name}: ")))
+        .unwrap_or_else(|| panic!("no X-Envelope-{name} in {file}"))
+        .parse()
+        .expect("a number")
+}
+
+/// The subjects of carol's messages at the smarthost, sorted.
+fn carol_subjects(sb: &Sandbox) -> Vec<String> {
+    let mut subjects: Vec<String> = files(sb, "carol", "new")
+        .iter()
+        .filter_map(|(_, text)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+/// Retry times used to live in memory only: a restart retried every queued message at once and
+/// started the back-off again. The queue file records them now.
+#[test]
+fn the_retry_schedule_survives_a_restart() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let port = free_port();
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let relay = |min: &str, max: &str| {
+        serve(
+            &a,
+            &[
+                "--relay",
+                "queue",
+                "--smarthost",
+                &smarthost_addr,
+                "--relay-min-backoff",
+                min,
+                "--relay-max-backoff",
+                max,
+            ],
+        )
+    };
+
+    // The smarthost is down: the first attempt is deferred, for an hour, in the file.
+    let mut twistd = relay("3600", "7200");
+    submit(a.path(), twistd.addr(0), "first");
+    twistd.wait_for("relay deferred");
+    // The log line comes before the rewrite.
+    wait_until("the file records the first attempt", || {
+        only_queue_file(&a).contains("\nX-Envelope-Attempts: 1\n")
+    });
+    let deferred = only_queue_file(&a);
+    assert!(
+        envelope_field(&deferred, "Next-Attempt") >= envelope_field(&deferred, "Queued") + 3600,
+        "{deferred}"
+    );
+    let (status, _) = twistd.stop();
+    assert!(status.success());
+
+    // The smarthost is up, but the restarted relay keeps the recorded hour: a message queued
+    // after the restart goes out, the first one stays as it was.
+    let remote = smarthost(&b, port);
+    let mut twistd = relay("3600", "7200");
+    let waits = logged(&mut twistd, "wait for their recorded next attempt");
+    assert!(waits.contains("1 deferred relay queue file(s)"), "{waits}");
+    submit(a.path(), twistd.addr(0), "second");
+    wait_until("carol has the second message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    wait_until("the second message left the queue", || {
+        count(&a.join("queue/new")) == 1
+    });
+    assert_eq!(carol_subjects(&b), ["second"]);
+    assert_eq!(only_queue_file(&a), deferred, "the first one was not tried");
+    let (status, _) = twistd.stop();
+    assert!(status.success());
+
+    // A maximum back-off of 2 s brings the recorded time forward; with the smarthost down
+    // again, that attempt is the second (2 s = 1 s doubled), not a first one.
+    drop(remote);
+    let mut twistd = relay("1", "2");
+    let line = twistd.wait_for("relay deferred");
+    assert!(line.contains("attempt=2"), "{line}");
+    wait_until("the file records the second attempt", || {
+        std::fs::read_dir(a.join("queue/new"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("\nX-Envelope-Attempts: 2\n"))
+            })
+    });
+    let _remote = smarthost(&b, port);
+    wait_until("carol has both messages", || {
+        count(&b.join("maildir/carol/new")) == 2
+    });
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    assert_eq!(carol_subjects(&b), ["first", "second"]);
+    twistd.wait_for("relayed");
+}
+
+/// The next server offers STARTTLS (a certificate made now): `may`, the default, takes it
+/// without checking the certificate, `verify` with the right `--relay-ca` takes it and checks,
+/// `verify` with other CAs defers, `none` stays in plain text.
+#[test]
+fn relay_uses_starttls_towards_the_next_server() {
+    let b = Sandbox::new();
+    certificate(&b);
+    let port = free_port();
+    let _remote = remote(
+        &b,
+        &format!("tcp:{port}:interface=127.0.0.1"),
+        &["-c", "cert.pem", "--privkey", "key.pem"],
+    );
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let ca = b.join("cert.pem");
+    let ca = ca.to_str().expect("a UTF-8 path");
+    // The "system" CAs of the verifying relay without --relay-ca: another certificate.
+    let others = Sandbox::new();
+    certificate(&others);
+
+    // verify, with CAs that do not know the certificate: deferred, nothing reaches carol.
+    let a = Sandbox::new();
+    let mut relay = serve_env(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "verify",
+        ],
+        &[("SSL_CERT_FILE", &others.join("cert.pem"))],
+    );
+    submit(a.path(), relay.addr(0), "unverifiable");
+    let deferred = relay.wait_for("relay deferred");
+    assert!(
+        deferred.contains("TLS handshake: invalid peer certificate")
+            && deferred.contains("--relay-tls verify"),
+        "{deferred}"
+    );
+    assert_eq!(count(&a.join("queue/new")), 1);
+    assert_eq!(count(&b.join("maildir/carol/new")), 0);
+
+    // may (the default): encrypted, not verified.
+    let a = Sandbox::new();
+    let mut relay = serve(&a, &["--relay", "queue", "--smarthost", &smarthost_addr]);
+    submit(a.path(), relay.addr(0), "opportunistic");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains("certificate not verified"),
+        "{relayed}"
+    );
+
+    // verify with the receiver's certificate as the CA: encrypted and verified.
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "verify",
+            "--relay-ca",
+            ca,
+        ],
+    );
+    submit(a.path(), relay.addr(0), "verified");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 2
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains(", certificate verified"),
+        "{relayed}"
+    );
+
+    // none: plain text although STARTTLS is offered.
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &smarthost_addr,
+            "--relay-tls",
+            "none",
+        ],
+    );
+    submit(a.path(), relay.addr(0), "plain");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 3
+    });
+    assert!(relay.wait_for("relayed").contains("tls=plain text"));
+
+    // What the receiver wrote down: ESMTPS for the two sessions under TLS, ESMTP for the other.
+    let mut received: Vec<(String, &str)> = files(&b, "carol", "new")
+        .iter()
+        .map(|(_, text)| {
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .expect("a subject")
+                .to_string();
+            let with = if text.contains("by mx.remote.test (taphost) with ESMTPS id") {
+                "ESMTPS"
+            } else if text.contains("by mx.remote.test (taphost) with ESMTP id") {
+                "ESMTP"
+            } else {
+                "?"
+            };
+            (subject, with)
+        })
+        .collect();
+    received.sort();
+    assert_eq!(
+        received,
+        [
+            ("opportunistic".to_string(), "ESMTPS"),
+            ("plain".to_string(), "ESMTP"),
+            ("verified".to_string(), "ESMTPS"),
+        ]
+    );
+}
+
+/// A Python server of `tests/mail/` that prints its port, then a line per thing it saw;
+/// killed when dropped.
+struct Script {
+    child: Child,
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Script {
+    fn start(name: &str, args: &[&str]) -> Script {
+        let mut child = Command::new("python3")
+            .arg(util::repo().join("tests/mail").join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {name}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let port = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("{name} prints its port"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let lines_seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                lines_seen.lock().expect("seen").push(line);
+            }
+        });
+        Script { child, port, seen }
+    }
+
+    /// Whether it printed exactly `line`.
+    fn saw(&self, line: &str) -> bool {
+        self.seen.lock().expect("seen").iter().any(|l| l == line)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An address in 127/8 whose port 25 is free (binding it needs root), or why there is none.
+fn loopback_with_port_25_free() -> Result<Ipv4Addr, String> {
+    // Start somewhere that depends on the process, so parallel runs rarely meet.
+    let start = std::process::id() % 200;
+    let mut last = String::new();
+    for i in 0..200 {
+        let ip = Ipv4Addr::new(127, 0, 0, 30 + ((start + i) % 200) as u8);
+        match std::net::TcpListener::bind((ip, 25)) {
+            Ok(_) => return Ok(ip),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!("binding port 25 needs root: {e}"))
+            }
+            Err(e) => last = format!("{ip}:25: {e}"),
+        }
+    }
+    Err(format!("no 127.0.0.x with port 25 free (last: {last})"))
+}
+
+/// MX routing for real: the relay asks a DNS server of the test's own (`--relay-resolver`)
+/// for remote.test's MX, then for the MX host's address, and delivers there on port 25; a
+/// recipient at a domain with a null MX (RFC 7505) is bounced at once.
+#[test]
+fn relay_delivers_by_mx_through_the_resolver_given() {
+    let mx_ip = match loopback_with_port_25_free() {
+        Ok(ip) => ip,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let zone = format!(
+        r#"{{"MX": {{"remote.test": [[20, "backup.remote.test"], [10, "mx.remote.test"]],
+                    "nomail.test": [[0, ""]]}},
+            "A": {{"mx.remote.test": ["{mx_ip}"]}}}}"#
+    );
+    let dns = Script::start("dns.py", &[&zone]);
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let _remote = remote(&b, &format!("tcp:25:interface={mx_ip}"), &[]);
+    let resolver = format!("127.0.0.1:{}", dns.port);
+    let mut relay = serve(&a, &["--relay", "queue", "--relay-resolver", &resolver]);
+    python(
+        a.path(),
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('alice@example.com', ['carol@remote.test', 'nobody@nomail.test'],
+               'Subject: by mx\r\nMessage-ID: <mx1@example.com>\r\n\r\nbody\r\n')
+"#,
+        &[&relay.addr(0).to_string()],
+    );
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains(&format!("relay=mx.remote.test[{mx_ip}]:25")),
+        "{relayed}"
+    );
+    let carol = &files(&b, "carol", "new")[0].1;
+    assert!(carol.contains("Subject: by mx\n"), "{carol}");
+    assert!(dns.saw("MX remote.test") && dns.saw("A mx.remote.test"));
+
+    // The null MX: a bounce naming the recipient with 5.1.10, at once, and no address looked
+    // up for the domain.
+    wait_until("alice has the bounce", || {
+        count(&a.join("maildir/alice/new")) == 1
+    });
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    let bounce = &files(&a, "alice", "new")[0].1;
+    assert!(
+        bounce.contains(
+            "Final-Recipient: rfc822; nobody@nomail.test\nAction: failed\nStatus: 5.1.10\n"
+        ),
+        "{bounce}"
+    );
+    assert!(!bounce.contains("carol@remote.test"), "{bounce}");
+    assert!(dns.saw("MX nomail.test"));
+    assert!(!dns.saw("A nomail.test"), "a null MX is no implicit MX");
+}
+
+#[test]
+fn relay_options_are_checked() {
+    let sb = Sandbox::new();
+    let refused = |args: &[&str], message: &str| {
+        let mut all = vec!["mail", "-d", "e.com=md"];
+        all.extend_from_slice(args);
+        let out = sb.mktap(&all);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    };
+    refused(
+        &["--relay", "q", "--relay-ca", "ca.pem"],
+        "--relay-ca: only used with --relay-tls verify (not may)",
+    );
+    refused(
+        &[
+            "--relay",
+            "q",
+            "--relay-tls",
+            "verify",
+            "--relay-ca",
+            "missing.pem",
+        ],
+        "--relay-ca missing.pem:",
+    );
+    refused(&["--relay", "q", "--relay-tls", "sometimes"], "--relay-tls");
+    refused(
+        &["--relay-tls", "verify"],
+        "--relay-tls: needs --relay QUEUEDIR",
+    );
+    refused(
+        &["--relay", "q", "--relay-resolver", "dns.example"],
+        "expected IP or IP:PORT",
+    );
+    refused(
+        &[
+            "--relay",
+            "q",
+            "--smarthost",
+            "h:25",
+            "--relay-resolver",
+            "127.0.0.53",
+        ],
+        "--relay-resolver: not used with --smarthost",
+    );
+    sb.mktap_ok(&[
+        "-n",
+        "relay",
+        "mail",
+        "-d",
+        "e.com=md",
+        "--relay",
+        "q",
+        "--relay-resolver",
+        "127.0.0.53",
+        "--relay-resolver",
+        "[::1]:5353",
+    ]);
+    let tap: serde_json::Value = serde_json::from_str(&sb.read("relay.tap")).expect("json");
+    let config = &tap["services"][0]["config"];
+    assert_eq!(config["relay_tls"], "may");
+    assert_eq!(
+        config["relay_resolver"],
+        serde_json::json!(["127.0.0.53:53", "[::1]:5353"])
+    );
+}
+
+/// `--relay-tls may` when the handshake fails: the delivery is made again in plain text on a
+/// new connection, as Postfix does; `verify` defers when STARTTLS is not offered at all.
+#[test]
+fn relay_tls_may_falls_back_to_plain_text_and_verify_does_not() {
+    let broken = Script::start("broken_tls.py", &[]);
+    let a = Sandbox::new();
+    let mut relay = serve(
+        &a,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &format!("127.0.0.1:{}", broken.port),
+        ],
+    );
+    submit(a.path(), relay.addr(0), "fallback");
+    let fallback = relay.wait_for("trying again in plain text");
+    assert!(fallback.contains("STARTTLS failed"), "{fallback}");
+    let relayed = relay.wait_for("relayed");
+    assert!(relayed.contains("tls=plain text"), "{relayed}");
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    wait_until("the server saw QUIT", || broken.saw("QUIT"));
+    let commands: Vec<String> = broken
+        .lines()
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        commands,
+        ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "DATA", "MESSAGE", "QUIT"],
+        "one TLS try, then one plain session"
+    );
+
+    // A receiver without STARTTLS, and verify: deferred, nothing sent.
+    let b = Sandbox::new();
+    let port = free_port();
+    let _plain = smarthost(&b, port);
+    let c = Sandbox::new();
+    certificate(&c);
+    let mut strict = serve(
+        &c,
+        &[
+            "--relay",
+            "queue",
+            "--smarthost",
+            &format!("127.0.0.1:{port}"),
+            "--relay-tls",
+            "verify",
+            // Any CA will do: the session never gets as far as a certificate.
+            "--relay-ca",
+            "cert.pem",
+        ],
+    );
+    submit(c.path(), strict.addr(0), "strict");
+    let deferred = strict.wait_for("relay deferred");
+    assert!(
+        deferred.contains("no STARTTLS offered, and --relay-tls verify requires TLS"),
+        "{deferred}"
+    );
+    assert_eq!(count(&b.join("maildir/carol/new")), 0);
+    assert_eq!(count(&c.join("queue/new")), 1);
 }

@@ -15,6 +15,11 @@ pub const LOOPBACK0: &str = "tcp:0:interface=127.0.0.1";
 /// `twistd mail` on two loopback ports (SMTP first, then POP3) with alice and bob in
 /// example.com, Maildirs under `maildir/`.
 pub fn serve(sb: &Sandbox, extra: &[&str]) -> Twistd {
+    serve_env(sb, extra, &[])
+}
+
+/// [`serve`] with environment variables set for twistd.
+pub fn serve_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &Path)]) -> Twistd {
     let mut args = vec![
         "mail",
         "-d",
@@ -31,7 +36,15 @@ pub fn serve(sb: &Sandbox, extra: &[&str]) -> Twistd {
         "mx.example.com",
     ];
     args.extend_from_slice(extra);
-    sb.twistd(&args)
+    let mut cmd = Command::new(crate::util::TWISTD);
+    cmd.args(["-n", "--pidfile", ""])
+        .args(&args)
+        .envs(env.iter().copied())
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Twistd::from_command(cmd)
 }
 
 /// Runs a Python snippet with `args` in `sys.argv[1:]`; returns its stdout, failing on error.
@@ -169,19 +182,25 @@ pub fn free_port() -> u16 {
 
 /// The smarthost: a second mail service for remote.test (carol) on a given loopback port.
 pub fn smarthost(sb: &Sandbox, port: u16) -> Twistd {
-    let endpoint = format!("tcp:{port}:interface=127.0.0.1");
-    sb.twistd(&[
+    remote(sb, &format!("tcp:{port}:interface=127.0.0.1"), &[])
+}
+
+/// A second mail service for remote.test (carol), SMTP only, on `endpoint`.
+pub fn remote(sb: &Sandbox, endpoint: &str, extra: &[&str]) -> Twistd {
+    let mut args = vec![
         "mail",
         "-d",
         "remote.test=maildir",
         "-u",
         "carol=x",
         "-s",
-        &endpoint,
+        endpoint,
         "--no-pop3",
         "-H",
         "mx.remote.test",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    sb.twistd(&args)
 }
 
 pub fn count(dir: &Path) -> usize {

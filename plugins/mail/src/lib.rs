@@ -13,16 +13,18 @@
 //! - [`smtp`]: the SMTP session (RFC 5321): commands, ESMTP extensions, the DATA reader that
 //!   only ends at CRLF.CRLF.
 //! - [`pop3`]: the POP3 session (RFC 1939, 2449): the mailbox lock, UIDL, deletions at QUIT.
-//! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, and the connection type
-//!   that STARTTLS and STLS upgrade in place.
+//! - [`tls`]: the rustls acceptor from `--certificate`/`--privkey`, the connection type
+//!   that STARTTLS and STLS upgrade in place, and the client connector of `--relay-tls`.
 //! - [`relay`]: the relay queue (a Maildir of envelope + message files), its worker that
 //!   retries with back-off, and bounces (RFC 3464 reports).
 //! - [`outbound`]: offering a message to the next server: `--smarthost` or each domain's MX
-//!   hosts, and the SMTP client.
+//!   hosts (DNS from `--relay-resolver` or /etc/resolv.conf), and the SMTP client with
+//!   STARTTLS.
 //! - [`lines`]: reading CRLF lines with a length limit, shared by both protocols.
 //! - [`service`]: [`MailService`], which matches each listener to its protocol and runs sessions.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,6 +66,44 @@ fn tcp(port: u16) -> Endpoint {
         interface: None,
         backlog: None,
     }
+}
+
+/// How relay deliveries use STARTTLS towards the next server (`--relay-tls`), after Postfix's
+/// `smtp_tls_security_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Plain text, even when the next server offers STARTTLS.
+    None,
+    /// STARTTLS when the next server offers it, taking any certificate (opportunistic TLS);
+    /// plain text when it offers none or the handshake fails.
+    #[default]
+    May,
+    /// STARTTLS required, with a certificate for the host name that --relay-ca (or the
+    /// system's CA certificates) vouches for; otherwise the delivery is deferred.
+    Verify,
+}
+
+impl std::fmt::Display for RelayTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RelayTls::None => "none",
+            RelayTls::May => "may",
+            RelayTls::Verify => "verify",
+        })
+    }
+}
+
+/// `--relay-resolver`: `IP:PORT`, `[IPv6]:PORT`, or an address alone for port 53.
+fn parse_resolver(value: &str) -> Result<SocketAddr, String> {
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| "expected IP or IP:PORT, the address of a DNS server".to_string())
 }
 
 /// The mail plugin's options as the tap stores them.
@@ -109,6 +149,12 @@ pub struct MailConfig {
     pub relay_max_backoff: u64,
     /// Seconds a message may stay in the relay queue before it is bounced.
     pub queue_lifetime: u64,
+    /// STARTTLS towards the next server.
+    pub relay_tls: RelayTls,
+    /// PEM CA certificates that `relay_tls: verify` trusts instead of the system's.
+    pub relay_ca: Option<PathBuf>,
+    /// DNS servers for MX lookups instead of those of /etc/resolv.conf.
+    pub relay_resolver: Vec<SocketAddr>,
     /// The name in the greeting and Received headers; empty means the system's host name.
     pub hostname: String,
     /// The largest message SMTP accepts, in octets.
@@ -137,6 +183,9 @@ impl Default for MailConfig {
             relay_min_backoff: DEFAULT_MIN_BACKOFF,
             relay_max_backoff: DEFAULT_MAX_BACKOFF,
             queue_lifetime: DEFAULT_QUEUE_LIFETIME,
+            relay_tls: RelayTls::May,
+            relay_ca: None,
+            relay_resolver: Vec::new(),
             auth: false,
             allow_plaintext_auth: false,
             hostname: String::new(),
@@ -234,6 +283,20 @@ struct MailArgs {
     #[arg(long = "queue-lifetime", value_name = "SECONDS", default_value_t = DEFAULT_QUEUE_LIFETIME)]
     queue_lifetime: u64,
 
+    /// STARTTLS towards the next server: none; may (when offered, any certificate); verify
+    /// (required, the certificate checked against --relay-ca or the system's CAs).
+    #[arg(long = "relay-tls", value_name = "LEVEL", value_enum, default_value_t = RelayTls::May)]
+    relay_tls: RelayTls,
+
+    /// PEM CA certificates that --relay-tls verify trusts (default: the system's).
+    #[arg(long = "relay-ca", value_name = "FILE", requires = "relay")]
+    relay_ca: Option<PathBuf>,
+
+    /// A DNS server for MX lookups, IP[:PORT], instead of those in /etc/resolv.conf
+    /// (repeatable).
+    #[arg(long = "relay-resolver", value_name = "IP:PORT", value_parser = parse_resolver, requires = "relay")]
+    relay_resolver: Vec<SocketAddr>,
+
     /// The host name in the greeting and Received headers (default: the system's).
     #[arg(short = 'H', long, value_name = "NAME")]
     hostname: Option<String>,
@@ -279,6 +342,9 @@ impl FromArgMatches for MailConfig {
             relay_min_backoff: args.relay_min_backoff,
             relay_max_backoff: args.relay_max_backoff,
             queue_lifetime: args.queue_lifetime,
+            relay_tls: args.relay_tls,
+            relay_ca: args.relay_ca,
+            relay_resolver: args.relay_resolver,
             certificate: args.certificate,
             privkey: args.privkey,
             auth: args.auth,
@@ -360,6 +426,44 @@ impl FromArgMatches for MailConfig {
         *self = MailConfig::from_arg_matches(matches)?;
         Ok(())
     }
+}
+
+/// The checks of `--relay-tls`, `--relay-ca` and `--relay-resolver`.
+fn relay_problems(config: &MailConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if config.relay.is_none() {
+        if config.relay_tls != RelayTls::May {
+            problems.push("--relay-tls: needs --relay QUEUEDIR".to_string());
+        }
+        if config.relay_ca.is_some() {
+            problems.push("--relay-ca: needs --relay QUEUEDIR".to_string());
+        }
+        if !config.relay_resolver.is_empty() {
+            problems.push("--relay-resolver: needs --relay QUEUEDIR".to_string());
+        }
+        return problems;
+    }
+    if config.relay_ca.is_some() && config.relay_tls != RelayTls::Verify {
+        problems.push(format!(
+            "--relay-ca: only used with --relay-tls verify (not {})",
+            config.relay_tls
+        ));
+    } else if config.relay_tls == RelayTls::Verify {
+        if let Err(e) = tls::connector(true, config.relay_ca.as_deref()) {
+            problems.push(e.to_string());
+        }
+    }
+    if !config.relay_resolver.is_empty() && config.smarthost.is_some() {
+        problems.push(
+            "--relay-resolver: not used with --smarthost (it answers the MX lookups)".to_string(),
+        );
+    }
+    for server in &config.relay_resolver {
+        if server.port() == 0 {
+            problems.push(format!("--relay-resolver {server}: port 0"));
+        }
+    }
+    problems
 }
 
 /// The maker of the mail service.
@@ -484,6 +588,7 @@ impl Plugin for MailPlugin {
         if config.relay_max_backoff < config.relay_min_backoff {
             problems.push("--relay-max-backoff: below --relay-min-backoff".to_string());
         }
+        problems.extend(relay_problems(config));
         if let Some(certificate) = &config.certificate {
             if let Err(e) = tls::acceptor(certificate, config.privkey.as_deref()) {
                 problems.push(e.to_string());

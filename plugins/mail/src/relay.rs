@@ -8,6 +8,8 @@
 //!
 //! ```text
 //! X-Envelope-Queued: 1795217143
+//! X-Envelope-Attempts: 2
+//! X-Envelope-Next-Attempt: 1795218043
 //! X-Envelope-From: <alice@example.com>
 //! X-Envelope-To: <carol@remote.test>
 //!
@@ -16,10 +18,24 @@
 //!
 //! A file leaves the queue only after every recipient was accepted by the next server or bounced,
 //! and a bounce is on disk before the file goes: a crash can repeat a delivery, never lose one.
-//! Retry times are kept in memory; after a restart every queued message is tried at once.
+//!
+//! The retry schedule lives in the queue file, so it survives a restart: after a deferred
+//! attempt the file is rewritten (new file in `tmp/`, fsync, rename over, fsync `new/`) with the
+//! number of attempts so far (`X-Envelope-Attempts`) and the Unix time before which it is not
+//! tried again (`X-Envelope-Next-Attempt`); a fresh file has neither and is due at once. The
+//! wait after the n-th deferred attempt is `--relay-min-backoff` × 2^(n-1), at most
+//! `--relay-max-backoff`, so a restarted server continues the back-off where it was. Postfix
+//! keeps only the next time, in the file's mtime, and derives its back-off from the message's
+//! age; the attempt count needs a place of its own, and the rewrite (one per deferral, minutes
+//! apart) is what makes both durable together, with the recipient list when that shrinks in the
+//! same attempt. The worker reads the envelope of each file it has not seen yet (the first
+//! 64 KiB, not the message) and keeps the due times in memory from then on. A recorded time
+//! further ahead than `--relay-max-backoff` (the clock was set back, or the setting lowered)
+//! counts as `--relay-max-backoff` from now.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,13 +48,17 @@ use crate::maildir::{self, Deliverer};
 use crate::outbound::{self, Outcome};
 use crate::users::{Directory, Route};
 
-/// The relay's settings, from `--relay`, `--smarthost`, `--relay-min-backoff`,
-/// `--relay-max-backoff` and `--queue-lifetime`.
+/// The relay's settings, from `--relay`, `--smarthost`, `--relay-resolver`, `--relay-tls`,
+/// `--relay-ca`, `--relay-min-backoff`, `--relay-max-backoff` and `--queue-lifetime`.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub queue: PathBuf,
     /// `HOST:PORT`; without it, each recipient domain's MX hosts on port 25.
     pub smarthost: Option<String>,
+    /// DNS servers for the MX lookups; none: those of /etc/resolv.conf.
+    pub resolver: Vec<SocketAddr>,
+    /// STARTTLS towards the next server.
+    pub tls: outbound::Tls,
     pub hostname: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -60,31 +80,54 @@ fn now_unix() -> u64 {
         .as_secs()
 }
 
-/// A queued message, parsed.
+/// How much of a queue file is read to learn its schedule: the envelope is far smaller (at most
+/// 100 recipients of at most 256 octets each).
+const ENVELOPE_READ_LIMIT: u64 = 64 * 1024;
+
+/// A queue file's envelope: everything but the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Queued {
+struct Envelope {
     queued: u64,
+    /// Delivery attempts that were deferred so far.
+    attempts: u32,
+    /// The Unix time before which the file is not tried again (0: at once).
+    next_attempt: u64,
     sender: String,
     recipients: Vec<String>,
-    message: Vec<u8>,
 }
 
-impl Queued {
+impl Envelope {
+    /// The envelope lines that open a queue file, with the blank line after them.
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = envelope(&self.sender, &self.recipients, self.queued);
-        out.extend_from_slice(&self.message);
-        out
+        let mut out = format!("X-Envelope-Queued: {}\n", self.queued);
+        if self.attempts > 0 {
+            out.push_str(&format!(
+                "X-Envelope-Attempts: {}\nX-Envelope-Next-Attempt: {}\n",
+                self.attempts, self.next_attempt
+            ));
+        }
+        out.push_str(&format!("X-Envelope-From: <{}>\n", self.sender));
+        for rcpt in &self.recipients {
+            out.push_str(&format!("X-Envelope-To: <{rcpt}>\n"));
+        }
+        out.push('\n');
+        out.into_bytes()
     }
 
-    fn parse(bytes: &[u8]) -> Option<Queued> {
+    /// The envelope at the start of `bytes`, and where the message begins; `None` when the bytes
+    /// do not start with a whole envelope.
+    fn parse(bytes: &[u8]) -> Option<(Envelope, usize)> {
         let mut queued = None;
+        let mut attempts = 0;
+        let mut next_attempt = 0;
         let mut sender = None;
         let mut recipients = Vec::new();
-        let mut rest = bytes;
+        let mut offset = 0;
         loop {
+            let rest = &bytes[offset..];
             let end = rest.iter().position(|&b| b == b'\n')?;
             let line = std::str::from_utf8(&rest[..end]).ok()?;
-            rest = &rest[end + 1..];
+            offset += end + 1;
             if line.is_empty() {
                 break;
             }
@@ -96,36 +139,53 @@ impl Queued {
                     .map(str::to_string)
             };
             match key {
-                "X-Envelope-Queued" => queued = value.parse().ok(),
+                "X-Envelope-Queued" => queued = Some(value.parse().ok()?),
+                "X-Envelope-Attempts" => attempts = value.parse().ok()?,
+                "X-Envelope-Next-Attempt" => next_attempt = value.parse().ok()?,
                 "X-Envelope-From" => sender = address(),
                 "X-Envelope-To" => recipients.push(address()?),
                 _ => return None,
             }
         }
-        Some(Queued {
+        let envelope = Envelope {
             queued: queued?,
+            attempts,
+            next_attempt,
             sender: sender?,
             recipients,
-            message: rest.to_vec(),
-        })
+        };
+        Some((envelope, offset))
     }
 }
 
-/// The envelope lines that open a queue file.
-pub fn envelope(sender: &str, recipients: &[String], queued: u64) -> Vec<u8> {
-    let mut out = format!("X-Envelope-Queued: {queued}\nX-Envelope-From: <{sender}>\n");
-    for rcpt in recipients {
-        out.push_str(&format!("X-Envelope-To: <{rcpt}>\n"));
+/// A queued message, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Queued {
+    envelope: Envelope,
+    message: Vec<u8>,
+}
+
+impl Queued {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.envelope.to_bytes();
+        out.extend_from_slice(&self.message);
+        out
     }
-    out.push('\n');
-    out.into_bytes()
+
+    fn parse(bytes: &[u8]) -> Option<Queued> {
+        let (envelope, offset) = Envelope::parse(bytes)?;
+        Some(Queued {
+            envelope,
+            message: bytes[offset..].to_vec(),
+        })
+    }
 }
 
 impl Relay {
     pub fn new(settings: RelaySettings) -> Relay {
         let route = match &settings.smarthost {
             Some(host) => outbound::Route::Smarthost(host.clone()),
-            None => outbound::Route::mx(),
+            None => outbound::Route::mx(settings.resolver.clone()),
         };
         Relay {
             settings,
@@ -140,9 +200,17 @@ impl Relay {
 
     /// The queue file for a message SMTP accepted for `recipients`.
     pub fn queue_file(&self, sender: &str, recipients: &[String], message: &[u8]) -> Vec<u8> {
-        let mut out = envelope(sender, recipients, now_unix());
-        out.extend_from_slice(message);
-        out
+        Queued {
+            envelope: Envelope {
+                queued: now_unix(),
+                attempts: 0,
+                next_attempt: 0,
+                sender: sender.to_string(),
+                recipients: recipients.to_vec(),
+            },
+            message: message.to_vec(),
+        }
+        .to_bytes()
     }
 
     /// Tells the worker that the queue has something new.
@@ -169,9 +237,41 @@ impl Relay {
         });
     }
 
+    /// When a file not seen before is due, from the schedule recorded in its envelope. A file
+    /// whose envelope cannot be read is due at once: the attempt reports the problem.
+    /// Also the seconds it waits from now.
+    async fn recorded(&self, name: &str) -> (Instant, u64) {
+        let path = self.settings.queue.join("new").join(name);
+        let head = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut head = Vec::new();
+            std::fs::File::open(path)?
+                .take(ENVELOPE_READ_LIMIT)
+                .read_to_end(&mut head)?;
+            Ok(head)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let now = Instant::now();
+        let Some((envelope, _)) = head.ok().as_deref().and_then(Envelope::parse) else {
+            return (now, 0);
+        };
+        let wait = envelope
+            .next_attempt
+            .saturating_sub(now_unix())
+            .min(self.settings.max_backoff.as_secs());
+        if wait > 0 {
+            tracing::debug!(
+                file = %name,
+                attempts = envelope.attempts,
+                "relay queue file waits {wait} s before its next attempt"
+            );
+        }
+        (now + Duration::from_secs(wait), wait)
+    }
+
     async fn run(&self, ctx: &ServiceContext, deliverer: &Deliverer, directory: &Directory) {
-        // File name to (attempts so far, next attempt).
-        let mut schedule: HashMap<String, (u32, Instant)> = HashMap::new();
+        // File name to its next attempt; the file's envelope has the same time, in Unix time.
+        let mut schedule: HashMap<String, Instant> = HashMap::new();
         loop {
             let queue = self.settings.queue.join("new");
             let names = tokio::task::spawn_blocking(move || list_names(&queue))
@@ -187,38 +287,53 @@ impl Relay {
             let present: HashSet<&String> = names.iter().collect();
             schedule.retain(|name, _| present.contains(name));
             let mut next_wake: Option<Instant> = None;
+            // Files first seen in this pass that wait for a recorded time: how many, how long.
+            let mut waiting = (0usize, u64::MAX);
             for name in names {
                 if ctx.is_stopping() {
                     return;
                 }
-                let now = Instant::now();
-                let (attempts, due) = *schedule.entry(name.clone()).or_insert((0, now));
-                if due > now {
+                let due = match schedule.get(&name) {
+                    Some(due) => *due,
+                    None => {
+                        let (due, wait) = self.recorded(&name).await;
+                        if wait > 0 {
+                            waiting = (waiting.0 + 1, waiting.1.min(wait));
+                        }
+                        schedule.insert(name.clone(), due);
+                        due
+                    }
+                };
+                if due > Instant::now() {
                     next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
                     continue;
                 }
                 match self.attempt(&name, deliverer, directory).await {
-                    Ok(true) => {
+                    Ok(None) => {
                         schedule.remove(&name);
                     }
-                    Ok(false) => {
-                        let backoff = self
-                            .settings
-                            .min_backoff
-                            .saturating_mul(2u32.saturating_pow(attempts.min(20)))
-                            .min(self.settings.max_backoff);
-                        let due = Instant::now() + backoff;
-                        schedule.insert(name, (attempts + 1, due));
+                    Ok(Some(due)) => {
+                        schedule.insert(name, due);
                         next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
                     }
                     Err(e) => {
-                        // The file itself is the problem (unreadable, not a queue file): leave
-                        // it for an administrator, and look again only after the longest wait.
+                        // The file itself is the problem (unreadable, not a queue file, cannot
+                        // be rewritten): leave it for an administrator, and look again only
+                        // after the longest wait.
                         tracing::error!(file = %name, "relay queue file skipped: {e}");
                         let due = Instant::now() + self.settings.max_backoff;
-                        schedule.insert(name, (attempts + 1, due));
+                        schedule.insert(name, due);
                     }
                 }
+            }
+            if waiting.0 > 0 {
+                tracing::info!(
+                    queue = %self.settings.queue.display(),
+                    "{} deferred relay queue file(s) wait for their recorded next attempt, \
+                     the soonest in {} s",
+                    waiting.0,
+                    waiting.1
+                );
             }
             let sleep = async {
                 match next_wake {
@@ -234,34 +349,44 @@ impl Relay {
         }
     }
 
-    /// One delivery attempt of one queue file. `Ok(true)`: the file is done (delivered or
-    /// bounced) and gone; `Ok(false)`: recipients remain, try later.
+    /// One delivery attempt of one queue file. `Ok(None)`: the file is done (delivered or
+    /// bounced) and gone; `Ok(Some(due))`: recipients remain, and the file now records the
+    /// attempt and its next time, `due`.
     async fn attempt(
         &self,
         name: &str,
         deliverer: &Deliverer,
         directory: &Directory,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<Instant>> {
         let path = self.settings.queue.join("new").join(name);
         let bytes = tokio::fs::read(&path).await?;
         let queued = Queued::parse(&bytes)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a relay queue file"))?;
         drop(bytes);
+        let envelope = &queued.envelope;
         let outcomes = outbound::deliver(
             &self.route,
+            &self.settings.tls,
             &self.settings.hostname,
-            &queued.sender,
-            &queued.recipients,
+            &envelope.sender,
+            &envelope.recipients,
             &queued.message,
         )
         .await;
-        let expired = now_unix().saturating_sub(queued.queued) >= self.settings.lifetime.as_secs();
+        let expired =
+            now_unix().saturating_sub(envelope.queued) >= self.settings.lifetime.as_secs();
         let mut failed: Vec<(String, String, bool)> = Vec::new();
         let mut remaining = Vec::new();
-        for (rcpt, outcome) in queued.recipients.iter().zip(outcomes) {
+        for (rcpt, outcome) in envelope.recipients.iter().zip(outcomes) {
             match outcome {
-                Outcome::Delivered => {
-                    tracing::info!(file = %name, to = %rcpt, via = %self.route, "relayed");
+                Outcome::Delivered(session) => {
+                    tracing::info!(
+                        file = %name,
+                        to = %rcpt,
+                        relay = %session.relay,
+                        tls = %session.security(),
+                        "relayed"
+                    );
                 }
                 Outcome::Failed(reply) => {
                     tracing::warn!(file = %name, to = %rcpt, "relay failed: {reply}");
@@ -272,7 +397,12 @@ impl Relay {
                     failed.push((rcpt.clone(), reason, true));
                 }
                 Outcome::Deferred(reason) => {
-                    tracing::info!(file = %name, to = %rcpt, "relay deferred: {reason}");
+                    tracing::info!(
+                        file = %name,
+                        to = %rcpt,
+                        attempt = envelope.attempts + 1,
+                        "relay deferred: {reason}"
+                    );
                     remaining.push(rcpt.clone());
                 }
             }
@@ -282,25 +412,34 @@ impl Relay {
         }
         let queue = self.settings.queue.clone();
         let name = name.to_string();
-        let finished = remaining.is_empty();
-        let changed = remaining.len() != queued.recipients.len();
-        let rest = Queued {
-            recipients: remaining,
-            ..queued
-        };
-        tokio::task::spawn_blocking(move || {
-            if finished {
+        if remaining.is_empty() {
+            tokio::task::spawn_blocking(move || {
                 std::fs::remove_file(&path)?;
                 sync_dir(&queue.join("new"))
-            } else if changed {
-                rewrite(&queue, &name, &rest.to_bytes())
-            } else {
-                Ok(())
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))?;
-        Ok(finished)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+            return Ok(None);
+        }
+        let attempts = envelope.attempts.saturating_add(1);
+        let backoff = backoff(
+            self.settings.min_backoff,
+            self.settings.max_backoff,
+            attempts,
+        );
+        let rest = Queued {
+            envelope: Envelope {
+                attempts,
+                next_attempt: now_unix().saturating_add(backoff.as_secs()),
+                recipients: remaining,
+                ..queued.envelope
+            },
+            message: queued.message,
+        };
+        tokio::task::spawn_blocking(move || rewrite(&queue, &name, &rest.to_bytes()))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+        Ok(Some(Instant::now() + backoff))
     }
 
     /// Sends a DSN for `failed` recipients to the sender: into a local Maildir or back into the
@@ -312,15 +451,13 @@ impl Relay {
         deliverer: &Deliverer,
         directory: &Directory,
     ) -> io::Result<()> {
-        if queued.sender.is_empty() {
+        let sender = &queued.envelope.sender;
+        if sender.is_empty() {
             tracing::warn!("a bounce could not be delivered and is dropped");
             return Ok(());
         }
         let report = dsn(&self.settings.hostname, queued, failed);
-        let (local, domain) = queued
-            .sender
-            .rsplit_once('@')
-            .unwrap_or((queued.sender.as_str(), ""));
+        let (local, domain) = sender.rsplit_once('@').unwrap_or((sender.as_str(), ""));
         match directory.route(local, domain) {
             Route::Local(mailbox) => {
                 let mut message = b"Return-Path: <>\n".to_vec();
@@ -328,11 +465,11 @@ impl Relay {
                 deliverer.deliver(vec![mailbox.path], message).await
             }
             Route::UnknownUser => {
-                tracing::warn!(sender = %queued.sender, "bounce to an unknown local user dropped");
+                tracing::warn!(sender = %sender, "bounce to an unknown local user dropped");
                 Ok(())
             }
             Route::Foreign => {
-                let file = self.queue_file("", std::slice::from_ref(&queued.sender), &report);
+                let file = self.queue_file("", std::slice::from_ref(sender), &report);
                 deliverer
                     .deliver(vec![self.settings.queue.clone()], file)
                     .await?;
@@ -341,6 +478,13 @@ impl Relay {
             }
         }
     }
+}
+
+/// The wait after `attempts` deferred attempts: `min` doubled for each one after the first, at
+/// most `max`.
+fn backoff(min: Duration, max: Duration, attempts: u32) -> Duration {
+    min.saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(20)))
+        .min(max)
 }
 
 fn list_names(dir: &Path) -> io::Result<Vec<String>> {
@@ -374,7 +518,8 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
         t.format(&time::format_description::well_known::Rfc2822)
             .unwrap_or_default()
     };
-    let arrival = time::OffsetDateTime::from_unix_timestamp(queued.queued as i64).unwrap_or(now);
+    let arrival =
+        time::OffsetDateTime::from_unix_timestamp(queued.envelope.queued as i64).unwrap_or(now);
     let boundary = format!("{}/{hostname}", maildir::unique_name(hostname, 0, 0));
     let mut text = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\n\
@@ -395,7 +540,7 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
          \n\
          Your message could not be delivered to one or more recipients.\n\
          \n",
-        sender = queued.sender,
+        sender = queued.envelope.sender,
         date = rfc2822(now),
     );
     for (rcpt, reason, _) in failed {
@@ -463,14 +608,54 @@ mod tests {
 
     #[test]
     fn queue_files_round_trip() {
-        let queued = Queued {
-            queued: 42,
-            sender: String::new(),
-            recipients: vec!["a@b.test".into(), "c@d.test".into()],
+        let mut queued = Queued {
+            envelope: Envelope {
+                queued: 42,
+                attempts: 0,
+                next_attempt: 0,
+                sender: String::new(),
+                recipients: vec!["a@b.test".into(), "c@d.test".into()],
+            },
             message: b"Subject: x\n\nbody\n".to_vec(),
         };
-        assert_eq!(Queued::parse(&queued.to_bytes()), Some(queued));
+        let fresh = queued.to_bytes();
+        assert!(!String::from_utf8_lossy(&fresh).contains("Attempts"));
+        assert_eq!(Queued::parse(&fresh), Some(queued.clone()));
+        queued.envelope.attempts = 3;
+        queued.envelope.next_attempt = 1_795_218_043;
+        let retried = queued.to_bytes();
+        assert!(retried.starts_with(
+            b"X-Envelope-Queued: 42\nX-Envelope-Attempts: 3\n\
+              X-Envelope-Next-Attempt: 1795218043\nX-Envelope-From: <>\n"
+        ));
+        assert_eq!(Queued::parse(&retried), Some(queued));
         assert_eq!(Queued::parse(b"Subject: x\n\nbody\n"), None);
+        assert_eq!(
+            Queued::parse(
+                b"X-Envelope-Queued: 1\nX-Envelope-Attempts: many\nX-Envelope-From: <>\n\n"
+            ),
+            None
+        );
+        // The envelope alone, as the worker reads it from a file's first bytes.
+        let (envelope, offset) = Envelope::parse(&retried).expect("an envelope");
+        assert_eq!(
+            (envelope.attempts, &retried[offset..]),
+            (3, &b"Subject: x\n\nbody\n"[..])
+        );
+        assert_eq!(
+            Envelope::parse(b"X-Envelope-Queued: 1\nX-Envelope-Fr"),
+            None
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_first_deferral_up_to_the_maximum() {
+        let s = Duration::from_secs;
+        let waits: Vec<u64> = (1..=6)
+            .map(|n| backoff(s(300), s(4000), n).as_secs())
+            .collect();
+        assert_eq!(waits, [300, 600, 1200, 2400, 4000, 4000]);
+        assert_eq!(backoff(s(300), s(4000), u32::MAX), s(4000));
     }
 
     #[test]
@@ -485,9 +670,13 @@ mod tests {
     #[test]
     fn dsn_names_every_failed_recipient() {
         let queued = Queued {
-            queued: 1_700_000_000,
-            sender: "al@a.test".into(),
-            recipients: vec![],
+            envelope: Envelope {
+                queued: 1_700_000_000,
+                attempts: 0,
+                next_attempt: 0,
+                sender: "al@a.test".into(),
+                recipients: vec![],
+            },
             message: b"Subject: hello\nFrom: al@a.test\n\nsecret body\n".to_vec(),
         };
         let report = String::from_utf8(dsn(

@@ -59,9 +59,16 @@ impl MailService {
             ),
             None => None,
         };
+        let relay_tls = match &config.relay {
+            Some(_) => crate::outbound::Tls::new(config.relay_tls, config.relay_ca.as_deref())
+                .map_err(|e| e.to_string())?,
+            None => crate::outbound::Tls::none(),
+        };
         let relay = config.relay.as_ref().map(|queue| RelaySettings {
             queue: queue.clone(),
             smarthost: config.smarthost.clone(),
+            resolver: config.relay_resolver.clone(),
+            tls: relay_tls,
             hostname: hostname.clone(),
             min_backoff: Duration::from_secs(config.relay_min_backoff),
             max_backoff: Duration::from_secs(config.relay_max_backoff),

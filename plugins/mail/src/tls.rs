@@ -1,5 +1,7 @@
 //! TLS for SMTP's STARTTLS, POP3's STLS and `--pop3s`: the acceptor made from `--certificate`
 //! and `--privkey`, and [`Conn`], a connection that starts in plain text and may become TLS.
+//! And the client side, for STARTTLS towards the next server (`--relay-tls`, `--relay-ca`):
+//! [`connector`].
 //!
 //! rustls with the `ring` provider, TLS 1.2 and 1.3 only.
 
@@ -13,8 +15,16 @@ use std::time::Duration;
 use host::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How long a client may take over the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +46,11 @@ pub enum TlsError {
     },
     #[error("--certificate/--privkey: {0}")]
     Config(#[from] rustls::Error),
+    #[error("{option}: {reason}")]
+    Client {
+        option: &'static str,
+        reason: String,
+    },
 }
 
 /// The server side of TLS from PEM files: the certificate chain, and its private key (which may
@@ -78,6 +93,141 @@ pub fn acceptor(certificate: &Path, key: Option<&Path>) -> Result<TlsAcceptor, T
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Where the system's CA certificates are, as OpenSSL and rustls-native-certs look for them on
+/// Linux when `$SSL_CERT_FILE` is not set: Debian, Ubuntu, Arch; Fedora, RHEL; openSUSE;
+/// Alpine and the BSDs.
+const SYSTEM_CA_BUNDLES: [&str; 5] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+];
+
+/// The trust anchors for `--relay-tls verify`: the PEM certificates of `ca`, or the system's.
+fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
+    let (option, path) = match ca {
+        Some(path) => ("--relay-ca", path.to_path_buf()),
+        None => match std::env::var_os("SSL_CERT_FILE") {
+            // As in OpenSSL: when set, it is the file, found or not.
+            Some(file) => ("--relay-tls verify ($SSL_CERT_FILE)", PathBuf::from(file)),
+            None => {
+                let found = SYSTEM_CA_BUNDLES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+                    .ok_or(TlsError::Client {
+                        option: "--relay-tls verify",
+                        reason: "no system CA certificates found (no \
+                                 /etc/ssl/certs/ca-certificates.crt or the like); give \
+                                 --relay-ca FILE"
+                            .into(),
+                    })?;
+                ("--relay-tls verify", found)
+            }
+        },
+    };
+    let pem = std::fs::read(&path).map_err(|source| TlsError::Read {
+        option,
+        path: path.clone(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            option,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::Pem {
+            option,
+            path,
+            reason: "no usable CERTIFICATE in it".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The client side of STARTTLS towards the next server. With `verify`, the server's chain must
+/// lead to `ca` (or the system's CA certificates) and name the host; otherwise any certificate
+/// is taken, as Postfix's `smtp_tls_security_level = may` does: the session is encrypted but
+/// the peer not authenticated (the handshake's own signatures are still checked).
+pub fn connector(verify: bool, ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = |e: rustls::Error| TlsError::Client {
+        option: "--relay-tls",
+        reason: e.to_string(),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(client)?;
+    let config = if verify {
+        builder
+            .with_root_certificates(roots(ca)?)
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// `--relay-tls may`: every certificate is taken (opportunistic TLS, RFC 7435), while the
+/// handshake signatures are verified as usual, so the session keys belong to whoever holds the
+/// certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A connection that is plain or TLS; [`Conn::Swapping`] only exists during the upgrade.
