@@ -6,7 +6,8 @@
 //! When the last open connection of the process closes, [`connection_closed`] asks the
 //! allocator to return every whole free page (`malloc_trim`), at most once a second so that
 //! a client opening one connection after another does not pay for it on each. Under steady
-//! load some connection is always open and nothing is trimmed.
+//! load some connection is always open and nothing is trimmed. The working memory kept for
+//! password checks ([`crate::secret`]) is given back at the same moment.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -27,6 +28,7 @@ pub(crate) fn connection_opened() {
 
 pub(crate) fn connection_closed() {
     if OPEN.fetch_sub(1, Ordering::AcqRel) == 1 && due(&LAST_TRIM, Instant::now()) {
+        crate::secret::release_scratch();
         trim();
     }
 }
