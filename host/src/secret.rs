@@ -7,8 +7,8 @@
 //! on the 2-core VM (24 ms against 16.4 ms with the memory already mapped), so checks reuse
 //! their working memory ([`Scratch`]): it is wiped after every check, at most one buffer per
 //! CPU the process may run on is kept, as many checks run at once and the others wait, and
-//! [`release_scratch`] gives it all back to the system (the host calls it when the process
-//! goes idle). Nothing about a password or its outcome is kept.
+//! [`release_scratch`] gives it all back to the system (the host calls it a second after the
+//! process's last connection closed). Nothing about a password or its outcome is kept.
 
 use std::num::NonZeroUsize;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
