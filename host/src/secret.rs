@@ -6,9 +6,10 @@
 //! memory costs a page fault per 4 KiB page on first touch, about a third of a check's time
 //! on the 2-core VM (24 ms against 16.4 ms with the memory already mapped), so checks reuse
 //! their working memory ([`Scratch`]): it is wiped after every check, at most one buffer per
-//! CPU the process may run on is kept, as many checks run at once and the others wait, and
-//! [`release_scratch`] gives it all back to the system (the host calls it a second after the
-//! process's last connection closed). Nothing about a password or its outcome is kept.
+//! CPU the process may run on is kept, as many checks run at once and the others wait their
+//! turn (first come, first served), and [`release_scratch`] gives it all back to the system
+//! (the host calls it a second after the process's last connection closed). Nothing about a
+//! password or its outcome is kept.
 
 use std::num::NonZeroUsize;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -82,20 +83,32 @@ fn matches(hash: &PasswordHash, password: &[u8]) -> Option<bool> {
 const MAX_KEPT_BLOCKS: usize = 64 * 1024;
 
 /// The shared working memory of password checks.
+/// Checks start in the order they asked (a ticket each), so a flood of logins delays every
+/// other login by the same queue, never one login indefinitely.
 struct Pool {
     /// Wiped buffers waiting for the next check.
     idle: Vec<Box<[Block]>>,
-    /// Checks running now.
-    busy: usize,
+    /// Tickets handed out.
+    tickets: u64,
+    /// Checks that ended. Ticket `t` may start once `t < ended + concurrent_checks()`, so at
+    /// most that many run, and in ticket order.
+    ended: u64,
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     idle: Vec::new(),
-    busy: 0,
+    tickets: 0,
+    ended: 0,
 });
 
 /// Signalled whenever a check ends.
 static ENDED: Condvar = Condvar::new();
+
+/// Counts a check as ended and wakes the waiting ones (each looks at its own ticket).
+fn end_check(pool: &mut Pool) {
+    pool.ended += 1;
+    ENDED.notify_all();
+}
 
 fn lock_pool() -> MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -108,8 +121,8 @@ fn concurrent_checks() -> usize {
     *LIMIT.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
-/// One check's working memory, taken from the pool (waiting while as many checks as there
-/// are CPUs run); wiped and given back when dropped.
+/// One check's working memory, taken from the pool (waiting, in turn, while as many checks
+/// as there are CPUs run); wiped and given back when dropped.
 struct Scratch {
     blocks: Box<[Block]>,
 }
@@ -117,13 +130,15 @@ struct Scratch {
 impl Scratch {
     /// At least `len` blocks; `None` if the memory cannot be allocated.
     fn take(len: usize) -> Option<Scratch> {
+        let limit = concurrent_checks() as u64;
         let mut pool = lock_pool();
-        while pool.busy >= concurrent_checks() {
+        let ticket = pool.tickets;
+        pool.tickets += 1;
+        while ticket >= pool.ended + limit {
             pool = ENDED
                 .wait(pool)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        pool.busy += 1;
         let kept = pool.idle.pop();
         drop(pool);
         match kept {
@@ -131,8 +146,7 @@ impl Scratch {
             _ => match allocate(len) {
                 Some(blocks) => Some(Scratch { blocks }),
                 None => {
-                    lock_pool().busy -= 1;
-                    ENDED.notify_one();
+                    end_check(&mut lock_pool());
                     None
                 }
             },
@@ -152,12 +166,10 @@ impl Drop for Scratch {
         }
         let blocks = std::mem::take(&mut self.blocks);
         let mut pool = lock_pool();
-        pool.busy -= 1;
         if blocks.len() <= MAX_KEPT_BLOCKS {
             pool.idle.push(blocks);
         }
-        drop(pool);
-        ENDED.notify_one();
+        end_check(&mut pool);
     }
 }
 
