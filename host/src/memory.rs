@@ -6,9 +6,11 @@
 //! When the last open connection of the process closes, [`connection_closed`] asks the
 //! allocator to return every whole free page (`malloc_trim`), at most once a second so that
 //! a client opening one connection after another does not pay for it on each. Under steady
-//! load some connection is always open and nothing is trimmed.
+//! load some connection is always open and nothing is trimmed. The working memory kept for
+//! password checks ([`crate::secret`]) goes back a second after the last connection closed,
+//! if no other has opened meanwhile.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,8 +28,43 @@ pub(crate) fn connection_opened() {
 }
 
 pub(crate) fn connection_closed() {
-    if OPEN.fetch_sub(1, Ordering::AcqRel) == 1 && due(&LAST_TRIM, Instant::now()) {
-        trim();
+    if OPEN.fetch_sub(1, Ordering::AcqRel) == 1 {
+        release_scratch_when_idle();
+        if due(&LAST_TRIM, Instant::now()) {
+            trim();
+        }
+    }
+}
+
+/// How long the process must stay without connections before the working memory kept for
+/// password checks goes back to the system.
+const SCRATCH_LINGER: Duration = Duration::from_secs(1);
+
+/// A release of that memory is scheduled.
+static RELEASE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Gives the password checks' kept working memory ([`crate::secret::release_scratch`]) back
+/// [`SCRATCH_LINGER`] after the last connection closed, if none is open then. A client that
+/// opens one connection after another (a POP3 login per session) keeps it; an idle process
+/// does not. Outside a runtime (nothing to wait with), at once.
+fn release_scratch_when_idle() {
+    if RELEASE_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async {
+                tokio::time::sleep(SCRATCH_LINGER).await;
+                RELEASE_PENDING.store(false, Ordering::Release);
+                if OPEN.load(Ordering::Acquire) == 0 {
+                    crate::secret::release_scratch();
+                }
+            });
+        }
+        Err(_) => {
+            RELEASE_PENDING.store(false, Ordering::Release);
+            crate::secret::release_scratch();
+        }
     }
 }
 

@@ -903,6 +903,22 @@ mod tests {
         }
     }
 
+    /// The whole file comes back whatever the size hint says: right, too small, too large, or
+    /// none.
+    #[tokio::test]
+    async fn messages_read_whole_whatever_the_hint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m");
+        let text = b"Subject: x\n\nline\r\n.dot\nlast".repeat(300);
+        std::fs::write(&path, &text).expect("write");
+        let size = crlf_len(&text);
+        for hint in [size, size - 1, size + 1, text.len() as u64, 0, u64::MAX] {
+            let read = read_message(&path, hint).await.expect("read");
+            assert!(read == text, "hint {hint}: {} bytes", read.len());
+        }
+        assert!(read_message(&dir.path().join("gone"), size).await.is_err());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_share_directory_flushes() {
         let dir = tempfile::tempdir().expect("tmp");

@@ -1,21 +1,19 @@
 //! Domains and users: who has a Maildir, who may log in, and where an address delivers.
 //!
 //! Passwords exist in plain text only on their way in (the command line, the password file);
-//! what is kept is an Argon2id PHC string. Verification is slow on purpose, so callers run it
-//! off the async workers.
+//! what is kept is an Argon2id PHC string, made and checked by `host::secret`. Verification is
+//! slow on purpose, so callers run it off the async workers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
-
 use crate::MailConfig;
+
+pub use host::secret::verify_password;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("cannot hash the password: {0}")]
+    #[error("{0}")]
     Hash(String),
     #[error("--passwordfile {path}: {source}")]
     ReadFile {
@@ -31,28 +29,16 @@ pub enum UsersError {
     },
 }
 
-/// An Argon2id PHC string for `password`, with a fresh random salt.
+/// An Argon2id PHC string for `password`, with a fresh random salt (`host::secret`, as every
+/// password of the host).
 pub fn hash_password(password: &str) -> Result<String, UsersError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| UsersError::Hash(e.to_string()))
+    host::secret::hash_password(password).map_err(UsersError::Hash)
 }
 
-/// Whether `phc` is an Argon2 PHC string this module can verify against.
+/// Whether `phc` is an Argon2 PHC string [`verify_password`] can check (Argon2id, as this
+/// module makes them, or an older variant written into a tap by hand).
 pub fn is_password_hash(phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
-}
-
-/// Checks a password against a PHC string; anything malformed is a mismatch. Blocking (tens of
-/// milliseconds by design).
-pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    host::secret::is_argon2_hash(phc)
 }
 
 /// A user name that is safe as a directory name: letters, digits and `. _ + -`, not starting
