@@ -306,8 +306,8 @@ struct MailArgs {
     max_message_size: u64,
 
     /// How a message is flushed to disk before its 250: `filesystem` (one syncfs for a group
-    /// of deliveries) or `per-file` (fsync of each file and its directory; for a mail store
-    /// that shares its file system with bulk writers).
+    /// of deliveries) or `per-file` (fsync of each file, then of its directory, as Postfix;
+    /// never makes other files' dirty data wait).
     #[arg(long, value_name = "HOW", value_enum, default_value_t = maildir::Flush::default())]
     fsync: maildir::Flush,
 }

@@ -103,13 +103,12 @@ fn name_for(host: &str, pid: u32, size: usize, crlf_size: usize) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Flush {
-    /// Deliveries are written by one thread, in groups: every file of a group is written and
-    /// renamed into `new/`, then one syncfs(2) flushes them all (data, inodes and directory
-    /// entries) and one fsync of a `new/` directory on each file system flushes the device
-    /// cache after what syncfs wrote last. syncfs also writes out whatever else is dirty on
-    /// that file system, so a mail store beside a bulk writer waits for it: use `per-file`
-    /// there. Needs Linux 5.8 or later (syncfs reports write-back errors since); older kernels
-    /// get `per-file`.
+    /// Deliveries are taken in groups by two threads ([`Committer`], [`Publisher`]): the
+    /// files of a group are written under `tmp/` and flushed by one syncfs(2) (data, inodes
+    /// and directory entries), then renamed into `new/`, and each `new/` is fsynced once.
+    /// syncfs also writes whatever else is dirty on that file system, so while much else is
+    /// ([`OTHERS_DIRTY_LIMIT`]) a group's files are fsynced each, several at once. Needs Linux
+    /// 5.8 or later (syncfs reports write-back errors since); older kernels get `per-file`.
     #[default]
     Filesystem,
     /// fsync(2) of every message file, then of `new/`, as Postfix and Dovecot do; concurrent
@@ -178,7 +177,7 @@ impl Deliverer {
                 );
                 Flushing::PerFile(DirSync::default())
             }
-            Flush::Filesystem => match start_committer(&names) {
+            Flush::Filesystem => match start_committer(&names, OTHERS_DIRTY_LIMIT) {
                 Ok(jobs) => Flushing::Filesystem(jobs),
                 Err(e) => {
                     tracing::warn!(
@@ -386,7 +385,7 @@ impl Shared {
 
 /// Starts the [`Committer`] and [`Publisher`] threads; each ends when its queue's last sender
 /// goes (the publisher's is the committer's).
-fn start_committer(names: &Namer) -> io::Result<mpsc::Sender<Job>> {
+fn start_committer(names: &Namer, dirty_limit: u64) -> io::Result<mpsc::Sender<Job>> {
     let (published, publisher_queue) = mpsc::channel();
     std::thread::Builder::new()
         .name("maildir-publish".into())
@@ -395,6 +394,7 @@ fn start_committer(names: &Namer) -> io::Result<mpsc::Sender<Job>> {
     let committer = Committer {
         names: names.clone(),
         filesystems: HashMap::new(),
+        dirty_limit,
         publisher: published,
     };
     std::thread::Builder::new()
@@ -417,7 +417,7 @@ fn syncfs_reports_errors() -> bool {
     (major, minor) >= (5, 8)
 }
 
-/// Above this much dirty page cache not of its own (`Dirty` + `Writeback` in /proc/meminfo),
+/// From this much dirty page cache not of its own (`Dirty` + `Writeback` in /proc/meminfo),
 /// the committer flushes a group file by file: syncfs would first write all of it (with a
 /// build writing to the same file system, a syncfs took 8 ms here instead of 0.2).
 const OTHERS_DIRTY_LIMIT: u64 = 4 << 20;
@@ -443,6 +443,8 @@ struct Committer {
     /// system since that handle's previous call (on its first, those nobody has seen), so a
     /// long-lived handle misses none between a write and its flush.
     filesystems: HashMap<u64, File>,
+    /// [`OTHERS_DIRTY_LIMIT`], or another in tests.
+    dirty_limit: u64,
     publisher: mpsc::Sender<Group>,
 }
 
@@ -468,7 +470,7 @@ impl Committer {
         if written.is_empty() {
             return;
         }
-        let failure = match self.flush(&written, &[]) {
+        let failure = match self.flush(&written) {
             Ok(()) => match self.publisher.send(written) {
                 Ok(()) => return,
                 Err(mpsc::SendError(written)) => {
@@ -484,34 +486,24 @@ impl Committer {
         }
     }
 
-    /// Flushes the files of `written` (under `tmp/`) and the directory entries `renamed` made
-    /// in `new/`: one syncfs per file system, then an fsync of one of those directories on
-    /// each; or, when much else is dirty, an fsync of each written file and each `new/`.
+    /// Flushes the files of `written` (under `tmp/`), with their inodes and directory entries:
+    /// one syncfs per file system, then an fsync of one of their `tmp/` directories on each;
+    /// or, when much else is dirty, an fsync of each file ([`fsync_each`]).
     ///
     /// The fsync after syncfs is for file systems without a journal (ext4's nojournal mode):
     /// their syncfs flushes the device cache before its last metadata writes, and this fsync
     /// flushes it after them. Elsewhere it finds nothing dirty and costs one cache flush.
-    fn flush(&mut self, written: &[Delivery], renamed: &[Delivery]) -> io::Result<()> {
-        let (written, renamed) = (files_of(written), files_of(renamed));
+    fn flush(&mut self, written: &[Delivery]) -> io::Result<()> {
+        let files = files_of(written);
+        let ours = files.iter().map(|file| file.pages).sum();
+        if others_dirty(ours) >= self.dirty_limit {
+            return fsync_each(&files);
+        }
         let mut dirs: Vec<&Path> = Vec::new();
-        for dir in written
-            .iter()
-            .filter_map(|file| file.tmp.parent())
-            .chain(renamed.iter().map(|file| file.dir.as_path()))
-        {
+        for dir in files.iter().filter_map(|file| file.tmp.parent()) {
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
-        }
-        let ours = written.iter().map(|file| file.pages).sum();
-        if others_dirty(ours) > OTHERS_DIRTY_LIMIT {
-            written
-                .iter()
-                .try_for_each(|file| File::open(&file.tmp)?.sync_all())?;
-            return dirs
-                .iter()
-                .filter(|dir| renamed.iter().any(|file| file.dir == **dir))
-                .try_for_each(|dir| File::open(dir)?.sync_all());
         }
         let mut devices: Vec<(u64, File)> = Vec::new();
         for dir in dirs {
@@ -581,6 +573,35 @@ impl Publisher {
 
 fn files_of(group: &[Delivery]) -> Vec<&Placed> {
     group.iter().flat_map(|(placed, _)| placed).collect()
+}
+
+/// At most this many fsyncs at once when a group is flushed file by file.
+const PARALLEL_FSYNCS: usize = 8;
+
+/// fsyncs each file (under `tmp/`), a share of them on each of up to [`PARALLEL_FSYNCS`]
+/// threads, so the disk works on them together instead of one after the other.
+fn fsync_each(files: &[&Placed]) -> io::Result<()> {
+    let fsync = |share: &[&Placed]| {
+        share
+            .iter()
+            .try_for_each(|file| File::open(&file.tmp)?.sync_all())
+    };
+    let share = files.len().div_ceil(PARALLEL_FSYNCS).max(1);
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for chunk in files.chunks(share) {
+            match std::thread::Builder::new().spawn_scoped(scope, move || fsync(chunk)) {
+                Ok(thread) => threads.push(thread),
+                // No thread to spare: this one does it.
+                Err(_) => fsync(chunk)?,
+            }
+        }
+        threads.into_iter().try_for_each(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")))
+        })
+    })
 }
 
 /// Dirty page cache (`Dirty` + `Writeback` in /proc/meminfo), in bytes, beyond `ours`; the
@@ -1016,12 +1037,31 @@ mod tests {
     /// and nothing stays in `tmp/` (the committer's rounds, and its publisher's).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_deliveries_each_land_once() {
+        grouped_deliveries(OTHERS_DIRTY_LIMIT).await;
+    }
+
+    /// The same with every group fsynced file by file, as when much else is dirty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_deliveries_flushed_file_by_file_each_land_once() {
+        grouped_deliveries(0).await;
+    }
+
+    async fn grouped_deliveries(dirty_limit: u64) {
         let dir = tempfile::tempdir().expect("tmp");
         let one = dir.path().join("one");
         let two = dir.path().join("two");
         ensure(&one).expect("maildir");
         ensure(&two).expect("maildir");
-        let deliverer = Deliverer::new("h", Flush::Filesystem);
+        let names = Namer {
+            host: "h".into(),
+            pid: std::process::id(),
+        };
+        let deliverer = Deliverer {
+            shared: Arc::new(Shared {
+                flush: Flushing::Filesystem(start_committer(&names, dirty_limit).expect("threads")),
+                names,
+            }),
+        };
         let sends: Vec<_> = (0..300)
             .map(|i| {
                 let deliverer = deliverer.clone();
