@@ -917,6 +917,39 @@ mod tests {
         }
     }
 
+    /// Two Maildirs, `one` and `two`, in a temporary directory.
+    fn two_maildirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let one = dir.path().join("one");
+        let two = dir.path().join("two");
+        ensure(&one).expect("maildir");
+        ensure(&two).expect("maildir");
+        (dir, one, two)
+    }
+
+    /// Delivers messages 0 to `count - 1` (`Subject: i`) all at once: to `one`, to `two` and
+    /// to both, in turn.
+    async fn deliver_numbered(deliverer: &Deliverer, one: &Path, two: &Path, count: u32) {
+        let sends: Vec<_> = (0..count)
+            .map(|i| {
+                let deliverer = deliverer.clone();
+                let targets = match i % 3 {
+                    0 => vec![one.to_path_buf()],
+                    1 => vec![two.to_path_buf()],
+                    _ => vec![one.to_path_buf(), two.to_path_buf()],
+                };
+                tokio::spawn(async move {
+                    deliverer
+                        .deliver(targets, format!("Subject: {i}\n\n{i}\n").into_bytes())
+                        .await
+                })
+            })
+            .collect();
+        for send in sends {
+            send.await.expect("task").expect("delivered");
+        }
+    }
+
     fn dirsync(deliverer: &Deliverer) -> &DirSync {
         match &deliverer.shared.flush {
             Flushing::PerFile(dirsync) => dirsync,
@@ -942,30 +975,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_share_directory_flushes() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let one = dir.path().join("one");
-        let two = dir.path().join("two");
-        ensure(&one).expect("maildir");
-        ensure(&two).expect("maildir");
+        let (_dir, one, two) = two_maildirs();
         let deliverer = Deliverer::new("h", Flush::PerFile);
-        let sends: Vec<_> = (0..64)
-            .map(|i| {
-                let deliverer = deliverer.clone();
-                let targets = match i % 3 {
-                    0 => vec![one.clone()],
-                    1 => vec![two.clone()],
-                    _ => vec![one.clone(), two.clone()],
-                };
-                tokio::spawn(async move {
-                    deliverer
-                        .deliver(targets, format!("Subject: {i}\n\n{i}\n").into_bytes())
-                        .await
-                })
-            })
-            .collect();
-        for send in sends {
-            send.await.expect("task").expect("delivered");
-        }
+        deliver_numbered(&deliverer, &one, &two, 64).await;
         assert_eq!(
             list(&one, &mut SizeCache::new()).expect("list").len(),
             22 + 21
@@ -991,11 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn delivery_lands_in_new_and_lists() {
         for flush in [Flush::Filesystem, Flush::PerFile] {
-            let dir = tempfile::tempdir().expect("tmp");
-            let one = dir.path().join("one");
-            let two = dir.path().join("two");
-            ensure(&one).expect("maildir");
-            ensure(&two).expect("maildir");
+            let (dir, one, two) = two_maildirs();
             let deliverer = Deliverer::new("h", flush);
             deliverer
                 .deliver(
@@ -1047,11 +1055,7 @@ mod tests {
     }
 
     async fn grouped_deliveries(dirty_limit: u64) {
-        let dir = tempfile::tempdir().expect("tmp");
-        let one = dir.path().join("one");
-        let two = dir.path().join("two");
-        ensure(&one).expect("maildir");
-        ensure(&two).expect("maildir");
+        let (_dir, one, two) = two_maildirs();
         let names = Namer {
             host: "h".into(),
             pid: std::process::id(),
@@ -1062,24 +1066,7 @@ mod tests {
                 names,
             }),
         };
-        let sends: Vec<_> = (0..300)
-            .map(|i| {
-                let deliverer = deliverer.clone();
-                let targets = match i % 3 {
-                    0 => vec![one.clone()],
-                    1 => vec![two.clone()],
-                    _ => vec![one.clone(), two.clone()],
-                };
-                tokio::spawn(async move {
-                    deliverer
-                        .deliver(targets, format!("Subject: {i}\n\n{i}\n").into_bytes())
-                        .await
-                })
-            })
-            .collect();
-        for send in sends {
-            send.await.expect("task").expect("delivered");
-        }
+        deliver_numbered(&deliverer, &one, &two, 300).await;
         for (maildir, expected) in [(&one, 200), (&two, 200)] {
             let mut subjects: Vec<u32> = list(maildir, &mut SizeCache::new())
                 .expect("list")
