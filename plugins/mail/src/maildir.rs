@@ -430,8 +430,8 @@ type Delivery = (Vec<Placed>, oneshot::Sender<io::Result<()>>);
 /// since its last round, writes their files under `tmp/`, flushes them all at once
 /// ([`Committer::flush`]), and hands them to the [`Publisher`], which renames them into `new/`,
 /// fsyncs those directories, and answers. So a file is on disk before its name is in `new/`,
-/// as with per-file fsyncs, and the two flushes of one round's deliveries overlap the two of
-/// the round before and after.
+/// as with per-file fsyncs, and the publisher's directory fsyncs for one round overlap the
+/// committer's flush of the next.
 ///
 /// While it waits for the disk, sessions go on and queue the next round's deliveries, so
 /// rounds grow with the load (group commit, as databases do), and the sessions hear back with
