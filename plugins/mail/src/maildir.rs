@@ -766,7 +766,7 @@ pub type SizeCache = HashMap<String, u64>;
 /// dot files and names that are not valid UIDLs are skipped. A message's size comes from its
 /// name (`W=`), else from `sizes`, else from reading it.
 pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
-    let mut found: Vec<(u64, String, Message)> = Vec::new();
+    let mut found: Vec<((u64, u64), Message)> = Vec::new();
     let mut learnt = SizeCache::new();
     for sub in ["new", "cur"] {
         for entry in std::fs::read_dir(maildir.join(sub))? {
@@ -801,17 +801,28 @@ pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
                     size
                 }
             };
-            let seconds = uid
-                .split('.')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(u64::MAX);
-            found.push((seconds, uid.clone(), Message { path, uid, size }));
+            found.push((delivery_order(&uid), Message { path, uid, size }));
         }
     }
-    found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    found.sort_by(|a, b| (a.0, &a.1.uid).cmp(&(b.0, &b.1.uid)));
     *sizes = learnt;
-    Ok(found.into_iter().map(|(_, _, m)| m).collect())
+    Ok(found.into_iter().map(|(_, m)| m).collect())
+}
+
+/// When a unique name says its message arrived: the seconds, and the microseconds of a
+/// `M<usec>` part (ours, Dovecot's, Courier's) compared as numbers (as text, `M99999` would
+/// come after `M100000`); names without them go last.
+fn delivery_order(uid: &str) -> (u64, u64) {
+    let mut parts = uid.split('.');
+    let seconds = parts.next().and_then(|s| s.parse().ok());
+    let micros = parts.next().and_then(|middle| {
+        let digits = middle.strip_prefix('M')?;
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        digits[..end].parse().ok()
+    });
+    (seconds.unwrap_or(u64::MAX), micros.unwrap_or(u64::MAX))
 }
 
 /// The length of [`to_crlf`]`(bytes)`, without making it.
@@ -907,6 +918,37 @@ mod tests {
         assert_eq!(clean_tmp(dir.path(), now, TMP_MAX_AGE).expect("clean"), 0);
         let later = now + TMP_MAX_AGE + Duration::from_secs(60);
         assert_eq!(clean_tmp(dir.path(), later, TMP_MAX_AGE).expect("clean"), 1);
+    }
+
+    #[test]
+    fn messages_are_listed_in_delivery_order() {
+        let (_dir, one, _) = two_maildirs();
+        for name in [
+            "1700000001.M5P1Q3.h",
+            "1700000000.M100500P1Q2.h",
+            "1700000000.M99000P1Q1.h",
+            "1700000000.M99000P1Q0.h",
+            "1699999999.other.h",
+            "unnumbered",
+        ] {
+            std::fs::write(one.join("new").join(name), "x\n").expect("write");
+        }
+        let uids: Vec<String> = list(&one, &mut SizeCache::new())
+            .expect("list")
+            .into_iter()
+            .map(|m| m.uid)
+            .collect();
+        assert_eq!(
+            uids,
+            [
+                "1699999999.other.h",
+                "1700000000.M99000P1Q0.h",
+                "1700000000.M99000P1Q1.h",
+                "1700000000.M100500P1Q2.h",
+                "1700000001.M5P1Q3.h",
+                "unnumbered",
+            ]
+        );
     }
 
     #[test]
