@@ -569,7 +569,8 @@ fn loopback_with_port_25_free() -> Result<Ipv4Addr, String> {
 
 /// MX routing for real: the relay asks a DNS server of the test's own (`--relay-resolver`)
 /// for remote.test's MX, then for the MX host's address, and delivers there on port 25; a
-/// recipient at a domain with a null MX (RFC 7505) is bounced at once.
+/// recipient at a domain with a null MX (RFC 7505), or at one that does not exist (NXDOMAIN),
+/// is bounced at once.
 #[test]
 fn relay_delivers_by_mx_through_the_resolver_given() {
     let mx_ip = match loopback_with_port_25_free() {
@@ -595,7 +596,8 @@ fn relay_delivers_by_mx_through_the_resolver_given() {
 import smtplib, sys
 host, port = sys.argv[1].rsplit(':', 1)
 with smtplib.SMTP(host, int(port)) as s:
-    s.sendmail('alice@example.com', ['carol@remote.test', 'nobody@nomail.test'],
+    s.sendmail('alice@example.com',
+               ['carol@remote.test', 'nobody@nomail.test', 'ghost@nowhere.test'],
                'Subject: by mx\r\nMessage-ID: <mx1@example.com>\r\n\r\nbody\r\n')
 "#,
         &[&relay.addr(0).to_string()],
@@ -612,8 +614,8 @@ with smtplib.SMTP(host, int(port)) as s:
     assert!(carol.contains("Subject: by mx\n"), "{carol}");
     assert!(dns.saw("MX remote.test") && dns.saw("A mx.remote.test"));
 
-    // The null MX: a bounce naming the recipient with 5.1.10, at once, and no address looked
-    // up for the domain.
+    // The null MX and the domain that does not exist: one bounce naming both recipients
+    // (5.1.10 and 5.4.4), at once, and no address looked up for either domain.
     wait_until("alice has the bounce", || {
         count(&a.join("maildir/alice/new")) == 1
     });
@@ -625,9 +627,19 @@ with smtplib.SMTP(host, int(port)) as s:
         ),
         "{bounce}"
     );
+    assert!(
+        bounce.contains(
+            "Final-Recipient: rfc822; ghost@nowhere.test\nAction: failed\nStatus: 5.4.4\n"
+        ),
+        "{bounce}"
+    );
     assert!(!bounce.contains("carol@remote.test"), "{bounce}");
-    assert!(dns.saw("MX nomail.test"));
+    assert!(dns.saw("MX nomail.test") && dns.saw("MX nowhere.test"));
     assert!(!dns.saw("A nomail.test"), "a null MX is no implicit MX");
+    assert!(
+        !dns.saw("A nowhere.test"),
+        "a domain that does not exist has no implicit MX"
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! and the SMTP client conversation, with one outcome per recipient.
 //!
 //! MX routing follows RFC 5321 5.1: MX hosts in order of preference, the domain itself when it
-//! has no MX record (the implicit MX), and nothing at all for a null MX (RFC 7505). The MX
+//! has no MX record (the implicit MX), and nothing at all for a null MX (RFC 7505) or a domain
+//! that does not exist (NXDOMAIN; a permanent failure, as in Postfix). The MX
 //! lookups and the addresses of the MX hosts come from DNS (`--relay-resolver`, or the servers
 //! of /etc/resolv.conf); a smarthost's name is resolved by the system (getaddrinfo). Every
 //! address of a host is tried in turn, then the next host (five addresses in all at most, as
@@ -279,6 +280,13 @@ async fn mx_hosts(resolver: &TokioResolver, domain: &str) -> Result<Vec<String>,
             .iter()
             .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
             .collect(),
+        // The domain does not exist: a permanent failure, as in Postfix ("Host or domain name
+        // not found"); a server failure or a timeout is a temporary one (below).
+        Err(e) if e.is_nx_domain() => {
+            return Err(Outcome::Failed(format!(
+                "550 5.4.4 {domain}: no such domain (NXDOMAIN)"
+            )))
+        }
         Err(e) if e.is_no_records_found() => Vec::new(),
         Err(e) => return Err(Outcome::Deferred(format!("MX lookup for {domain}: {e}"))),
     };
