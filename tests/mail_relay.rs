@@ -412,62 +412,37 @@ fn relay_uses_starttls_towards_the_next_server() {
     assert_eq!(count(&a.join("queue/new")), 1);
     assert_eq!(count(&b.join("maildir/carol/new")), 0);
 
+    // One message through a new relay with `tls` options, once carol has `nth` messages: the
+    // relay's log line for it.
+    let relay_one = |tls: &[&str], subject: &str, nth: usize| {
+        let a = Sandbox::new();
+        let mut args = vec!["--relay", "queue", "--smarthost", &smarthost_addr];
+        args.extend_from_slice(tls);
+        let mut relay = serve(&a, &args);
+        submit(a.path(), relay.addr(0), subject);
+        wait_until("carol has the message", || {
+            count(&b.join("maildir/carol/new")) == nth
+        });
+        relay.wait_for("relayed")
+    };
+
     // may (the default): encrypted, not verified.
-    let a = Sandbox::new();
-    let mut relay = serve(&a, &["--relay", "queue", "--smarthost", &smarthost_addr]);
-    submit(a.path(), relay.addr(0), "opportunistic");
-    wait_until("carol has the message", || {
-        count(&b.join("maildir/carol/new")) == 1
-    });
-    let relayed = relay.wait_for("relayed");
+    let relayed = relay_one(&[], "opportunistic", 1);
     assert!(
         relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains("certificate not verified"),
         "{relayed}"
     );
 
     // verify with the receiver's certificate as the CA: encrypted and verified.
-    let a = Sandbox::new();
-    let mut relay = serve(
-        &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &smarthost_addr,
-            "--relay-tls",
-            "verify",
-            "--relay-ca",
-            ca,
-        ],
-    );
-    submit(a.path(), relay.addr(0), "verified");
-    wait_until("carol has the message", || {
-        count(&b.join("maildir/carol/new")) == 2
-    });
-    let relayed = relay.wait_for("relayed");
+    let relayed = relay_one(&["--relay-tls", "verify", "--relay-ca", ca], "verified", 2);
     assert!(
         relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains(", certificate verified"),
         "{relayed}"
     );
 
     // none: plain text although STARTTLS is offered.
-    let a = Sandbox::new();
-    let mut relay = serve(
-        &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &smarthost_addr,
-            "--relay-tls",
-            "none",
-        ],
-    );
-    submit(a.path(), relay.addr(0), "plain");
-    wait_until("carol has the message", || {
-        count(&b.join("maildir/carol/new")) == 3
-    });
-    assert!(relay.wait_for("relayed").contains("tls=plain text"));
+    let relayed = relay_one(&["--relay-tls", "none"], "plain", 3);
+    assert!(relayed.contains("tls=plain text"), "{relayed}");
 
     // What the receiver wrote down: ESMTPS for the two sessions under TLS, ESMTP for the other.
     let mut received: Vec<(String, &str)> = files(&b, "carol", "new")
