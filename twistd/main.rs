@@ -383,11 +383,10 @@ fn run_logged(
         serve(registry, &app, bound, &settings, sink, &mut notifier)
     };
     let result = start_and_serve();
-    if let Err(failure) = &result {
-        notifier.failed(failure);
-    }
     // Removed by whichever process holds it at the end: the daemon, or this one if start-up
-    // failed before the fork. (The first process of a daemon exits inside daemonize.)
+    // failed before the fork. (The first process of a daemon exits inside daemonize.) Before a
+    // failure is reported: the waiting parent exits on hearing it, and by then the pidfile of
+    // a daemon that never served must be gone.
     let name = if chrooted {
         &paths.pid_later
     } else {
@@ -395,6 +394,9 @@ fn run_logged(
     };
     if let (Some(pidfile), Some(name)) = (pidfile, name) {
         pidfile.remove(name);
+    }
+    if let Err(failure) = &result {
+        notifier.failed(failure);
     }
     result
 }
