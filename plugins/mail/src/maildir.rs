@@ -116,8 +116,8 @@ pub enum Flush {
     PerFile,
 }
 
-/// The handle sessions deliver through; clones share one way of flushing: a [`Committer`]
-/// thread ([`Flush::Filesystem`]) or a [`DirSync`] ([`Flush::PerFile`]).
+/// The handle sessions deliver through; clones share one way of flushing: the [`Committer`]
+/// threads ([`Flush::Filesystem`]), or else the [`DirSync`] ([`Flush::PerFile`]).
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     shared: Arc<Shared>,
@@ -126,14 +126,11 @@ pub struct Deliverer {
 #[derive(Debug)]
 struct Shared {
     names: Namer,
-    flush: Flushing,
-}
-
-#[derive(Debug)]
-enum Flushing {
-    /// Deliveries queued for the committer thread, which ends when the last sender goes.
-    Filesystem(mpsc::Sender<Job>),
-    PerFile(DirSync),
+    /// With [`Flush::Filesystem`]: deliveries queued for the committer thread, which ends
+    /// when the last sender goes.
+    committer: Option<mpsc::Sender<Job>>,
+    /// The directory flushes of [`Flush::PerFile`] (unused with a committer).
+    dirs: DirSync,
 }
 
 /// What unique names are made of, worked out once.
@@ -169,27 +166,31 @@ impl Deliverer {
             host: escape_host(hostname),
             pid: std::process::id(),
         };
-        let flush = match flush {
+        let committer = match flush {
             Flush::Filesystem if !syncfs_reports_errors() => {
                 tracing::warn!(
                     "--fsync filesystem needs Linux 5.8 or later (syncfs reports write-back \
                      errors since): flushing each file instead"
                 );
-                Flushing::PerFile(DirSync::default())
+                None
             }
             Flush::Filesystem => match start_committer(&names, OTHERS_DIRTY_LIMIT) {
-                Ok(jobs) => Flushing::Filesystem(jobs),
+                Ok(jobs) => Some(jobs),
                 Err(e) => {
                     tracing::warn!(
                         "cannot start the delivery threads ({e}): flushing each file instead"
                     );
-                    Flushing::PerFile(DirSync::default())
+                    None
                 }
             },
-            Flush::PerFile => Flushing::PerFile(DirSync::default()),
+            Flush::PerFile => None,
         };
         Deliverer {
-            shared: Arc::new(Shared { names, flush }),
+            shared: Arc::new(Shared {
+                names,
+                committer,
+                dirs: DirSync::default(),
+            }),
         }
     }
 
@@ -207,7 +208,7 @@ impl Deliverer {
     /// thread; at worst a file is left in `tmp/` for [`clean_tmp`].
     pub async fn deliver_each(&self, targets: Vec<(PathBuf, Arc<Vec<u8>>)>) -> io::Result<()> {
         let (done, outcome) = oneshot::channel();
-        if let Flushing::Filesystem(jobs) = &self.shared.flush {
+        if let Some(jobs) = &self.shared.committer {
             if jobs.send(Job { targets, done }).is_err() {
                 return Err(io::Error::other("the delivery thread is gone"));
             }
@@ -353,12 +354,6 @@ impl Shared {
     /// outcome. On any failure every file is taken back (the client will send the message
     /// again).
     fn publish(&self, placed: Vec<Placed>, done: oneshot::Sender<io::Result<()>>) {
-        let Flushing::PerFile(dirsync) = &self.flush else {
-            let _ = done.send(Err(io::Error::other(
-                "per-file flush on a filesystem deliverer",
-            )));
-            return;
-        };
         if let Err(e) = rename_all(&placed) {
             let _ = done.send(Err(e));
             return;
@@ -371,7 +366,7 @@ impl Shared {
             }
             files.push(file.new);
         }
-        dirsync.sync(
+        self.dirs.sync(
             dirs,
             Ticket {
                 left: 0,
@@ -992,13 +987,6 @@ mod tests {
         }
     }
 
-    fn dirsync(deliverer: &Deliverer) -> &DirSync {
-        match &deliverer.shared.flush {
-            Flushing::PerFile(dirsync) => dirsync,
-            Flushing::Filesystem(_) => panic!("not a per-file deliverer"),
-        }
-    }
-
     /// The whole file comes back whatever the size hint says: right, too small, too large, or
     /// none.
     #[tokio::test]
@@ -1030,12 +1018,12 @@ mod tests {
         );
         // A claimant lets go of its directory just after its last acknowledgement.
         for _ in 0..1000 {
-            if dirsync(&deliverer).lock().dirs.is_empty() {
+            if deliverer.shared.dirs.lock().dirs.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let state = dirsync(&deliverer).lock();
+        let state = deliverer.shared.dirs.lock();
         assert!(
             state.dirs.is_empty() && state.tickets.is_empty(),
             "{state:?}"
@@ -1104,8 +1092,9 @@ mod tests {
         };
         let deliverer = Deliverer {
             shared: Arc::new(Shared {
-                flush: Flushing::Filesystem(start_committer(&names, dirty_limit).expect("threads")),
+                committer: Some(start_committer(&names, dirty_limit).expect("threads")),
                 names,
+                dirs: DirSync::default(),
             }),
         };
         deliver_numbered(&deliverer, &one, &two, 300).await;
