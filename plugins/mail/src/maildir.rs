@@ -14,13 +14,16 @@
 //!   deliveries into one directory share its fsync ([`DirSync`]), as Postfix and Dovecot do.
 
 use std::collections::HashMap;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -142,14 +145,70 @@ struct Namer {
     pid: u32,
 }
 
+/// A Maildir's `tmp/` and `new/`, held open while deliveries go through them: files are
+/// created, renamed and removed relative to these handles, so each costs one lookup in its
+/// directory instead of a walk of the whole path. The [`Committer`] opens them once per round
+/// for all of that round's files.
+#[derive(Debug)]
+struct Dirs {
+    tmp: OwnedFd,
+    new: OwnedFd,
+    /// The path of `new/`: what [`DirSync`] groups flushes by.
+    new_path: PathBuf,
+}
+
+impl Dirs {
+    fn open(maildir: &Path) -> io::Result<Dirs> {
+        let open = |path: &Path| {
+            rustix::fs::open(
+                path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let new_path = maildir.join("new");
+        Ok(Dirs {
+            tmp: open(&maildir.join("tmp"))?,
+            new: open(&new_path)?,
+            new_path,
+        })
+    }
+}
+
 /// A message's file, written under `tmp/`, on its way to `new/`.
+#[derive(Debug)]
 struct Placed {
-    tmp: PathBuf,
-    new: PathBuf,
-    /// The `new/` directory, flushed once the file is renamed into it.
-    dir: PathBuf,
+    dirs: Arc<Dirs>,
+    name: String,
     /// The page cache the file takes, in bytes.
     pages: u64,
+}
+
+impl Placed {
+    fn rename(&self) -> io::Result<()> {
+        Ok(rustix::fs::renameat(
+            &self.dirs.tmp,
+            &self.name,
+            &self.dirs.new,
+            &self.name,
+        )?)
+    }
+
+    /// Removes the file from `tmp/` (`false`) or `new/` (`true`), on the way back from a
+    /// failure (one that is already gone is no matter).
+    fn remove(&self, renamed: bool) {
+        let dir = if renamed {
+            &self.dirs.new
+        } else {
+            &self.dirs.tmp
+        };
+        let _ = rustix::fs::unlinkat(dir, &self.name, AtFlags::empty());
+    }
+}
+
+/// Takes back the files of a failed delivery (see [`Placed::remove`]).
+fn remove_all<'a>(files: impl IntoIterator<Item = &'a Placed>, renamed: bool) {
+    files.into_iter().for_each(|file| file.remove(renamed));
 }
 
 /// A delivery for the committer thread.
@@ -255,7 +314,7 @@ impl Deliverer {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || match failure {
             Some(e) => {
-                remove_all(placed.iter().map(|file| &file.tmp));
+                remove_all(&placed, false);
                 let _ = done.send(Err(e));
             }
             None => shared.publish(placed, done),
@@ -272,13 +331,6 @@ async fn finished(outcome: oneshot::Receiver<io::Result<()>>) -> io::Result<()> 
         .unwrap_or_else(|_| Err(io::Error::other("the delivery was abandoned")))
 }
 
-/// Removes files, on the way back from a failure (one that is already gone is no matter).
-fn remove_all<'a>(files: impl IntoIterator<Item = &'a PathBuf>) {
-    for file in files {
-        let _ = std::fs::remove_file(file);
-    }
-}
-
 /// A copy of an error for each delivery it failed.
 fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
@@ -288,47 +340,58 @@ impl Namer {
     /// Writes `content` into a new file under `maildir/tmp/`, fsynced if `sync`; a failure
     /// leaves nothing behind.
     fn place(&self, maildir: &Path, content: &[u8], sync: bool) -> io::Result<Placed> {
+        self.place_in(&Arc::new(Dirs::open(maildir)?), content, sync)
+    }
+
+    /// [`Namer::place`] into a Maildir already open.
+    fn place_in(&self, dirs: &Arc<Dirs>, content: &[u8], sync: bool) -> io::Result<Placed> {
         let lines = memchr::memchr_iter(b'\n', content).count();
         let name = name_for(&self.host, self.pid, content.len(), content.len() + lines);
-        let tmp = maildir.join("tmp").join(&name);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(content)?;
-                if sync {
-                    file.sync_all()?;
-                }
-                Ok(())
-            });
+        let file = rustix::fs::openat(
+            &dirs.tmp,
+            &name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let placed = Placed {
+            dirs: dirs.clone(),
+            name,
+            pages: (content.len() as u64).next_multiple_of(4096),
+        };
+        let mut file = File::from(file);
+        let written = file
+            .write_all(content)
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) });
         match written {
-            Ok(()) => {
-                let dir = maildir.join("new");
-                Ok(Placed {
-                    new: dir.join(&name),
-                    tmp,
-                    dir,
-                    pages: (content.len() as u64).next_multiple_of(4096),
-                })
-            }
+            Ok(()) => Ok(placed),
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                placed.remove(false);
                 Err(e)
             }
         }
     }
 
     /// Writes every target's file under its `tmp/`, not flushed; all or none (a failure
-    /// removes what was written).
-    fn write_all(&self, targets: &[(PathBuf, Arc<Vec<u8>>)]) -> io::Result<Vec<Placed>> {
+    /// removes what was written). `open` holds the Maildirs opened so far this round.
+    fn write_all(
+        &self,
+        targets: &[(PathBuf, Arc<Vec<u8>>)],
+        open: &mut HashMap<PathBuf, Arc<Dirs>>,
+    ) -> io::Result<Vec<Placed>> {
         let mut placed = Vec::with_capacity(targets.len());
         for (maildir, content) in targets {
-            match self.place(maildir, content, false) {
+            let dirs = match open.get(maildir) {
+                Some(dirs) => Ok(dirs.clone()),
+                None => Dirs::open(maildir).map(|dirs| {
+                    let dirs = Arc::new(dirs);
+                    open.insert(maildir.clone(), dirs.clone());
+                    dirs
+                }),
+            };
+            match dirs.and_then(|dirs| self.place_in(&dirs, content, false)) {
                 Ok(file) => placed.push(file),
                 Err(e) => {
-                    remove_all(placed.iter().map(|file| &file.tmp));
+                    remove_all(&placed, false);
                     return Err(e);
                 }
             }
@@ -340,9 +403,9 @@ impl Namer {
 /// Renames each file from `tmp/` into `new/`; on a failure, every file is taken back.
 fn rename_all(placed: &[Placed]) -> io::Result<()> {
     for (renamed, file) in placed.iter().enumerate() {
-        if let Err(e) = std::fs::rename(&file.tmp, &file.new) {
-            remove_all(placed[..renamed].iter().map(|taken| &taken.new));
-            remove_all(placed[renamed..].iter().map(|left| &left.tmp));
+        if let Err(e) = file.rename() {
+            remove_all(&placed[..renamed], true);
+            remove_all(&placed[renamed..], false);
             return Err(e);
         }
     }
@@ -359,19 +422,17 @@ impl Shared {
             return;
         }
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(placed.len());
-        let mut files = Vec::with_capacity(placed.len());
-        for file in placed {
-            if !dirs.contains(&file.dir) {
-                dirs.push(file.dir);
+        for file in &placed {
+            if !dirs.contains(&file.dirs.new_path) {
+                dirs.push(file.dirs.new_path.clone());
             }
-            files.push(file.new);
         }
         self.dirs.sync(
             dirs,
             Ticket {
                 left: 0,
                 failure: None,
-                files,
+                files: placed,
                 done,
             },
         );
@@ -390,6 +451,8 @@ fn start_committer(names: &Namer, dirty_limit: u64) -> io::Result<mpsc::Sender<J
         names: names.clone(),
         filesystems: HashMap::new(),
         dirty_limit,
+        dirty_checked: None,
+        slow_syncfs: false,
         publisher: published,
     };
     std::thread::Builder::new()
@@ -437,11 +500,23 @@ struct Committer {
     /// delivery, to call syncfs through: syncfs reports the write-back errors on the file
     /// system since that handle's previous call (on its first, those nobody has seen), so a
     /// long-lived handle misses none between a write and its flush.
-    filesystems: HashMap<u64, File>,
+    filesystems: HashMap<u64, OwnedFd>,
     /// [`OTHERS_DIRTY_LIMIT`], or another in tests.
     dirty_limit: u64,
+    /// When /proc/meminfo was last read, and whether it said more than `dirty_limit`.
+    dirty_checked: Option<(Instant, bool)>,
+    /// Whether the last syncfs took over [`SLOW_SYNCFS`].
+    slow_syncfs: bool,
     publisher: mpsc::Sender<Group>,
 }
+
+/// How long a reading of /proc/meminfo is trusted: reading it costs about as much as writing
+/// a message file, and there may be a thousand rounds a second.
+const DIRTY_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A syncfs that took longer than this has the next round read /proc/meminfo whatever
+/// [`DIRTY_CHECK_INTERVAL`] says: something else may have started writing.
+const SLOW_SYNCFS: Duration = Duration::from_millis(2);
 
 impl Committer {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
@@ -454,8 +529,9 @@ impl Committer {
 
     fn round(&mut self, jobs: Vec<Job>) {
         let mut written: Group = Vec::with_capacity(jobs.len());
+        let mut open = HashMap::new();
         for job in jobs {
-            match self.names.write_all(&job.targets) {
+            match self.names.write_all(&job.targets, &mut open) {
                 Ok(placed) => written.push((placed, job.done)),
                 Err(e) => {
                     let _ = job.done.send(Err(e));
@@ -476,7 +552,7 @@ impl Committer {
         };
         let (e, written) = failure;
         for (placed, done) in written {
-            remove_all(placed.iter().map(|file| &file.tmp));
+            remove_all(&placed, false);
             let _ = done.send(Err(copy_error(&e)));
         }
     }
@@ -491,34 +567,49 @@ impl Committer {
     fn flush(&mut self, written: &[Delivery]) -> io::Result<()> {
         let files = files_of(written);
         let ours = files.iter().map(|file| file.pages).sum();
-        if others_dirty(ours) >= self.dirty_limit {
+        if self.much_else_dirty(ours) {
             return fsync_each(&files);
         }
-        let mut dirs: Vec<&Path> = Vec::new();
-        for dir in files.iter().filter_map(|file| file.tmp.parent()) {
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
+        // One `tmp/` on each file system: the handle its fsync goes through.
+        let mut devices: Vec<(u64, &Dirs)> = Vec::new();
+        for file in &files {
+            let dirs = &*file.dirs;
+            if devices.iter().any(|(_, seen)| std::ptr::eq(*seen, dirs)) {
+                continue;
             }
-        }
-        let mut devices: Vec<(u64, File)> = Vec::new();
-        for dir in dirs {
-            let handle = File::open(dir)?;
-            let device = handle.metadata()?.dev();
+            let device = rustix::fs::fstat(&dirs.tmp)?.st_dev;
             if devices.iter().all(|(seen, _)| *seen != device) {
                 if let std::collections::hash_map::Entry::Vacant(entry) =
                     self.filesystems.entry(device)
                 {
-                    entry.insert(handle.try_clone()?);
+                    entry.insert(dirs.tmp.try_clone()?);
                 }
-                devices.push((device, handle));
+                devices.push((device, dirs));
             }
         }
+        let started = Instant::now();
         for (device, _) in &devices {
             if let Some(handle) = self.filesystems.get(device) {
                 rustix::fs::syncfs(handle)?;
             }
         }
-        devices.iter().try_for_each(|(_, dir)| dir.sync_all())
+        self.slow_syncfs = started.elapsed() > SLOW_SYNCFS;
+        devices
+            .iter()
+            .try_for_each(|(_, dirs)| Ok(rustix::fs::fsync(&dirs.tmp)?))
+    }
+
+    /// Whether more than the limit of dirty page cache is not ours ([`others_dirty`]), as
+    /// last read: again after [`DIRTY_CHECK_INTERVAL`], or after a slow syncfs.
+    fn much_else_dirty(&mut self, ours: u64) -> bool {
+        match self.dirty_checked {
+            Some((at, over)) if !self.slow_syncfs && at.elapsed() < DIRTY_CHECK_INTERVAL => over,
+            _ => {
+                let over = others_dirty(ours) >= self.dirty_limit;
+                self.dirty_checked = Some((Instant::now(), over));
+                over
+            }
+        }
     }
 }
 
@@ -538,27 +629,30 @@ impl Publisher {
 
     fn round(group: Group) {
         let mut renamed: Group = Vec::with_capacity(group.len());
-        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut dirs: Vec<Arc<Dirs>> = Vec::new();
         for (placed, done) in group {
             if let Err(e) = rename_all(&placed) {
                 let _ = done.send(Err(e));
                 continue;
             }
             for file in &placed {
-                if !dirs.contains(&file.dir) {
-                    dirs.push(file.dir.clone());
+                // Rounds of the committer merged here opened the same `new/` each.
+                if dirs.iter().all(|seen| seen.new_path != file.dirs.new_path) {
+                    dirs.push(file.dirs.clone());
                 }
             }
             renamed.push((placed, done));
         }
-        let flushed = dirs.iter().try_for_each(|dir| File::open(dir)?.sync_all());
+        let flushed = dirs
+            .iter()
+            .try_for_each(|dirs| rustix::fs::fsync(&dirs.new));
         for (placed, done) in renamed {
             let outcome = match &flushed {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Not known to be on disk: take it back, the client will send it again.
-                    remove_all(placed.iter().map(|file| &file.new));
-                    Err(copy_error(e))
+                    remove_all(&placed, true);
+                    Err(io::Error::from(*e))
                 }
             };
             let _ = done.send(outcome);
@@ -577,9 +671,15 @@ const PARALLEL_FSYNCS: usize = 8;
 /// threads, so the disk works on them together instead of one after the other.
 fn fsync_each(files: &[&Placed]) -> io::Result<()> {
     let fsync = |share: &[&Placed]| {
-        share
-            .iter()
-            .try_for_each(|file| File::open(&file.tmp)?.sync_all())
+        share.iter().try_for_each(|file| {
+            let fd = rustix::fs::openat(
+                &file.dirs.tmp,
+                &file.name,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok::<(), io::Error>(rustix::fs::fsync(fd)?)
+        })
     };
     let share = files.len().div_ceil(PARALLEL_FSYNCS).max(1);
     std::thread::scope(|scope| {
@@ -653,7 +753,7 @@ struct Ticket {
     /// The first failure among them.
     failure: Option<io::Error>,
     /// The files in `new/`, removed if a flush fails.
-    files: Vec<PathBuf>,
+    files: Vec<Placed>,
     done: oneshot::Sender<io::Result<()>>,
 }
 
@@ -662,7 +762,7 @@ impl Ticket {
         let outcome = match self.failure {
             None => Ok(()),
             Some(e) => {
-                remove_all(&self.files);
+                remove_all(&self.files, true);
                 Err(e)
             }
         };
