@@ -40,6 +40,7 @@ pub mod memory;
 pub mod net;
 pub mod passphrase;
 pub mod plugin;
+pub mod sched;
 pub mod secret;
 pub mod service;
 pub mod tapfile;
