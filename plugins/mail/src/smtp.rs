@@ -11,6 +11,7 @@
 //! server reading one of those as a line end, and refusing them means nothing after a fake end
 //! is ever taken as a command or delivered as a message.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,10 +20,11 @@ use base64::Engine;
 use host::net::Peer;
 use host::ServiceContext;
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use crate::aliases::Aliases;
-use crate::lines::{read_line, trim_eol, Line};
+use crate::lines::{buffered_line, read_line, trim_eol, Line};
 use crate::maildir::Deliverer;
 use crate::relay::Relay;
 use crate::tls::{upgrade_buffered, Conn};
@@ -102,7 +104,15 @@ enum End {
 struct Session {
     io: BufReader<Conn>,
     out: Vec<u8>,
+    /// The command line being read or handled.
     line: Vec<u8>,
+    /// A line read while a command is handled: of a message, or an AUTH exchange.
+    text: Vec<u8>,
+    /// When the client has taken too long to send the line awaited ([`COMMAND_TIMEOUT`]). One
+    /// timer for the session, moved on at each wait: moving a deadline later is a store, while
+    /// a new timer for every line is an insertion into the runtime's timer wheel and a removal
+    /// (and wakes the runtime's driver whenever the wheel was empty).
+    deadline: Pin<Box<Sleep>>,
     peer: Peer,
     helo: Option<String>,
     esmtp: bool,
@@ -125,6 +135,8 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
         io: BufReader::new(stream),
         out: Vec::with_capacity(512),
         line: Vec::with_capacity(128),
+        text: Vec::with_capacity(128),
+        deadline: Box::pin(tokio::time::sleep(COMMAND_TIMEOUT)),
         peer,
         helo: None,
         esmtp: false,
@@ -137,21 +149,25 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
     };
     s.reply(&format!("220 {} ESMTP taphost", smtp.hostname));
     loop {
-        if s.io.buffer().is_empty() && s.flush().await.is_err() {
-            return;
-        }
-        let read = tokio::select! {
-            biased;
-            read = tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                read_line(&mut s.io, MAX_LINE, &mut s.line),
-            ) => read,
-            () = ctx.stopping() => {
-                s.reply("421 4.3.2 service shutting down, try again later");
-                break;
+        // A pipelined command already here is taken at once; the replies so far wait for
+        // the last of the batch.
+        let read = match buffered_line(&mut s.io, MAX_LINE, &mut s.line) {
+            Some(line) => Ok(Ok(line)),
+            None => {
+                if s.io.buffer().is_empty() && s.flush().await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    biased;
+                    read = wait_line(&mut s.io, s.deadline.as_mut(), &mut s.line) => read,
+                    () = ctx.stopping() => {
+                        s.reply("421 4.3.2 service shutting down, try again later");
+                        break;
+                    }
+                }
             }
         };
-        let line = match read {
+        match read {
             Err(_) => {
                 s.reply("421 4.4.2 timeout waiting for a command");
                 break;
@@ -161,9 +177,15 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
                 s.refuse("500 5.5.2 line too long");
                 continue;
             }
-            Ok(Ok(Line::Complete)) => String::from_utf8_lossy(trim_eol(&s.line)).into_owned(),
-        };
-        match s.command(&smtp, &line).await {
+            Ok(Ok(Line::Complete)) => {}
+        }
+        // The line is lent out while its command runs (which reads others into `text`).
+        let line = std::mem::take(&mut s.line);
+        let outcome = s
+            .command(&smtp, &String::from_utf8_lossy(trim_eol(&line)))
+            .await;
+        s.line = line;
+        match outcome {
             Ok(()) => {}
             Err(End::Closing) => break,
             Err(End::Gone) => return,
@@ -175,6 +197,35 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
     }
     let _ = s.flush().await;
     let _ = s.io.get_mut().shutdown().await;
+}
+
+/// The client sent nothing for [`COMMAND_TIMEOUT`].
+struct TimedOut;
+
+/// Reads a line into `out` ([`read_line`]), for at most [`COMMAND_TIMEOUT`] from now.
+async fn wait_line(
+    io: &mut BufReader<Conn>,
+    mut deadline: Pin<&mut Sleep>,
+    out: &mut Vec<u8>,
+) -> Result<std::io::Result<Line>, TimedOut> {
+    deadline
+        .as_mut()
+        .reset(tokio::time::Instant::now() + COMMAND_TIMEOUT);
+    tokio::select! {
+        biased;
+        read = read_line(io, MAX_LINE, out) => Ok(read),
+        () = deadline => Err(TimedOut),
+    }
+}
+
+/// `verb` in upper case, in `buffer`; empty if longer than any verb.
+fn uppercase_verb<'a>(verb: &str, buffer: &'a mut [u8; 8]) -> &'a str {
+    let Some(upper) = buffer.get_mut(..verb.len()) else {
+        return "";
+    };
+    upper.copy_from_slice(verb.as_bytes());
+    upper.make_ascii_uppercase();
+    std::str::from_utf8(upper).unwrap_or("")
 }
 
 /// Relay rights: a local client (loopback or a Unix socket), or an authenticated one.
@@ -244,7 +295,7 @@ impl Session {
             Some((verb, args)) => (verb, args.trim()),
             None => (line, ""),
         };
-        match verb.to_ascii_uppercase().as_str() {
+        match uppercase_verb(verb, &mut [0; 8]) {
             // The name goes into Received headers: printable ASCII only, one word.
             "EHLO" | "HELO" if args.is_empty() || !args.bytes().all(|b| b.is_ascii_graphic()) => {
                 self.refuse(&format!("501 5.5.4 syntax: {verb} hostname"));
@@ -539,11 +590,7 @@ impl Session {
     async fn challenge(&mut self, text: &str) -> Result<Option<String>, End> {
         self.reply(&format!("334 {text}"));
         self.flush().await.map_err(|_| End::Gone)?;
-        let read = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            read_line(&mut self.io, MAX_LINE, &mut self.line),
-        )
-        .await;
+        let read = self.read_text().await;
         match read {
             Err(_) => {
                 self.reply("421 4.4.2 timeout waiting for a command");
@@ -555,7 +602,7 @@ impl Session {
                 Ok(None)
             }
             Ok(Ok(Line::Complete)) => {
-                let answer = String::from_utf8_lossy(trim_eol(&self.line)).into_owned();
+                let answer = String::from_utf8_lossy(trim_eol(&self.text)).into_owned();
                 if answer == "*" {
                     self.refuse("501 5.7.0 authentication cancelled");
                     return Ok(None);
@@ -578,18 +625,14 @@ impl Session {
         self.flush().await.map_err(|_| End::Gone)?;
 
         let id = queue_id();
-        let mut body: Vec<u8> = Vec::new();
+        // Enough for most messages without growing, not so much that idle sessions matter.
+        let mut body: Vec<u8> = Vec::with_capacity(8192);
         let (mut bare, mut too_long, mut too_big) = (false, false, false);
         // The line before ended with CRLF (true for the first line after 354).
         let mut after_crlf = true;
         let (mut in_headers, mut hops) = (true, 0usize);
         loop {
-            let read = tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                read_line(&mut self.io, MAX_LINE, &mut self.line),
-            )
-            .await;
-            match read {
+            match self.read_text().await {
                 Err(_) => {
                     self.reply("421 4.4.2 timeout reading the message");
                     return Err(End::Closing);
@@ -603,7 +646,7 @@ impl Session {
                 }
                 Ok(Ok(Line::Complete)) => {}
             }
-            let line = &self.line;
+            let line = &self.text;
             if after_crlf && line.as_slice() == b".\r\n" {
                 break;
             }
@@ -663,24 +706,27 @@ impl Session {
             [only] => Some(only.as_str()),
             _ => None,
         };
-        let mut message = self.received_header(smtp, &id, for_clause);
-        message.extend_from_slice(&body);
-        drop(body);
+        let received = self.received_header(smtp, &id, for_clause);
         let mut maildirs: Vec<_> = recipients.iter().map(|(_, m)| m.path.clone()).collect();
         maildirs.sort();
         maildirs.dedup();
         let mut targets = Vec::new();
         if !maildirs.is_empty() {
-            let mut local = format!("Return-Path: <{sender}>\n").into_bytes();
-            local.extend_from_slice(&message);
+            let return_path = format!("Return-Path: <{sender}>\n");
+            let mut local = Vec::with_capacity(return_path.len() + received.len() + body.len());
+            for part in [return_path.as_bytes(), &received, &body] {
+                local.extend_from_slice(part);
+            }
             let local = Arc::new(local);
             targets.extend(maildirs.into_iter().map(|m| (m, local.clone())));
         }
         if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
+            let mut message = received;
+            message.extend_from_slice(&body);
             let file = relay.queue_file(&sender, &relayed, &message);
             targets.push((relay.queue().to_path_buf(), Arc::new(file)));
         }
-        drop(message);
+        drop(body);
         match smtp.deliverer.deliver_each(targets).await {
             Ok(()) => {
                 tracing::info!(
@@ -702,6 +748,15 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The next line of a message or an AUTH exchange, into `text`: at once if the client
+    /// already sent it, else within [`COMMAND_TIMEOUT`].
+    async fn read_text(&mut self) -> Result<std::io::Result<Line>, TimedOut> {
+        if let Some(line) = buffered_line(&mut self.io, MAX_LINE, &mut self.text) {
+            return Ok(Ok(line));
+        }
+        wait_line(&mut self.io, self.deadline.as_mut(), &mut self.text).await
     }
 
     fn may_relay(&self) -> bool {
@@ -760,6 +815,16 @@ mod tests {
             false
         ));
         assert!(may_relay(&Peer::Unix, false));
+    }
+
+    #[test]
+    fn verbs() {
+        let mut buffer = [0; 8];
+        assert_eq!(uppercase_verb("ehlo", &mut buffer), "EHLO");
+        assert_eq!(uppercase_verb("StartTLS", &mut buffer), "STARTTLS");
+        assert_eq!(uppercase_verb("", &mut buffer), "");
+        assert_eq!(uppercase_verb("toolongverb", &mut buffer), "");
+        assert_eq!(uppercase_verb("é", &mut buffer), "é");
     }
 
     #[test]
