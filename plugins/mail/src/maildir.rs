@@ -443,14 +443,11 @@ impl Shared {
 /// goes (the publisher's is the committer's).
 fn start_committer(names: &Namer, dirty_limit: u64) -> io::Result<mpsc::Sender<Job>> {
     let (published, publisher_queue) = mpsc::channel();
-    let publisher = Publisher {
-        answers: Answers::start(),
-    };
     std::thread::Builder::new()
         .name("maildir-publish".into())
         .spawn(move || {
             batch();
-            publisher.run(publisher_queue)
+            Publisher::run(publisher_queue)
         })?;
     let (jobs, queue) = mpsc::channel();
     let committer = Committer {
@@ -636,26 +633,23 @@ impl Committer {
 /// The second thread of [`Flush::Filesystem`]: renames flushed files into `new/`, fsyncs
 /// each of those directories once for all the deliveries queued since its last round, and
 /// answers them.
-struct Publisher {
-    answers: Answers,
-}
+struct Publisher;
 
 impl Publisher {
-    fn run(self, queue: mpsc::Receiver<Group>) {
+    fn run(queue: mpsc::Receiver<Group>) {
         while let Ok(first) = queue.recv() {
             let mut group = first;
             group.extend(queue.try_iter().flatten());
-            self.round(group);
+            Publisher::round(group);
         }
     }
 
-    fn round(&self, group: Group) {
+    fn round(group: Group) {
         let mut renamed: Group = Vec::with_capacity(group.len());
-        let mut answers = Vec::with_capacity(group.len());
         let mut dirs: Vec<Arc<Dirs>> = Vec::new();
         for (placed, done) in group {
             if let Err(e) = rename_all(&placed) {
-                answers.push((done, Err(e)));
+                let _ = done.send(Err(e));
                 continue;
             }
             for file in &placed {
@@ -678,56 +672,6 @@ impl Publisher {
                     Err(io::Error::from(*e))
                 }
             };
-            answers.push((done, outcome));
-        }
-        self.answers.send(answers);
-    }
-}
-
-/// How the publisher answers a round's sessions. Answering each from this thread would wake
-/// the async worker once per delivery (each wake of a parked worker is a write to its eventfd
-/// and a context switch, and the worker, woken, takes the CPU from this thread before the next
-/// answer): on one CPU, 0.9 wake-ups per message. So a round's answers go in one batch to a
-/// task on the runtime, whose wakes of the sessions stay inside it: one wake-up per round.
-enum Answers {
-    /// The batch goes to the task.
-    Runtime(tokio::sync::mpsc::UnboundedSender<Vec<Answer>>),
-    /// No runtime was at hand (a test's plain thread): each is sent from here.
-    Direct,
-}
-
-type Answer = (oneshot::Sender<io::Result<()>>, io::Result<()>);
-
-impl Answers {
-    /// The task on the current runtime, if there is one.
-    fn start() -> Answers {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Answers::Direct;
-        };
-        let (batches, mut queue) = tokio::sync::mpsc::unbounded_channel::<Vec<Answer>>();
-        // Ends when the publisher goes (after the last deliverer).
-        runtime.spawn(async move {
-            while let Some(batch) = queue.recv().await {
-                Answers::each(batch);
-            }
-        });
-        Answers::Runtime(batches)
-    }
-
-    fn send(&self, batch: Vec<Answer>) {
-        match self {
-            Answers::Runtime(batches) => {
-                // The runtime is shutting down: answer from here (the sessions are going too).
-                if let Err(unsent) = batches.send(batch) {
-                    Answers::each(unsent.0);
-                }
-            }
-            Answers::Direct => Answers::each(batch),
-        }
-    }
-
-    fn each(batch: Vec<Answer>) {
-        for (done, outcome) in batch {
             let _ = done.send(outcome);
         }
     }
