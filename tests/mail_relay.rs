@@ -414,11 +414,11 @@ fn relay_uses_starttls_towards_the_next_server() {
 
     // One message through a new relay with `tls` options, once carol has `nth` messages: the
     // relay's log line for it.
-    let relay_one = |tls: &[&str], subject: &str, nth: usize| {
+    let relay_one = |tls: &[&str], env: &[(&str, &std::path::Path)], subject: &str, nth: usize| {
         let a = Sandbox::new();
         let mut args = vec!["--relay", "queue", "--smarthost", &smarthost_addr];
         args.extend_from_slice(tls);
-        let mut relay = serve(&a, &args);
+        let mut relay = serve_env(&a, &args, env);
         submit(a.path(), relay.addr(0), subject);
         wait_until("carol has the message", || {
             count(&b.join("maildir/carol/new")) == nth
@@ -427,24 +427,41 @@ fn relay_uses_starttls_towards_the_next_server() {
     };
 
     // may (the default): encrypted, not verified.
-    let relayed = relay_one(&[], "opportunistic", 1);
+    let relayed = relay_one(&[], &[], "opportunistic", 1);
     assert!(
         relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains("certificate not verified"),
         "{relayed}"
     );
 
     // verify with the receiver's certificate as the CA: encrypted and verified.
-    let relayed = relay_one(&["--relay-tls", "verify", "--relay-ca", ca], "verified", 2);
+    let relayed = relay_one(
+        &["--relay-tls", "verify", "--relay-ca", ca],
+        &[],
+        "verified",
+        2,
+    );
     assert!(
         relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains(", certificate verified"),
         "{relayed}"
     );
 
+    // verify with the "system" CAs in $SSL_CERT_DIR, under a name as `openssl rehash` gives:
+    // verified too.
+    let cert_dir = Sandbox::new();
+    std::fs::copy(b.join("cert.pem"), cert_dir.join("0a1b2c3d.0")).expect("copy");
+    let relayed = relay_one(
+        &["--relay-tls", "verify"],
+        &[("SSL_CERT_DIR", cert_dir.path())],
+        "verified by the directory",
+        3,
+    );
+    assert!(relayed.contains(", certificate verified"), "{relayed}");
+
     // none: plain text although STARTTLS is offered.
-    let relayed = relay_one(&["--relay-tls", "none"], "plain", 3);
+    let relayed = relay_one(&["--relay-tls", "none"], &[], "plain", 4);
     assert!(relayed.contains("tls=plain text"), "{relayed}");
 
-    // What the receiver wrote down: ESMTPS for the two sessions under TLS, ESMTP for the other.
+    // What the receiver wrote down: ESMTPS for the sessions under TLS, ESMTP for the other.
     let mut received: Vec<(String, &str)> = files(&b, "carol", "new")
         .iter()
         .map(|(_, text)| {
@@ -470,6 +487,7 @@ fn relay_uses_starttls_towards_the_next_server() {
             ("opportunistic".to_string(), "ESMTPS"),
             ("plain".to_string(), "ESMTP"),
             ("verified".to_string(), "ESMTPS"),
+            ("verified by the directory".to_string(), "ESMTPS"),
         ]
     );
 }

@@ -288,7 +288,8 @@ struct MailArgs {
     #[arg(long = "relay-tls", value_name = "LEVEL", value_enum, default_value_t = RelayTls::May)]
     relay_tls: RelayTls,
 
-    /// PEM CA certificates that --relay-tls verify trusts (default: the system's).
+    /// PEM CA certificates that --relay-tls verify trusts (default: the system's, or those of
+    /// $SSL_CERT_FILE and $SSL_CERT_DIR when set).
     #[arg(long = "relay-ca", value_name = "FILE", requires = "relay")]
     relay_ca: Option<PathBuf>,
 

@@ -95,40 +95,14 @@ pub fn acceptor(certificate: &Path, key: Option<&Path>) -> Result<TlsAcceptor, T
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Where the system's CA certificates are, as OpenSSL and rustls-native-certs look for them on
-/// Linux when `$SSL_CERT_FILE` is not set: Debian, Ubuntu, Arch; Fedora, RHEL; openSUSE;
-/// Alpine and the BSDs.
-const SYSTEM_CA_BUNDLES: [&str; 5] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-];
-
-/// The trust anchors for `--relay-tls verify`: the PEM certificates of `ca`, or the system's.
+/// The trust anchors for `--relay-tls verify`: the PEM certificates of `ca`, or else the
+/// system's ([`system_roots`]).
 fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
-    let (option, path) = match ca {
-        Some(path) => ("--relay-ca", path.to_path_buf()),
-        None => match std::env::var_os("SSL_CERT_FILE") {
-            // As in OpenSSL: when set, it is the file, found or not.
-            Some(file) => ("--relay-tls verify ($SSL_CERT_FILE)", PathBuf::from(file)),
-            None => {
-                let found = SYSTEM_CA_BUNDLES
-                    .iter()
-                    .map(PathBuf::from)
-                    .find(|p| p.is_file())
-                    .ok_or(TlsError::Client {
-                        option: "--relay-tls verify",
-                        reason: "no system CA certificates found (no \
-                                 /etc/ssl/certs/ca-certificates.crt or the like); give \
-                                 --relay-ca FILE"
-                            .into(),
-                    })?;
-                ("--relay-tls verify", found)
-            }
-        },
+    let Some(path) = ca else {
+        return system_roots();
     };
+    let option = "--relay-ca";
+    let path = path.to_path_buf();
     let pem = std::fs::read(&path).map_err(|source| TlsError::Read {
         option,
         path: path.clone(),
@@ -148,6 +122,30 @@ fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
             option,
             path,
             reason: "no usable CERTIFICATE in it".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The system's CA certificates, found as OpenSSL finds them (rustls-native-certs): the
+/// files `$SSL_CERT_FILE` and `$SSL_CERT_DIR` (hashed names, as `openssl rehash` makes them)
+/// when either is set, else the system's bundle (`/etc/ssl/certs/ca-certificates.crt` on
+/// Debian, and the like elsewhere).
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let problems: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(TlsError::Client {
+            option: "--relay-tls verify",
+            reason: format!(
+                "no system CA certificates ({}); give --relay-ca FILE",
+                match problems.as_slice() {
+                    [] => "none found".to_string(),
+                    _ => problems.join("; "),
+                }
+            ),
         });
     }
     Ok(roots)
