@@ -382,8 +382,8 @@ fn relay_uses_starttls_towards_the_next_server() {
         &["-c", "cert.pem", "--privkey", "key.pem"],
     );
     let smarthost_addr = format!("127.0.0.1:{port}");
-    let ca = b.join("cert.pem");
-    let ca = ca.to_str().expect("a UTF-8 path");
+    let ca_path = b.join("cert.pem");
+    let ca = ca_path.to_str().expect("a UTF-8 path");
     // The "system" CAs of the verifying relay without --relay-ca: another certificate.
     let others = Sandbox::new();
     certificate(&others);
@@ -426,10 +426,23 @@ fn relay_uses_starttls_towards_the_next_server() {
         relay.wait_for("relayed")
     };
 
-    // may (the default): encrypted, not verified.
+    // may (the default): encrypted, not verified; the log says what the certificate would
+    // have been worth against the system's CAs: nothing (self-signed)...
     let relayed = relay_one(&[], &[], "opportunistic", 1);
     assert!(
-        relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains("certificate not verified"),
+        relayed.contains("tls=encrypted (TLSv1_3 ")
+            && relayed.contains("certificate not verified (untrusted)"),
+        "{relayed}"
+    );
+    // ...or, with the receiver's certificate among them, valid for the address connected to.
+    let relayed = relay_one(
+        &[],
+        &[("SSL_CERT_FILE", &ca_path)],
+        "opportunistic, trusted",
+        2,
+    );
+    assert!(
+        relayed.contains("certificate not verified (trusted, for this name)"),
         "{relayed}"
     );
 
@@ -438,7 +451,7 @@ fn relay_uses_starttls_towards_the_next_server() {
         &["--relay-tls", "verify", "--relay-ca", ca],
         &[],
         "verified",
-        2,
+        3,
     );
     assert!(
         relayed.contains("tls=encrypted (TLSv1_3 ") && relayed.contains(", certificate verified"),
@@ -453,12 +466,12 @@ fn relay_uses_starttls_towards_the_next_server() {
         &["--relay-tls", "verify"],
         &[("SSL_CERT_DIR", cert_dir.path())],
         "verified by the directory",
-        3,
+        4,
     );
     assert!(relayed.contains(", certificate verified"), "{relayed}");
 
     // none: plain text although STARTTLS is offered.
-    let relayed = relay_one(&["--relay-tls", "none"], &[], "plain", 4);
+    let relayed = relay_one(&["--relay-tls", "none"], &[], "plain", 5);
     assert!(relayed.contains("tls=plain text"), "{relayed}");
 
     // What the receiver wrote down: ESMTPS for the sessions under TLS, ESMTP for the other.
@@ -485,6 +498,7 @@ fn relay_uses_starttls_towards_the_next_server() {
         received,
         [
             ("opportunistic".to_string(), "ESMTPS"),
+            ("opportunistic, trusted".to_string(), "ESMTPS"),
             ("plain".to_string(), "ESMTP"),
             ("verified".to_string(), "ESMTPS"),
             ("verified by the directory".to_string(), "ESMTPS"),

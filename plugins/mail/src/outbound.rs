@@ -35,7 +35,7 @@ use tokio::sync::OnceCell;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::tls::{TlsError, HANDSHAKE_TIMEOUT};
+use crate::tls::{TlsError, Trust, TrustCheck, HANDSHAKE_TIMEOUT};
 use crate::RelayTls;
 
 /// How long to wait for the other server to answer one command (RFC 5321 4.5.3.2 gives 5 to 10
@@ -68,6 +68,9 @@ pub struct Session {
     pub tls: Option<String>,
     /// Whether the certificate was verified (only with `--relay-tls verify`).
     pub verified: bool,
+    /// With `--relay-tls may`, what the certificate taken unchecked would have been worth
+    /// (when the system has CA certificates to tell).
+    pub trust: Option<Trust>,
 }
 
 impl Session {
@@ -75,7 +78,15 @@ impl Session {
     pub fn security(&self) -> String {
         match &self.tls {
             Some(tls) if self.verified => format!("encrypted ({tls}), certificate verified"),
-            Some(tls) => format!("encrypted ({tls}), certificate not verified"),
+            Some(tls) => {
+                let trust = match self.trust {
+                    Some(Trust::ForTheName) => " (trusted, for this name)",
+                    Some(Trust::ForOtherNames) => " (trusted, for another name)",
+                    Some(Trust::Untrusted) => " (untrusted)",
+                    None => "",
+                };
+                format!("encrypted ({tls}), certificate not verified{trust}")
+            }
             None => "plain text".to_string(),
         }
     }
@@ -86,6 +97,8 @@ impl Session {
 pub struct Tls {
     level: RelayTls,
     connector: Option<TlsConnector>,
+    /// With `may`: the system's CAs, to log what each certificate would have been worth.
+    check: Option<TrustCheck>,
 }
 
 impl Tls {
@@ -96,7 +109,15 @@ impl Tls {
             RelayTls::May => Some(crate::tls::connector(false, None)?),
             RelayTls::Verify => Some(crate::tls::connector(true, ca)?),
         };
-        Ok(Tls { level, connector })
+        let check = match level {
+            RelayTls::May => TrustCheck::system(),
+            RelayTls::None | RelayTls::Verify => None,
+        };
+        Ok(Tls {
+            level,
+            connector,
+            check,
+        })
     }
 
     /// No TLS at all.
@@ -104,6 +125,7 @@ impl Tls {
         Tls {
             level: RelayTls::None,
             connector: None,
+            check: None,
         }
     }
 }
@@ -414,6 +436,7 @@ impl Transaction<'_> {
             relay: peer.to_string(),
             tls: None,
             verified: false,
+            trust: None,
         };
         let verify = self.tls.level == RelayTls::Verify;
         let offered = esmtp && hello.has_extension("STARTTLS");
@@ -429,16 +452,17 @@ impl Transaction<'_> {
             if offered {
                 let reply = client.command("STARTTLS").await?;
                 if reply.class() == 2 {
-                    let (upgraded, tls) = client
-                        .starttls(connector, peer, peer_ip, verify)
+                    let (upgraded, tls, trust) = client
+                        .starttls(connector, peer, peer_ip, verify, self.tls.check.as_ref())
                         .await
                         .map_err(|e| match verify {
-                        true => Trouble::Defer(format!("{e} (--relay-tls verify)")),
-                        false => Trouble::Handshake(e),
-                    })?;
+                            true => Trouble::Defer(format!("{e} (--relay-tls verify)")),
+                            false => Trouble::Handshake(e),
+                        })?;
                     client = upgraded;
                     session.tls = Some(tls);
                     session.verified = verify;
+                    session.trust = trust;
                     // RFC 3207 4.2: what was learnt before TLS is forgotten; ask again.
                     client.hello(self.hostname).await?;
                 } else if verify {
@@ -607,15 +631,17 @@ impl Client {
     }
 
     /// The TLS handshake after the server's 220 to STARTTLS; the new client and a description
-    /// of the session's TLS. With `verify` the certificate must be for the peer's name; without,
-    /// a name that is no DNS name or address gives way to the address connected to.
+    /// of the session's TLS, and what `check` says of the certificate. With `verify` the
+    /// certificate must be for the peer's name; without, a name that is no DNS name or address
+    /// gives way to the address connected to.
     async fn starttls(
         self,
         connector: &TlsConnector,
         peer: &Peer,
         peer_ip: Option<IpAddr>,
         verify: bool,
-    ) -> Result<(Client, String), String> {
+        check: Option<&TrustCheck>,
+    ) -> Result<(Client, String, Option<Trust>), String> {
         if !self.io.buffer().is_empty() {
             // Whatever came before the handshake is not protected by it (CVE-2011-0411's mirror).
             return Err("the next server sent more after its 220 to STARTTLS".into());
@@ -626,7 +652,7 @@ impl Client {
             (Err(e), _) => return Err(format!("'{}' cannot be checked: {e}", peer.name)),
         };
         let stream = self.io.into_inner();
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), stream))
             .await
             .map_err(|_| "the TLS handshake timed out".to_string())?
             .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -635,7 +661,8 @@ impl Client {
             (Some(version), Some(suite)) => format!("{version:?} {:?}", suite.suite()),
             _ => "TLS".to_string(),
         };
-        Ok((Client::new(Box::new(tls)), description))
+        let trust = check.map(|check| check.check(conn.peer_certificates().unwrap_or(&[]), &name));
+        Ok((Client::new(Box::new(tls)), description, trust))
     }
 }
 

@@ -151,6 +151,53 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// What a certificate taken unchecked (`--relay-tls may`) would have been worth, for the log:
+/// Postfix tells "Trusted" and "Untrusted" TLS connections apart the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// A known CA signed it for the name connected to.
+    ForTheName,
+    /// A known CA signed it, for other names.
+    ForOtherNames,
+    /// No known CA vouches for it now (unknown issuer, expired, self-signed...).
+    Untrusted,
+}
+
+/// Checks certificates against the system's CA certificates, only to tell the log
+/// ([`Trust`]); `--relay-tls may` takes them whatever this says.
+#[derive(Debug, Clone)]
+pub struct TrustCheck(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl TrustCheck {
+    /// `None` when the system has no CA certificates to check against.
+    pub fn system() -> Option<TrustCheck> {
+        let roots = system_roots().ok()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .ok()
+            .map(TrustCheck)
+    }
+
+    /// The worth of the server's `chain` (its certificate first) for `name`.
+    pub fn check(&self, chain: &[CertificateDer<'_>], name: &ServerName<'_>) -> Trust {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Trust::Untrusted;
+        };
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now())
+        {
+            Ok(_) => Trust::ForTheName,
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Trust::ForOtherNames,
+            Err(_) => Trust::Untrusted,
+        }
+    }
+}
+
 /// The client side of STARTTLS towards the next server. With `verify`, the server's chain must
 /// lead to `ca` (or the system's CA certificates) and name the host; otherwise any certificate
 /// is taken, as Postfix's `smtp_tls_security_level = may` does: the session is encrypted but
