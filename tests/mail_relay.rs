@@ -506,6 +506,36 @@ fn relay_uses_starttls_towards_the_next_server() {
     );
 }
 
+/// `may`, with a certificate that a known CA (in `$SSL_CERT_FILE`) signed for another name than
+/// the one connected to: taken, and logged as trusted for another name.
+#[test]
+fn relay_may_logs_a_certificate_for_another_name() {
+    let b = Sandbox::new();
+    certificate_for(&b, &["mx.elsewhere.test"]);
+    let port = free_port();
+    let _remote = remote(
+        &b,
+        &format!("tcp:{port}:interface=127.0.0.1"),
+        &["-c", "cert.pem", "--privkey", "key.pem"],
+    );
+    let a = Sandbox::new();
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let mut relay = serve_env(
+        &a,
+        &["--relay", "queue", "--smarthost", &smarthost_addr],
+        &[("SSL_CERT_FILE", &b.join("cert.pem"))],
+    );
+    submit(a.path(), relay.addr(0), "elsewhere");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let relayed = relay.wait_for("relayed");
+    assert!(
+        relayed.contains("certificate not verified (trusted, for another name)"),
+        "{relayed}"
+    );
+}
+
 /// A Python server of `tests/mail/` that prints its port, then a line per thing it saw;
 /// killed when dropped.
 struct Script {

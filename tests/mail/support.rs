@@ -164,9 +164,16 @@ pub fn start_data(raw: &mut Raw, rcpt: &str) {
 
 /// A self-signed certificate for localhost and 127.0.0.1, made now (never committed).
 pub fn certificate(sb: &Sandbox) {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("generate a certificate");
+    certificate_for(sb, &["localhost", "127.0.0.1"]);
+}
+
+/// [`certificate`] for other names.
+pub fn certificate_for(sb: &Sandbox, names: &[&str]) {
+    let names = names
+        .iter()
+        .map(|name| name.to_string())
+        .collect::<Vec<_>>();
+    let generated = rcgen::generate_simple_self_signed(names).expect("generate a certificate");
     sb.write("cert.pem", generated.cert.pem());
     sb.write("key.pem", generated.key_pair.serialize_pem());
 }
