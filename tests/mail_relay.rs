@@ -9,28 +9,27 @@ mod util;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use support::*;
 
-use util::{stderr, wait_until, Sandbox};
+use util::{stderr, wait_until, Sandbox, Twistd};
+
+/// `twistd mail` ([`serve_env`]) queueing mail for other domains in `queue/` and relaying it to
+/// the smarthost at `smarthost`, with `extra` options.
+fn relay_via(sb: &Sandbox, smarthost: &str, extra: &[&str], env: &[(&str, &Path)]) -> Twistd {
+    let mut args = vec!["--relay", "queue", "--smarthost", smarthost];
+    args.extend_from_slice(extra);
+    serve_env(sb, &args, env)
+}
 
 #[test]
 fn relay_queues_retries_with_backoff_and_delivers_to_the_smarthost() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
     let port = free_port();
     let smarthost_addr = format!("127.0.0.1:{port}");
-    let mut twistd = serve(
-        &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &smarthost_addr,
-            "--relay-min-backoff",
-            "1",
-        ],
-    );
+    let mut twistd = relay_via(&a, &smarthost_addr, &["--relay-min-backoff", "1"], &[]);
     python(
         a.path(),
         r#"
@@ -83,15 +82,7 @@ fn relay_bounces_failed_and_expired_recipients_to_the_sender() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
     let port = free_port();
     let _remote = smarthost(&b, port);
-    let twistd = serve(
-        &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
+    let twistd = relay_via(&a, &format!("127.0.0.1:{port}"), &[], &[]);
     let send = |addr: SocketAddr, rcpts: &[&str]| {
         let mut raw = Raw::smtp(addr);
         raw.expect("EHLO client.test", "250");
@@ -115,16 +106,11 @@ fn relay_bounces_failed_and_expired_recipients_to_the_sender() {
 
     // A second sender whose smarthost never answers, with no time to wait: bounced at once.
     let c = Sandbox::new();
-    let lonely = serve(
+    let lonely = relay_via(
         &c,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &format!("127.0.0.1:{}", free_port()),
-            "--queue-lifetime",
-            "0",
-        ],
+        &format!("127.0.0.1:{}", free_port()),
+        &["--queue-lifetime", "0"],
+        &[],
     );
     send(lonely.addr(0), &["carol@remote.test"]);
     wait_until("alice has the expiry bounce", || {
@@ -231,7 +217,7 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
 }
 
 /// Sends one message from alice to carol@remote.test through the relay at `addr`.
-fn submit(dir: &std::path::Path, addr: SocketAddr, subject: &str) {
+fn submit(dir: &Path, addr: SocketAddr, subject: &str) {
     python(
         dir,
         r#"
@@ -294,18 +280,11 @@ fn the_retry_schedule_survives_a_restart() {
     let port = free_port();
     let smarthost_addr = format!("127.0.0.1:{port}");
     let relay = |min: &str, max: &str| {
-        serve(
+        relay_via(
             &a,
-            &[
-                "--relay",
-                "queue",
-                "--smarthost",
-                &smarthost_addr,
-                "--relay-min-backoff",
-                min,
-                "--relay-max-backoff",
-                max,
-            ],
+            &smarthost_addr,
+            &["--relay-min-backoff", min, "--relay-max-backoff", max],
+            &[],
         )
     };
 
@@ -390,16 +369,10 @@ fn relay_uses_starttls_towards_the_next_server() {
 
     // verify, with CAs that do not know the certificate: deferred, nothing reaches carol.
     let a = Sandbox::new();
-    let mut relay = serve_env(
+    let mut relay = relay_via(
         &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &smarthost_addr,
-            "--relay-tls",
-            "verify",
-        ],
+        &smarthost_addr,
+        &["--relay-tls", "verify"],
         &[("SSL_CERT_FILE", &others.join("cert.pem"))],
     );
     submit(a.path(), relay.addr(0), "unverifiable");
@@ -414,11 +387,9 @@ fn relay_uses_starttls_towards_the_next_server() {
 
     // One message through a new relay with `tls` options, once carol has `nth` messages: the
     // relay's log line for it.
-    let relay_one = |tls: &[&str], env: &[(&str, &std::path::Path)], subject: &str, nth: usize| {
+    let relay_one = |tls: &[&str], env: &[(&str, &Path)], subject: &str, nth: usize| {
         let a = Sandbox::new();
-        let mut args = vec!["--relay", "queue", "--smarthost", &smarthost_addr];
-        args.extend_from_slice(tls);
-        let mut relay = serve_env(&a, &args, env);
+        let mut relay = relay_via(&a, &smarthost_addr, tls, env);
         submit(a.path(), relay.addr(0), subject);
         wait_until("carol has the message", || {
             count(&b.join("maildir/carol/new")) == nth
@@ -520,9 +491,10 @@ fn relay_may_logs_a_certificate_for_another_name() {
     );
     let a = Sandbox::new();
     let smarthost_addr = format!("127.0.0.1:{port}");
-    let mut relay = serve_env(
+    let mut relay = relay_via(
         &a,
-        &["--relay", "queue", "--smarthost", &smarthost_addr],
+        &smarthost_addr,
+        &[],
         &[("SSL_CERT_FILE", &b.join("cert.pem"))],
     );
     submit(a.path(), relay.addr(0), "elsewhere");
@@ -752,15 +724,7 @@ fn relay_options_are_checked() {
 fn relay_tls_may_falls_back_to_plain_text_and_verify_does_not() {
     let broken = Script::start("broken_tls.py", &[]);
     let a = Sandbox::new();
-    let mut relay = serve(
-        &a,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &format!("127.0.0.1:{}", broken.port),
-        ],
-    );
+    let mut relay = relay_via(&a, &format!("127.0.0.1:{}", broken.port), &[], &[]);
     submit(a.path(), relay.addr(0), "fallback");
     let fallback = relay.wait_for("trying again in plain text");
     assert!(fallback.contains("STARTTLS failed"), "{fallback}");
@@ -785,19 +749,12 @@ fn relay_tls_may_falls_back_to_plain_text_and_verify_does_not() {
     let _plain = smarthost(&b, port);
     let c = Sandbox::new();
     certificate(&c);
-    let mut strict = serve(
+    let mut strict = relay_via(
         &c,
-        &[
-            "--relay",
-            "queue",
-            "--smarthost",
-            &format!("127.0.0.1:{port}"),
-            "--relay-tls",
-            "verify",
-            // Any CA will do: the session never gets as far as a certificate.
-            "--relay-ca",
-            "cert.pem",
-        ],
+        &format!("127.0.0.1:{port}"),
+        // Any CA will do: the session never gets as far as a certificate.
+        &["--relay-tls", "verify", "--relay-ca", "cert.pem"],
+        &[],
     );
     submit(c.path(), strict.addr(0), "strict");
     let deferred = strict.wait_for("relay deferred");
