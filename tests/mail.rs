@@ -246,13 +246,64 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
     );
     let long_line = raw.reply();
     assert!(long_line.starts_with("500 5.5.2"), "{long_line}");
+    // So is one whose long line is the last: the end of data still ends it.
+    for last in [
+        format!("{}\r\n", "z".repeat(1200)),
+        format!(".{}\r\n", "z".repeat(998)),
+    ] {
+        raw.expect("MAIL FROM:<>", "250");
+        raw.expect("RCPT TO:<alice@example.com>", "250");
+        raw.expect("DATA", "354");
+        raw.send(format!("Subject: long\r\n\r\n{last}.\r\n").as_bytes());
+        let long_line = raw.reply();
+        assert!(long_line.starts_with("500 5.5.2"), "{long_line}");
+    }
+    // The size limit counts CRLF line endings, as SIZE= does (RFC 1870): 2014 octets here,
+    // though 1962 with the LFs they are stored with.
+    raw.expect("MAIL FROM:<>", "250");
+    raw.expect("RCPT TO:<alice@example.com>", "250");
+    raw.expect("DATA", "354");
+    raw.send(
+        format!(
+            "Subject: s\r\n\r\n{}.\r\n",
+            format!("{}\r\n", "w".repeat(38)).repeat(50)
+        )
+        .as_bytes(),
+    );
+    let too_big = raw.reply();
+    assert!(too_big.starts_with("552 5.3.4"), "{too_big}");
     // Nothing was delivered, and the session still works.
     raw.expect("NOOP", "250");
+    raw.expect("VRFY alice", "252 2.0.0");
     assert!(files(&sb, "alice", "new").is_empty());
     assert!(files(&sb, "bob", "new").is_empty());
-    // A bounce (null sender) to plain <postmaster> needs a postmaster: none here.
+    // A bounce (null sender) to plain <postmaster>: there is no user of that name, but every
+    // domain has a postmaster (RFC 5321 4.5.1), whose Maildir was made at start.
     raw.expect("MAIL FROM:<>", "250");
-    raw.expect("RCPT TO:<postmaster>", "550 5.1.1");
+    raw.expect("RCPT TO:<postmaster>", "250 2.1.5");
+    raw.expect("RCPT TO:<PostMaster@Example.COM>", "250 2.1.5");
+    raw.expect("DATA", "354");
+    raw.send(b"Subject: to the postmaster\r\n\r\nhello\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    let postmaster = files(&sb, "postmaster", "new");
+    assert_eq!(postmaster.len(), 1, "one copy for the one Maildir");
+    assert!(postmaster[0].1.contains("Subject: to the postmaster"));
+    // Quoted local parts (RFC 5321 4.1.2), needed or not, and a domain's trailing dot.
+    raw.expect(r#"MAIL FROM:<"john q. public"@remote.test>"#, "250 2.1.0");
+    raw.expect(r#"RCPT TO:<"alice"@example.com.>"#, "250 2.1.5");
+    raw.expect(r#"RCPT TO:<"not alice"@example.com>"#, "550 5.1.1");
+    raw.expect("DATA", "354");
+    raw.send(b"Subject: quoted\r\n\r\nhello\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    let alice = files(&sb, "alice", "new");
+    assert_eq!(alice.len(), 1);
+    assert!(
+        alice[0]
+            .1
+            .starts_with("Return-Path: <\"john q. public\"@remote.test>\n"),
+        "{}",
+        alice[0].1
+    );
     raw.expect("QUIT", "221");
 }
 
@@ -473,7 +524,8 @@ fn aliases_expand_include_and_reload_when_changed() {
     assert_eq!(files(&sb, "alice", "new").len(), 2);
     assert_eq!(files(&sb, "bob", "new").len(), 2);
     raw.expect("MAIL FROM:<a@remote.test>", "250");
-    raw.expect("RCPT TO:<postmaster@example.com>", "550 5.1.1");
+    // The postmaster alias is gone: the domain's own postmaster Maildir takes its mail.
+    raw.expect("RCPT TO:<postmaster@example.com>", "250 2.1.5");
     raw.expect("RCPT TO:<nowhere@example.com>", "550 5.1.1");
     raw.expect("QUIT", "221");
 

@@ -208,3 +208,69 @@ p.quit()
     assert!(bounced[0].1.contains("Subject: to nobody"));
     assert!(files(&sb, "alice", "new").is_empty());
 }
+
+/// Messages as other programs leave them: names too long or too odd to be UIDLs, a message
+/// moved to `cur/` by a mail client mid-session; and a client pipelining RETRs of a big message
+/// gets back-pressure, not a server buffering every reply.
+#[test]
+fn pop3_lists_every_name_follows_moves_and_bounds_pipelined_output() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let pop3 = twistd.addr(1).to_string();
+    let out = python(
+        sb.path(),
+        r#"
+import os, poplib, socket, sys
+host, port = sys.argv[1].rsplit(':', 1)
+pid, root = sys.argv[2], 'maildir/alice'
+def peak():
+    for line in open(f'/proc/{pid}/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+long = '1700000000.M1P2Q3.' + 'h' * 60 + ',S=14,W=17'
+with open(f'{root}/new/{long}', 'w') as f:
+    f.write('Subject: a\n\nx\n')
+with open(os.path.join(root.encode(), b'new', b'1700000001.M1P2Q3.h\xf4te name'), 'wb') as f:
+    f.write(b'Subject: b\n\ny\n')
+big = 'Subject: big\n\n' + ('z' * 1023 + '\n') * 2048
+with open(f'{root}/new/1700000002.M1P2Q3.big', 'w') as f:
+    f.write(big)
+p = poplib.POP3(host, int(port), timeout=20)
+p.user('alice'); p.pass_('wonderland')
+uids = [l.split()[1] for l in p.uidl()[1]]
+assert len(uids) == 3 and len(set(uids)) == 3, uids
+assert all(1 <= len(u) <= 70 and all(0x21 <= b <= 0x7e for b in u) for u in uids), uids
+assert p.list()[1][0] == b'1 17', p.list()
+# A mail client marks the first message seen: RETR finds it in cur/, QUIT deletes it there.
+os.rename(f'{root}/new/{long}', f'{root}/cur/{long}:2,S')
+assert p.retr(1)[1] == [b'Subject: a', b'', b'x'], p.retr(1)
+assert b'octets' not in p.top(1, 0)[0]
+for bad in ('LIST +1', 'LIST 1x', 'TOP 1 +1'):
+    try:
+        p._shortcmd(bad); raise SystemExit(f'{bad} accepted')
+    except poplib.error_proto:
+        pass
+p.dele(1)
+p.quit()
+assert os.listdir(f'{root}/cur') == [], os.listdir(f'{root}/cur')
+# 100 RETRs of a 2 MiB message in one packet, all read: the server's peak memory grows by
+# what it sends at once, not by 200 MiB of replies.
+before = peak()
+s = socket.create_connection((host, int(port)), timeout=20)
+f = s.makefile('rb')
+f.readline()
+s.sendall(b'USER alice\r\nPASS wonderland\r\n' + b'RETR 2\r\n' * 100 + b'QUIT\r\n')
+retrieved = sum(1 for line in iter(f.readline, b'') if line == b'.\r\n')
+assert retrieved == 100, retrieved
+grown = peak() - before
+assert grown < 64 << 20, f'peak memory grew by {grown >> 20} MiB'
+p = poplib.POP3(host, int(port), timeout=20)
+p.user('alice'); p.pass_('wonderland')
+print(p.stat()[0], [l.split()[1] for l in p.uidl()[1]] == uids[1:])
+p.quit()
+"#,
+        &[&pop3, &twistd.child.id().to_string()],
+    );
+    assert_eq!(out, "2 True\n");
+    drop(twistd);
+}

@@ -153,14 +153,16 @@ fn plaintext_auth_when_allowed_and_its_refusals() {
         "{ehlo}"
     );
     raw.expect("AUTH CRAM-MD5", "504 5.5.4");
+    raw.expect("AUTH", "501 5.5.4");
     raw.expect("AUTH PLAIN !!notbase64", "501 5.5.2");
     raw.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
     raw.expect("*", "501 5.7.0");
     raw.expect("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
-    // An authorization identity other than the user is refused.
+    // An authorization identity other than the user is refused, as a wrong password is (the
+    // password is right).
     raw.expect(
         "AUTH PLAIN Ym9iQGV4YW1wbGUuY29tAGFsaWNlQGV4YW1wbGUuY29tAHdvbmRlcmxhbmQ=",
-        "501 5.5.2",
+        "535 5.7.8",
     );
     raw.expect("AUTH PLAIN", "334");
     raw.expect("AGFsaWNlQGV4YW1wbGUuY29tAHdvbmRlcmxhbmQ=", "235 2.7.0");

@@ -13,7 +13,7 @@
 //! - `per-file`: each delivery writes and fsyncs its own files on the blocking pool, and
 //!   deliveries into one directory share its fsync ([`DirSync`]), as Postfix and Dovecot do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -916,43 +916,53 @@ impl DirSync {
 pub struct Message {
     pub path: PathBuf,
     /// The Maildir unique name: the file name up to the `:` of the info part. It survives the
-    /// move from `new/` to `cur/` and flag changes, so it is the UIDL.
+    /// move from `new/` to `cur/` and flag changes, so it finds the message again after another
+    /// program has moved it ([`locate`]).
+    pub unique: Vec<u8>,
+    /// The UIDL: the unique name where RFC 1939 allows it as one, else a digest ([`uidl`]).
+    /// Either way the same across sessions.
     pub uid: String,
     /// Octets with CRLF line endings, as RFC 1939 counts them.
     pub size: u64,
 }
 
-/// POP3 sizes of the messages whose names carry no `W=`, by unique name: what [`list`] learnt
-/// by reading them, for the next listing of the same Maildir (a message never changes under
-/// its unique name). A listing keeps only the names it saw, so this never outgrows the Maildir.
+/// POP3 sizes of the messages whose names carry no `W=`, by UIDL: what [`list`] learnt by
+/// reading them, for the next listing of the same Maildir (a message never changes under its
+/// unique name). A listing keeps only the names it saw, so this never outgrows the Maildir.
 pub type SizeCache = HashMap<String, u64>;
 
-/// The messages of a Maildir (`new/` and `cur/`), oldest first. Files that vanish meanwhile,
-/// dot files and names that are not valid UIDLs are skipped. A message's size comes from its
-/// name (`W=`), else from `sizes`, else from reading it.
+/// The messages of a Maildir (`new/` and `cur/`), oldest first. Files that vanish meanwhile and
+/// dot files are skipped. A message's size comes from its name (`W=`), else from `sizes`, else
+/// from reading it.
 pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
+    use std::os::unix::ffi::OsStrExt;
     let mut found: Vec<((u64, u64), Message)> = Vec::new();
     let mut learnt = SizeCache::new();
+    let mut uids = HashSet::new();
     for sub in ["new", "cur"] {
         for entry in std::fs::read_dir(maildir.join(sub))? {
             let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let uid = name.split(':').next().unwrap_or(name).to_string();
-            // RFC 1939: 1 to 70 characters in 0x21..0x7E.
-            if uid.is_empty() || uid.len() > 70 || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b))
-            {
+            let file_name = entry.file_name();
+            let name = file_name.as_bytes();
+            if name.starts_with(b".") {
                 continue;
             }
             // The type comes with the directory entry on most file systems: no stat per file.
             if !entry.file_type().is_ok_and(|kind| kind.is_file()) {
                 continue;
             }
+            let unique = unique_of(name);
+            let mut uid = uidl(unique);
+            if !uids.insert(uid.clone()) {
+                // The same unique name twice (in `new/` and `cur/`, left so by a crash or
+                // another program): RFC 1939 wants UIDLs unique, so this one is named by
+                // its whole path in the Maildir.
+                uid = digest(&[sub.as_bytes(), b"/", name].concat());
+                uids.insert(uid.clone());
+            }
             let path = entry.path();
-            let size = match crlf_size_from_name(&uid) {
+            let text = String::from_utf8_lossy(unique);
+            let size = match crlf_size_from_name(&text) {
                 Some(size) => size,
                 None => {
                     let size = match sizes.get(&uid) {
@@ -966,12 +976,69 @@ pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
                     size
                 }
             };
-            found.push((delivery_order(&uid), Message { path, uid, size }));
+            let message = Message {
+                path,
+                unique: unique.to_vec(),
+                uid,
+                size,
+            };
+            found.push((delivery_order(&text), message));
         }
     }
-    found.sort_by(|a, b| (a.0, &a.1.uid).cmp(&(b.0, &b.1.uid)));
+    found.sort_by(|a, b| (a.0, &a.1.unique).cmp(&(b.0, &b.1.unique)));
     *sizes = learnt;
     Ok(found.into_iter().map(|(_, m)| m).collect())
+}
+
+/// The unique name in a Maildir file name: all of it up to the `:` of the info part.
+fn unique_of(file_name: &[u8]) -> &[u8] {
+    match memchr::memchr(b':', file_name) {
+        Some(end) => &file_name[..end],
+        None => file_name,
+    }
+}
+
+/// The UIDL of a message with the unique name `unique`: the name itself when it is one RFC 1939
+/// allows (1 to 70 characters in 0x21..0x7E), else [`digest`]`(unique)`. Names are often
+/// longer (a long host name, a big `S=` and `W=`) or hold other bytes (other programs'
+/// files); the digest keeps such messages listed, under a UIDL as stable as their name.
+fn uidl(unique: &[u8]) -> String {
+    let allowed =
+        (1..=70).contains(&unique.len()) && unique.iter().all(|b| (0x21..=0x7e).contains(b));
+    match std::str::from_utf8(unique) {
+        Ok(text) if allowed => text.to_owned(),
+        _ => digest(unique),
+    }
+}
+
+/// A UIDL made from `bytes`: `H` and 32 hex digits of their BLAKE2s-256 hash (128 bits: no two
+/// names in a mailbox share one).
+fn digest(bytes: &[u8]) -> String {
+    use blake2::{Blake2s256, Digest};
+    use std::fmt::Write as _;
+    let hash = Blake2s256::digest(bytes);
+    let mut uid = String::with_capacity(33);
+    uid.push('H');
+    for byte in &hash[..16] {
+        let _ = write!(uid, "{byte:02x}");
+    }
+    uid
+}
+
+/// Where the message with the unique name `unique` is now (in `new/` or `cur/`, whatever its
+/// info part): another program (a mail client, an IMAP server) may have moved it since it was
+/// listed. `None` when it is in neither.
+pub fn locate(maildir: &Path, unique: &[u8]) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    for sub in ["new", "cur"] {
+        for entry in std::fs::read_dir(maildir.join(sub))? {
+            let entry = entry?;
+            if unique_of(entry.file_name().as_bytes()) == unique {
+                return Ok(Some(entry.path()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// When a unique name says its message arrived: the seconds, and the microseconds of a
@@ -1143,6 +1210,38 @@ mod tests {
                 "unnumbered",
             ]
         );
+    }
+
+    #[test]
+    fn every_message_is_listed_under_a_valid_unique_uidl() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_dir, one, _) = two_maildirs();
+        let long = format!("1700000000.M1P2Q3.{},S=2130208,W=2160215", "h".repeat(60));
+        std::fs::write(one.join("new").join(&long), "x\n").expect("write");
+        let odd = std::ffi::OsStr::from_bytes(b"1700000001.M1P2Q3.h\xf4te name");
+        std::fs::write(one.join("new").join(odd), "x\n").expect("write");
+        // The same unique name twice, as a crash between link and unlink can leave it.
+        std::fs::write(one.join("new/1700000002.M1P2Q3.h"), "x\n").expect("write");
+        std::fs::write(one.join("cur/1700000002.M1P2Q3.h:2,S"), "x\n").expect("write");
+        let listed = list(&one, &mut SizeCache::new()).expect("list");
+        assert_eq!(listed.len(), 4);
+        let uids: Vec<&str> = listed.iter().map(|m| m.uid.as_str()).collect();
+        for uid in &uids {
+            assert!((1..=70).contains(&uid.len()), "{uid}");
+            assert!(uid.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{uid}");
+        }
+        assert_eq!(uids.iter().collect::<HashSet<_>>().len(), 4, "{uids:?}");
+        // The long name keeps its size (W=) and its UIDL across listings.
+        assert_eq!(listed[0].size, 2160215);
+        assert_eq!(
+            list(&one, &mut SizeCache::new()).expect("list")[0].uid,
+            uids[0]
+        );
+        // A message moved by another program is found again by its unique name.
+        let moved = one.join("cur").join(format!("{long}:2,S"));
+        std::fs::rename(one.join("new").join(&long), &moved).expect("move");
+        assert_eq!(locate(&one, long.as_bytes()).expect("locate"), Some(moved));
+        assert_eq!(locate(&one, b"1700000000.M1P2Q").expect("locate"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use host::ServiceContext;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio_rustls::TlsAcceptor;
 
-use crate::lines::{read_line, trim_eol, Line};
+use crate::lines::{read_line, trim_eol, write_all_within, Line};
 use crate::maildir::{self, Message};
 use crate::tls::{upgrade_buffered, Conn};
 use crate::users::{verify_password, Directory};
@@ -28,6 +28,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 /// Output buffer capacity a session keeps between replies.
 const KEPT_OUTPUT: usize = 64 * 1024;
+/// Pipelined replies are sent once this much is waiting, even with more commands in.
+const FLUSH_AT: usize = 64 * 1024;
 /// Failed logins one connection may make before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
 
@@ -100,9 +102,7 @@ struct Transaction {
 impl Transaction {
     /// The message numbered `arg` (1-based) if it exists and is not marked deleted.
     fn message(&self, arg: &str) -> Result<usize, String> {
-        let n: usize = arg
-            .parse()
-            .map_err(|_| format!("-ERR invalid message number '{arg}'"))?;
+        let n = number(arg).ok_or_else(|| format!("-ERR invalid message number '{arg}'"))?;
         if n == 0 || n > self.messages.len() {
             return Err(format!("-ERR no such message {n}"));
         }
@@ -143,7 +143,9 @@ pub async fn session(pop3: Arc<Pop3>, ctx: ServiceContext, stream: Conn, peer: P
     };
     s.reply(&format!("+OK {} POP3 server ready", pop3.hostname));
     loop {
-        if s.io.buffer().is_empty() && s.flush().await.is_err() {
+        // Replies wait while more commands are in (pipelining), but not past FLUSH_AT: a
+        // client pipelining RETRs without reading gets back-pressure, not a growing buffer.
+        if (s.io.buffer().is_empty() || s.out.len() >= FLUSH_AT) && s.flush().await.is_err() {
             return;
         }
         let read = tokio::select! {
@@ -182,9 +184,13 @@ impl Session {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let stream = self.io.get_mut();
-            stream.write_all(&self.out).await?;
-            stream.flush().await?;
+            let written = write_all_within(self.io.get_mut(), &self.out, IDLE_TIMEOUT).await;
+            if let Err(e) = written {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    tracing::info!(peer = %self.peer, "{e}: closing the connection");
+                }
+                return Err(e);
+            }
             self.out.clear();
             // A big message's buffer is not kept for the rest of the session.
             self.out.shrink_to(KEPT_OUTPUT);
@@ -377,10 +383,10 @@ impl Session {
                 Ok(i) => return self.send_message(i, None).await,
                 Err(e) => Err(e),
             },
-            ("TOP", Some(n), Some(lines), _) => match (t.message(n), lines.parse::<usize>()) {
-                (Ok(i), Ok(lines)) => return self.send_message(i, Some(lines)).await,
+            ("TOP", Some(n), Some(lines), _) => match (t.message(n), number(lines)) {
+                (Ok(i), Some(lines)) => return self.send_message(i, Some(lines)).await,
                 (Err(e), _) => Err(e),
-                (_, Err(_)) => Err(format!("-ERR invalid line count '{lines}'")),
+                (_, None) => Err(format!("-ERR invalid line count '{lines}'")),
             },
             ("STAT" | "LIST" | "UIDL" | "DELE" | "RSET" | "NOOP" | "RETR" | "TOP", ..) => {
                 Err(format!("-ERR syntax error in {verb}"))
@@ -395,17 +401,44 @@ impl Session {
     }
 
     /// RETR (all of it) or TOP (the headers and `body_lines` lines of the body), dot-stuffed.
+    /// A message another program has moved since the login (from `new/` to `cur/`, or to
+    /// other flags) is found again by its unique name.
     async fn send_message(&mut self, index: usize, body_lines: Option<usize>) {
-        let t = self.transaction.as_ref().expect("called in TRANSACTION");
-        let message = &t.messages[index];
-        let bytes = match maildir::read_message(&message.path, message.size).await {
+        let t = self.transaction.as_mut().expect("called in TRANSACTION");
+        let message = &mut t.messages[index];
+        let read = match maildir::read_message(&message.path, message.size).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (maildir, unique) = (t.maildir.clone(), message.unique.clone());
+                match blocking(move || maildir::locate(&maildir, &unique)).await {
+                    Ok(Some(path)) => {
+                        message.path = path;
+                        maildir::read_message(&message.path, message.size).await
+                    }
+                    Ok(None) => Err(e),
+                    Err(e) => Err(e),
+                }
+            }
+            read => read,
+        };
+        let (size, path) = (message.size, message.path.clone());
+        let bytes = match read {
             Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.reply(&format!(
+                    "-ERR message {} is gone: another client removed it",
+                    index + 1
+                ));
+            }
             Err(e) => {
-                tracing::error!(path = %message.path.display(), "cannot read a message: {e}");
+                tracing::error!(path = %path.display(), "cannot read a message: {e}");
                 return self.reply("-ERR [SYS/TEMP] the message cannot be read");
             }
         };
-        self.reply(&format!("+OK {} octets", message.size));
+        match body_lines {
+            None => self.reply(&format!("+OK {size} octets")),
+            // The size of what follows is not the message's: Dovecot says none either.
+            Some(_) => self.reply("+OK top of message follows"),
+        }
         stuff(&bytes, body_lines, &mut self.out);
         self.reply(".");
     }
@@ -415,12 +448,12 @@ impl Session {
         let Some(t) = self.transaction.take() else {
             return self.reply("+OK bye");
         };
-        let doomed: Vec<PathBuf> = t
+        let doomed: Vec<(PathBuf, Vec<u8>)> = t
             .messages
             .iter()
             .zip(&t.deleted)
             .filter(|(_, &d)| d)
-            .map(|(m, _)| m.path.clone())
+            .map(|(m, _)| (m.path.clone(), m.unique.clone()))
             .collect();
         let left = t.deleted.iter().filter(|d| !**d).count();
         let maildir = t.maildir.clone();
@@ -434,6 +467,23 @@ impl Session {
             self.reply("-ERR [SYS/PERM] some deleted messages were not removed");
         }
     }
+}
+
+/// A message number or line count: decimal digits only (Rust's parse would take a `+`).
+fn number(arg: &str) -> Option<usize> {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    arg.parse().ok()
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Appends a stored message (LF or CRLF lines) to `out` as POP3 sends it: CRLF line endings,
@@ -467,21 +517,31 @@ fn stuff(message: &[u8], body_lines: Option<usize>, out: &mut Vec<u8>) {
     }
 }
 
-/// Unlinks `paths` and fsyncs the directories they were in; false if any could not go. A file
-/// already gone (another client's deletion) counts as removed.
-fn remove_messages(maildir: &Path, paths: &[PathBuf]) -> bool {
+/// Unlinks the messages at `doomed` (path and unique name) and fsyncs the directories they were
+/// in; false if any could not go. A message no longer at its path is looked for by its unique
+/// name ([`maildir::locate`]: another program may have moved it); one in neither place
+/// (another client's deletion) counts as removed.
+fn remove_messages(maildir: &Path, doomed: &[(PathBuf, Vec<u8>)]) -> bool {
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
     let mut ok = true;
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::error!(path = %path.display(), "cannot delete a message: {e}");
-                ok = false;
-            }
+    for (path, unique) in doomed {
+        let removed = remove(path).and_then(|removed| match removed {
+            true => Ok(()),
+            false => match maildir::locate(maildir, unique)? {
+                Some(moved) => remove(&moved).map(drop),
+                None => Ok(()),
+            },
+        });
+        if let Err(e) = removed {
+            tracing::error!(path = %path.display(), "cannot delete a message: {e}");
+            ok = false;
         }
     }
-    if !paths.is_empty() {
+    if !doomed.is_empty() {
         for sub in ["new", "cur"] {
             if let Err(e) = std::fs::File::open(maildir.join(sub)).and_then(|d| d.sync_all()) {
                 tracing::error!(maildir = %maildir.display(), "cannot flush {sub}/: {e}");

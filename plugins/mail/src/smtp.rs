@@ -24,7 +24,7 @@ use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use crate::aliases::Aliases;
-use crate::lines::{buffered_line, read_line, trim_eol, Line};
+use crate::lines::{buffered_line, read_line, trim_eol, write_all_within, Line};
 use crate::maildir::Deliverer;
 use crate::relay::Relay;
 use crate::tls::{upgrade_buffered, Conn};
@@ -241,10 +241,23 @@ fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 }
 
 /// A reverse- or forward-path: `<local@domain>` (a source route is dropped), or `<>` when
-/// `allow_null`; returns the address and the parameters after it.
+/// `allow_null`; returns the address and the parameters after it. The local part may be a
+/// quoted string (RFC 5321 4.1.2, spaces and all); one that needs no quotes loses them, as
+/// Postfix does (`"alice"@example.com` is alice's), and so does a trailing dot of the domain.
 fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
     let rest = rest.strip_prefix('<')?;
-    let end = rest.find('>')?;
+    // The path ends at the first `>` outside a quoted string.
+    let (mut quoted, mut escaped) = (false, false);
+    let end = rest.bytes().position(|b| {
+        match (escaped, quoted, b) {
+            (true, ..) => escaped = false,
+            (false, true, b'\\') => escaped = true,
+            (false, _, b'"') => quoted = !quoted,
+            (false, false, b'>') => return true,
+            _ => {}
+        }
+        false
+    })?;
     let (inside, params) = (&rest[..end], &rest[end + 1..]);
     if !params.is_empty() && !params.starts_with(' ') {
         return None;
@@ -256,10 +269,66 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
     if inside.is_empty() {
         return allow_null.then(|| (String::new(), params.trim()));
     }
-    if inside.len() > 254 || inside.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'<') {
+    if inside.len() > 254 {
         return None;
     }
-    Some((inside.to_string(), params.trim()))
+    let (local, domain) = match inside.rsplit_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (inside, None),
+    };
+    let plain = |text: &str| {
+        !text
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b"<>\"".contains(&b))
+    };
+    let local = match local.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(quoted) => unquote(quoted)?,
+        None if plain(local) && !local.is_empty() => local.to_string(),
+        None => return None,
+    };
+    let address = match domain {
+        Some(domain) => {
+            let domain = domain
+                .strip_suffix('.')
+                .filter(|d| !d.is_empty())
+                .unwrap_or(domain);
+            if domain.is_empty() || !plain(domain) {
+                return None;
+            }
+            format!("{local}@{domain}")
+        }
+        None => local,
+    };
+    Some((address, params.trim()))
+}
+
+/// The local part written by a quoted string's content (RFC 5321 qtextSMTP and
+/// quoted-pairSMTP): bare if it is a dot-string that needs no quotes, else quoted again as it
+/// came; `None` for characters a quoted string may not hold.
+fn unquote(content: &str) -> Option<String> {
+    let mut text = String::with_capacity(content.len());
+    let mut chars = content.chars();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' => chars.next()?,
+            '"' => return None,
+            c => c,
+        };
+        if !(' '..='~').contains(&c) {
+            return None;
+        }
+        text.push(c);
+    }
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_string = !text.is_empty()
+        && text
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    Some(if dot_string {
+        text
+    } else {
+        format!("\"{content}\"")
+    })
 }
 
 impl Session {
@@ -275,9 +344,13 @@ impl Session {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let stream = self.io.get_mut();
-            stream.write_all(&self.out).await?;
-            stream.flush().await?;
+            let written = write_all_within(self.io.get_mut(), &self.out, COMMAND_TIMEOUT).await;
+            if let Err(e) = written {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    tracing::info!(peer = %self.peer, "{e}: closing the connection");
+                }
+                return Err(e);
+            }
             self.out.clear();
         }
         Ok(())
@@ -339,7 +412,7 @@ impl Session {
                 self.reply("250 2.0.0 Ok");
             }
             "NOOP" => self.reply("250 2.0.0 Ok"),
-            "VRFY" => self.reply("252 2.5.2 cannot verify the user, but will try delivery"),
+            "VRFY" => self.reply("252 2.0.0 cannot verify the user, but will try delivery"),
             "EXPN" => self.refuse("502 5.5.1 EXPN is not available"),
             "HELP" => self.reply("214 2.0.0 see RFC 5321"),
             "QUIT" => {
@@ -526,13 +599,14 @@ impl Session {
                     },
                 };
                 decode(&response).and_then(|plain| {
-                    // authzid NUL authcid NUL password; an authzid other than the user is refused.
+                    // authzid NUL authcid NUL password; an authzid other than the user fails
+                    // as a wrong password does (535, after the same wait).
                     let mut parts = plain.splitn(3, |&b| b == 0);
                     let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
                     let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
                     let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    (authzid.is_empty() || authzid.eq_ignore_ascii_case(&user))
-                        .then_some((user, password))
+                    let allowed = authzid.is_empty() || authzid.eq_ignore_ascii_case(&user);
+                    Some((user, password, allowed))
                 })
             }
             "LOGIN" => {
@@ -547,15 +621,19 @@ impl Session {
                     return Ok(());
                 };
                 decode(&user).zip(decode(&password)).and_then(|(u, p)| {
-                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?))
+                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?, true))
                 })
+            }
+            "" => {
+                self.refuse("501 5.5.4 syntax: AUTH mechanism [initial-response]");
+                return Ok(());
             }
             _ => {
                 self.refuse("504 5.5.4 unrecognized authentication mechanism");
                 return Ok(());
             }
         };
-        let Some((user, password)) = credentials else {
+        let Some((user, password, allowed)) = credentials else {
             self.refuse("501 5.5.2 cannot decode the response");
             return Ok(());
         };
@@ -571,7 +649,7 @@ impl Session {
             .await
             .unwrap_or(false);
         match account {
-            Some((name, _)) if verified => {
+            Some((name, _)) if verified && allowed => {
                 tracing::info!(peer = %self.peer, user = %name, "smtp auth");
                 self.authenticated = Some(name);
                 self.reply("235 2.7.0 authentication successful");
@@ -628,6 +706,8 @@ impl Session {
         // Enough for most messages without growing, not so much that idle sessions matter.
         let mut body: Vec<u8> = Vec::with_capacity(8192);
         let (mut bare, mut too_long, mut too_big) = (false, false, false);
+        // The message's size as RFC 1870 counts it (lines end in CRLF), as SIZE= declared it.
+        let mut size = 0u64;
         // The line before ended with CRLF (true for the first line after 354).
         let mut after_crlf = true;
         let (mut in_headers, mut hops) = (true, 0usize);
@@ -640,8 +720,8 @@ impl Session {
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Err(End::Gone),
                 Ok(Ok(Line::TooLong)) => {
                     too_long = true;
-                    // Where the long line ended is unknown territory: no end-of-data right after.
-                    after_crlf = false;
+                    // Only its line ending is left: a CRLF.CRLF may follow it.
+                    after_crlf = self.text.as_slice() == b"\r\n";
                     continue;
                 }
                 Ok(Ok(Line::Complete)) => {}
@@ -672,7 +752,8 @@ impl Session {
                     hops += 1;
                 }
             }
-            if too_big || (body.len() + text.len() + 1) as u64 > smtp.max_message_size {
+            size += text.len() as u64 + 2;
+            if too_big || size > smtp.max_message_size {
                 too_big = true;
                 body = Vec::new();
                 continue;
@@ -769,7 +850,9 @@ impl Session {
             .format(&time::format_description::well_known::Rfc2822)
             .unwrap_or_default();
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        let ip = match self.peer.ip() {
+        // RFC 5321 4.1.3 address literals.
+        let ip = match self.peer.ip().map(|ip| ip.to_canonical()) {
+            Some(std::net::IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
             Some(ip) => format!("[{ip}]"),
             None => "local".into(),
         };
@@ -841,6 +924,33 @@ mod tests {
         );
         assert_eq!(parse_path("a@b.c", false), None);
         assert_eq!(parse_path("<a b@c>", false), None);
+        // Quoted local parts: kept quoted when they must be, else plain; `>` and `@` inside.
+        assert_eq!(
+            parse_path(r#"<"a b"@c.d> SIZE=1"#, false),
+            Some((r#""a b"@c.d"#.into(), "SIZE=1"))
+        );
+        assert_eq!(
+            parse_path(r#"<"x>y@z"@c.d>"#, false),
+            Some((r#""x>y@z"@c.d"#.into(), ""))
+        );
+        assert_eq!(
+            parse_path(r#"<"alice"@c.d>"#, false),
+            Some(("alice@c.d".into(), ""))
+        );
+        assert_eq!(
+            parse_path(r#"<"a\"b"@c.d>"#, false),
+            Some((r#""a\"b"@c.d"#.into(), ""))
+        );
+        assert_eq!(
+            parse_path(r#"<@r.x:"j.doe"@c.d>"#, false),
+            Some(("j.doe@c.d".into(), ""))
+        );
+        assert_eq!(parse_path("<\"a\u{7}b\"@c.d>", false), None);
+        assert_eq!(parse_path(r#"<"unterminated@c.d>"#, false), None);
+        assert_eq!(parse_path(r#"<a"b@c.d>"#, false), None);
+        // A trailing dot of the domain goes, a lone one does not make a domain.
+        assert_eq!(parse_path("<a@c.d.>", false), Some(("a@c.d".into(), "")));
+        assert_eq!(parse_path("<a@.>", false), Some(("a@.".into(), "")));
         assert_eq!(parse_path("<a@b>x", false), None);
         assert_eq!(after_keyword("from:<x>", "FROM:"), Some("<x>"));
         assert_eq!(after_keyword("FROM: <x>", "FROM:"), Some("<x>"));

@@ -128,7 +128,7 @@ impl Directory {
         })
     }
 
-    /// Every mailbox that must exist: each user's, and each postmaster's with `-b`.
+    /// Every mailbox that must exist: each user's, and each domain's postmaster.
     pub fn mailboxes(&self) -> Vec<Mailbox> {
         let mut boxes: Vec<Mailbox> = self
             .passwords
@@ -136,19 +136,20 @@ impl Directory {
             .filter_map(|a| a.split_once('@'))
             .filter_map(|(u, d)| self.mailbox(u, d))
             .collect();
-        if self.bounce_to_postmaster {
-            boxes.extend(
-                self.domains
-                    .keys()
-                    .filter_map(|d| self.mailbox("postmaster", d)),
-            );
-        }
+        boxes.extend(
+            self.domains
+                .keys()
+                .filter_map(|d| self.mailbox("postmaster", d)),
+        );
         boxes.sort();
         boxes.dedup();
         boxes
     }
 
-    /// Where mail for `local@domain` goes. Case does not matter.
+    /// Where mail for `local@domain` goes. Case does not matter. Every local domain has a
+    /// postmaster (RFC 5321 4.5.1: it MUST be accepted): the user of that name if there is
+    /// one, else the domain's `postmaster` Maildir, which exists from the start (an alias of
+    /// that name comes first, in the SMTP session).
     pub fn route(&self, local: &str, domain: &str) -> Route {
         let local = local.to_ascii_lowercase();
         let mut domain = domain.to_ascii_lowercase();
@@ -163,7 +164,7 @@ impl Directory {
                 return Route::Local(mailbox);
             }
         }
-        if self.bounce_to_postmaster {
+        if self.bounce_to_postmaster || local == "postmaster" {
             if let Some(mailbox) = self.mailbox("postmaster", &domain) {
                 return Route::Local(mailbox);
             }
@@ -181,11 +182,12 @@ impl Directory {
         }
     }
 
-    /// The domain of plain `<postmaster>` (RFC 5321 4.5.1): the default domain, or the only one.
+    /// The domain of plain `<postmaster>` (RFC 5321 4.5.1): the default domain, else the
+    /// first by name (the only one, usually).
     pub fn postmaster_domain(&self) -> Option<String> {
         self.default_domain
             .clone()
-            .or_else(|| (self.domains.len() == 1).then(|| self.domains.keys().next().cloned())?)
+            .or_else(|| self.domains.keys().next().cloned())
     }
 
     /// The mailbox and password hash of a POP3 login name: `user@domain`, or `user` when there
@@ -290,6 +292,12 @@ mod tests {
         assert_eq!(d.route("bob", "a.test"), Route::UnknownUser);
         assert_eq!(d.route("../x", "a.test"), Route::UnknownUser);
         assert_eq!(d.route("al", "elsewhere.test"), Route::Foreign);
+        // Every local domain has a postmaster, user or not, and it exists from the start.
+        assert!(
+            matches!(d.route("PostMaster", "b.test"), Route::Local(m) if m.path == Path::new("/m/b/postmaster"))
+        );
+        assert_eq!(d.postmaster_domain().as_deref(), Some("a.test"));
+        assert_eq!(d.mailboxes().len(), 3);
         let d = directory(true, true);
         assert!(matches!(d.route("al", "elsewhere.test"), Route::Local(m) if m.user == "al"));
         assert!(
