@@ -233,45 +233,37 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
     raw.send(format!("Subject: big\r\n\r\n{line}{line}{line}.\r\n").as_bytes());
     let too_big = raw.reply();
     assert!(too_big.starts_with("552 5.3.4"), "{too_big}");
-    // A message with a line over 1000 octets is refused whole.
-    raw.expect("MAIL FROM:<>", "250");
-    raw.expect("RCPT TO:<alice@example.com>", "250");
-    raw.expect("DATA", "354");
-    raw.send(
-        format!(
-            "Subject: long\r\n\r\n{}\r\nafter\r\n.\r\n",
-            "z".repeat(1200)
-        )
-        .as_bytes(),
-    );
-    let long_line = raw.reply();
-    assert!(long_line.starts_with("500 5.5.2"), "{long_line}");
-    // So is one whose long line is the last: the end of data still ends it.
-    for last in [
-        format!("{}\r\n", "z".repeat(1200)),
-        format!(".{}\r\n", "z".repeat(998)),
-    ] {
+    // A message refused whole at its end, the session going on.
+    let refused = |raw: &mut Raw, message: String, code: &str| {
         raw.expect("MAIL FROM:<>", "250");
         raw.expect("RCPT TO:<alice@example.com>", "250");
         raw.expect("DATA", "354");
-        raw.send(format!("Subject: long\r\n\r\n{last}.\r\n").as_bytes());
-        let long_line = raw.reply();
-        assert!(long_line.starts_with("500 5.5.2"), "{long_line}");
-    }
+        raw.send(format!("{message}.\r\n").as_bytes());
+        let reply = raw.reply();
+        assert!(reply.starts_with(code), "{reply}");
+    };
+    // A line over 1000 octets: in the middle, or the last (the end of data still ends it).
+    let z = "z".repeat(1200);
+    refused(
+        &mut raw,
+        format!("Subject: long\r\n\r\n{z}\r\nafter\r\n"),
+        "500 5.5.2",
+    );
+    refused(
+        &mut raw,
+        format!("Subject: long\r\n\r\n{z}\r\n"),
+        "500 5.5.2",
+    );
+    let dotted = format!(".{}\r\n", "z".repeat(998));
+    refused(
+        &mut raw,
+        format!("Subject: long\r\n\r\n{dotted}"),
+        "500 5.5.2",
+    );
     // The size limit counts CRLF line endings, as SIZE= does (RFC 1870): 2014 octets here,
     // though 1962 with the LFs they are stored with.
-    raw.expect("MAIL FROM:<>", "250");
-    raw.expect("RCPT TO:<alice@example.com>", "250");
-    raw.expect("DATA", "354");
-    raw.send(
-        format!(
-            "Subject: s\r\n\r\n{}.\r\n",
-            format!("{}\r\n", "w".repeat(38)).repeat(50)
-        )
-        .as_bytes(),
-    );
-    let too_big = raw.reply();
-    assert!(too_big.starts_with("552 5.3.4"), "{too_big}");
+    let lines = format!("{}\r\n", "w".repeat(38)).repeat(50);
+    refused(&mut raw, format!("Subject: s\r\n\r\n{lines}"), "552 5.3.4");
     // Nothing was delivered, and the session still works.
     raw.expect("NOOP", "250");
     raw.expect("VRFY alice", "252 2.0.0");
