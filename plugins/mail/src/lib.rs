@@ -43,6 +43,16 @@ pub mod smtp;
 pub mod tls;
 pub mod users;
 
+/// Runs file work on the runtime's blocking pool; a task that panicked or was cancelled is an
+/// error like the work's own.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 pub use service::MailService;
 
 /// Twisted's `mail` tap listens for SMTP on 8025 and POP3 on 8110 unless told otherwise.

@@ -91,17 +91,20 @@ pub fn buffered_line<R: AsyncRead + Unpin>(
 /// for `stall`: a client that stops reading its replies would otherwise hold its session (and
 /// a POP3 mailbox lock) for as long as the kernel keeps the connection. The deadline restarts
 /// with every write that goes through, so a slow reader of a big message is not cut off (as
-/// Postfix's `smtpd_timeout` and Dovecot's output timeout).
+/// Postfix's `smtpd_timeout` and Dovecot's output timeout). A stall is logged with `peer`.
 pub async fn write_all_within<W: AsyncWrite + Unpin>(
     stream: &mut W,
     mut bytes: &[u8],
     stall: Duration,
+    peer: &impl std::fmt::Display,
 ) -> std::io::Result<()> {
     let stalled = || {
-        std::io::Error::new(
+        let e = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("the client read nothing for {} s", stall.as_secs()),
-        )
+        );
+        tracing::info!(peer = %peer, "{e}: closing the connection");
+        e
     };
     while !bytes.is_empty() {
         // A write that completes at once never starts the timer.
@@ -141,13 +144,13 @@ mod tests {
             }
             client
         });
-        super::write_all_within(&mut server, &[b'x'; 10_000], stall)
+        super::write_all_within(&mut server, &[b'x'; 10_000], stall, &"test")
             .await
             .expect("a slow reader gets everything");
         let _client = reader.await.expect("reader");
         // Not taken at all: the write fails once the stall has lasted.
         let started = tokio::time::Instant::now();
-        let e = super::write_all_within(&mut server, &[b'y'; 10_000], stall)
+        let e = super::write_all_within(&mut server, &[b'y'; 10_000], stall, &"test")
             .await
             .expect_err("a reader that stopped");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);

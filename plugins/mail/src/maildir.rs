@@ -1073,9 +1073,7 @@ pub async fn read_message(path: &Path, size_hint: u64) -> io::Result<Vec<u8>> {
         return Ok(bytes);
     }
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::read(path))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
+    crate::blocking(move || std::fs::read(path)).await
 }
 
 /// The whole file if every byte of it is in the page cache; `None` if some of it is not, or

@@ -15,6 +15,7 @@ use host::ServiceContext;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio_rustls::TlsAcceptor;
 
+use crate::blocking;
 use crate::lines::{read_line, trim_eol, write_all_within, Line};
 use crate::maildir::{self, Message};
 use crate::tls::{upgrade_buffered, Conn};
@@ -184,13 +185,7 @@ impl Session {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let written = write_all_within(self.io.get_mut(), &self.out, IDLE_TIMEOUT).await;
-            if let Err(e) = written {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    tracing::info!(peer = %self.peer, "{e}: closing the connection");
-                }
-                return Err(e);
-            }
+            write_all_within(self.io.get_mut(), &self.out, IDLE_TIMEOUT, &self.peer).await?;
             self.out.clear();
             // A big message's buffer is not kept for the rest of the session.
             self.out.shrink_to(KEPT_OUTPUT);
@@ -306,13 +301,12 @@ impl Session {
         };
         let path = mailbox.path.clone();
         let mut sizes = pop3.sizes().remove(&path).unwrap_or_default();
-        let listed = tokio::task::spawn_blocking(move || {
+        let listed = blocking(move || {
             maildir::ensure(&path)?;
             let listed = maildir::list(&path, &mut sizes)?;
             Ok((listed, sizes))
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map(|(listed, sizes)| {
             if !sizes.is_empty() {
                 pop3.sizes().insert(mailbox.path.clone(), sizes);
@@ -477,15 +471,6 @@ fn number(arg: &str) -> Option<usize> {
     arg.parse().ok()
 }
 
-/// Runs `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-}
-
 /// Appends a stored message (LF or CRLF lines) to `out` as POP3 sends it: CRLF line endings,
 /// a `.` doubled at the start of a line, a final CRLF if the last line had none; with
 /// `body_lines`, only the headers and that many lines of the body (TOP). One pass, one copy.
@@ -522,6 +507,7 @@ fn stuff(message: &[u8], body_lines: Option<usize>, out: &mut Vec<u8>) {
 /// name ([`maildir::locate`]: another program may have moved it); one in neither place
 /// (another client's deletion) counts as removed.
 fn remove_messages(maildir: &Path, doomed: &[(PathBuf, Vec<u8>)]) -> bool {
+    // Whether the file was there to remove.
     let remove = |path: &Path| match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -529,13 +515,14 @@ fn remove_messages(maildir: &Path, doomed: &[(PathBuf, Vec<u8>)]) -> bool {
     };
     let mut ok = true;
     for (path, unique) in doomed {
-        let removed = remove(path).and_then(|removed| match removed {
-            true => Ok(()),
-            false => match maildir::locate(maildir, unique)? {
-                Some(moved) => remove(&moved).map(drop),
-                None => Ok(()),
+        let removed = match remove(path) {
+            Ok(false) => match maildir::locate(maildir, unique) {
+                Ok(Some(moved)) => remove(&moved).map(drop),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             },
-        });
+            removed => removed.map(drop),
+        };
         if let Err(e) = removed {
             tracing::error!(path = %path.display(), "cannot delete a message: {e}");
             ok = false;

@@ -242,15 +242,14 @@ impl Relay {
     /// Also the seconds it waits from now.
     async fn recorded(&self, name: &str) -> (Instant, u64) {
         let path = self.settings.queue.join("new").join(name);
-        let head = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        let head = crate::blocking(move || {
             let mut head = Vec::new();
             std::fs::File::open(path)?
                 .take(ENVELOPE_READ_LIMIT)
                 .read_to_end(&mut head)?;
             Ok(head)
         })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        .await;
         let now = Instant::now();
         let Some((envelope, _)) = head.ok().as_deref().and_then(Envelope::parse) else {
             return (now, 0);
@@ -274,9 +273,7 @@ impl Relay {
         let mut schedule: HashMap<String, Instant> = HashMap::new();
         loop {
             let queue = self.settings.queue.join("new");
-            let names = tokio::task::spawn_blocking(move || list_names(&queue))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            let names = crate::blocking(move || list_names(&queue)).await;
             let names = match names {
                 Ok(names) => names,
                 Err(e) => {
@@ -413,12 +410,11 @@ impl Relay {
         let queue = self.settings.queue.clone();
         let name = name.to_string();
         if remaining.is_empty() {
-            tokio::task::spawn_blocking(move || {
+            crate::blocking(move || {
                 std::fs::remove_file(&path)?;
                 sync_dir(&queue.join("new"))
             })
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+            .await?;
             return Ok(None);
         }
         let attempts = envelope.attempts.saturating_add(1);
@@ -436,9 +432,7 @@ impl Relay {
             },
             message: queued.message,
         };
-        tokio::task::spawn_blocking(move || rewrite(&queue, &name, &rest.to_bytes()))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+        crate::blocking(move || rewrite(&queue, &name, &rest.to_bytes())).await?;
         Ok(Some(Instant::now() + backoff))
     }
 

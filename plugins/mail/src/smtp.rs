@@ -344,13 +344,7 @@ impl Session {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let written = write_all_within(self.io.get_mut(), &self.out, COMMAND_TIMEOUT).await;
-            if let Err(e) = written {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    tracing::info!(peer = %self.peer, "{e}: closing the connection");
-                }
-                return Err(e);
-            }
+            write_all_within(self.io.get_mut(), &self.out, COMMAND_TIMEOUT, &self.peer).await?;
             self.out.clear();
         }
         Ok(())
