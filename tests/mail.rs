@@ -209,7 +209,8 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
     raw.expect("EHLO client.test", "250");
     raw.expect("RCPT TO:<alice@example.com>", "503 5.5.1");
     raw.expect("DATA", "503 5.5.1");
-    raw.expect("MAIL FROM:a@b.test", "501 5.1.7");
+    raw.expect("MAIL FROM:", "501 5.1.7");
+    raw.expect("MAIL FROM:a@b.test>", "501 5.1.7");
     raw.expect("MAIL FROM:<a@b.test> SIZE=2001", "552 5.3.4");
     raw.expect("MAIL FROM:<a@b.test> SIZE=big", "501");
     raw.expect("MAIL FROM:<a@b.test> SMTPUTF8", "555");
@@ -296,6 +297,15 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
         "{}",
         alice[0].1
     );
+    // Paths without angle brackets, as Postfix takes them by default.
+    raw.expect("MAIL FROM: bare@remote.test SIZE=100", "250 2.1.0");
+    raw.expect("RCPT TO:bob@example.com", "250 2.1.5");
+    raw.expect("DATA", "354");
+    raw.send(b"Subject: bare\r\n\r\nhello\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    let bob = files(&sb, "bob", "new");
+    assert_eq!(bob.len(), 1);
+    assert!(bob[0].1.starts_with("Return-Path: <bare@remote.test>\n"));
     raw.expect("QUIT", "221");
 }
 

@@ -244,21 +244,36 @@ fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 /// `allow_null`; returns the address and the parameters after it. The local part may be a
 /// quoted string (RFC 5321 4.1.2, spaces and all); one that needs no quotes loses them, as
 /// Postfix does (`"alice"@example.com` is alice's), and so does a trailing dot of the domain.
+/// An address without the angle brackets is taken too, up to the first space, as Postfix
+/// takes it by default (`strict_rfc821_envelopes = no`): RFC 5321 wants the brackets, but
+/// some scripts and appliances leave them out.
 fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
-    let rest = rest.strip_prefix('<')?;
-    // The path ends at the first `>` outside a quoted string.
-    let (mut quoted, mut escaped) = (false, false);
-    let end = rest.bytes().position(|b| {
-        match (escaped, quoted, b) {
-            (true, ..) => escaped = false,
-            (false, true, b'\\') => escaped = true,
-            (false, _, b'"') => quoted = !quoted,
-            (false, false, b'>') => return true,
-            _ => {}
+    let (inside, params) = match rest.strip_prefix('<') {
+        Some(rest) => {
+            // The path ends at the first `>` outside a quoted string.
+            let (mut quoted, mut escaped) = (false, false);
+            let end = rest.bytes().position(|b| {
+                match (escaped, quoted, b) {
+                    (true, ..) => escaped = false,
+                    (false, true, b'\\') => escaped = true,
+                    (false, _, b'"') => quoted = !quoted,
+                    (false, false, b'>') => return true,
+                    _ => {}
+                }
+                false
+            })?;
+            (&rest[..end], &rest[end + 1..])
         }
-        false
-    })?;
-    let (inside, params) = (&rest[..end], &rest[end + 1..]);
+        None => {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let inside = &rest[..end];
+            // `<>` has no bracket-less form, and a bracket of it is no address.
+            if inside.is_empty() || inside.contains(['<', '>']) {
+                return None;
+            }
+            (inside, &rest[end..])
+        }
+    };
     if !params.is_empty() && !params.starts_with(' ') {
         return None;
     }
@@ -916,7 +931,16 @@ mod tests {
             parse_path("<@relay.x:a@b.c>", false),
             Some(("a@b.c".into(), ""))
         );
-        assert_eq!(parse_path("a@b.c", false), None);
+        // Without brackets: up to the first space, as Postfix takes it.
+        assert_eq!(parse_path("a@b.c", false), Some(("a@b.c".into(), "")));
+        assert_eq!(
+            parse_path("a@b.c SIZE=10", true),
+            Some(("a@b.c".into(), "SIZE=10"))
+        );
+        assert_eq!(parse_path(r#""a"@b.c"#, false), Some(("a@b.c".into(), "")));
+        assert_eq!(parse_path("", true), None);
+        assert_eq!(parse_path("a@b.c>", false), None);
+        assert_eq!(parse_path(r#""a b"@c.d"#, false), None);
         assert_eq!(parse_path("<a b@c>", false), None);
         // Quoted local parts: kept quoted when they must be, else plain; `>` and `@` inside.
         assert_eq!(
