@@ -29,7 +29,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -41,6 +41,9 @@ use crate::RelayTls;
 /// How long to wait for the other server to answer one command (RFC 5321 4.5.3.2 gives 5 to 10
 /// minutes; the connection itself gets less).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest reply line taken from the next server, its CRLF included: RFC 5321 4.5.3.1.5
+/// allows 512 octets, Postfix's client takes up to 2048 (`line_length_limit`).
+const MAX_REPLY_LINE: usize = 2000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The SMTP port of MX hosts.
 const SMTP_PORT: u16 = 25;
@@ -576,14 +579,16 @@ impl Client {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let read = tokio::time::timeout(REPLY_TIMEOUT, self.io.read_line(&mut line))
+            // At most one octet over the limit is read: a line without end must not grow.
+            let mut limited = (&mut self.io).take(MAX_REPLY_LINE as u64 + 1);
+            let read = tokio::time::timeout(REPLY_TIMEOUT, limited.read_line(&mut line))
                 .await
                 .map_err(|_| "timeout waiting for the next server".to_string())?
                 .map_err(|e| format!("connection to the next server: {e}"))?;
             if read == 0 {
                 return Err("the next server closed the connection".into());
             }
-            if line.len() > 2000 || lines.len() > 100 {
+            if line.len() > MAX_REPLY_LINE || lines.len() > 100 {
                 return Err("the next server sent a reply too long".into());
             }
             let code: u16 = line
@@ -686,6 +691,29 @@ mod tests {
         );
         let null = mx_targets("a.test", vec![(0, ".".into())]).expect_err("null MX");
         assert!(null.starts_with("550 5.1.10"), "{null}");
+    }
+
+    /// A reply line without end is refused once it is over the limit; nothing waits for its
+    /// end (the next server here sends 8 MiB and keeps the connection open).
+    #[tokio::test]
+    async fn a_reply_line_without_end_is_cut_off() {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let flood = tokio::spawn(async move {
+            theirs.write_all(b"220 ").await?;
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..128 {
+                theirs.write_all(&chunk).await?;
+            }
+            std::future::pending::<()>().await;
+            Ok::<(), std::io::Error>(())
+        });
+        let mut client = Client::new(Box::new(ours));
+        let outcome = tokio::time::timeout(Duration::from_secs(30), client.reply())
+            .await
+            .expect("the reply is given up at the limit, not read to its end");
+        let error = outcome.err().expect("a line over the limit is an error");
+        assert!(error.contains("too long"), "{error}");
+        flood.abort();
     }
 
     #[test]
