@@ -216,6 +216,49 @@ fn relaying_is_refused_without_relay_and_queued_mail_survives_a_restart() {
     );
 }
 
+/// An alias reaching another domain forwards through the relay queue (it was dropped with a
+/// warning), a name that leads back to itself keeps a copy in its own Maildir, and a
+/// recipient given twice (directly, by an alias, with another case of domain) is queued once.
+#[test]
+fn aliases_forward_through_the_relay_and_a_recipient_is_queued_once() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    std::fs::write(
+        a.join("aliases"),
+        "bob: bob, carol@remote.test\nlist: bob, Carol@REMOTE.test\n",
+    )
+    .expect("aliases");
+    let port = free_port();
+    let mut twistd = relay_via(
+        &a,
+        &format!("127.0.0.1:{port}"),
+        &["-A", "aliases", "--relay-min-backoff", "1"],
+        &[],
+    );
+    python(
+        a.path(),
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.sendmail('alice@example.com',
+               ['list@example.com', 'bob@example.com', 'carol@Remote.Test', 'carol@remote.test'],
+               'Subject: listed\r\n\r\nbody\r\n')
+"#,
+        &[&twistd.addr(0).to_string()],
+    );
+    assert_eq!(files(&a, "bob", "new").len(), 1, "bob keeps one copy");
+    let queued = only_queue_file(&a);
+    let to: Vec<_> = queued
+        .lines()
+        .filter(|l| l.starts_with("X-Envelope-To:"))
+        .collect();
+    assert_eq!(to, ["X-Envelope-To: <carol@remote.test>"], "{queued}");
+    twistd.wait_for("relay deferred");
+    let _remote = smarthost(&b, port);
+    wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    assert_eq!(carol_subjects(&b), ["listed"]);
+}
+
 /// Sends one message from alice to carol@remote.test through the relay at `addr`.
 fn submit(dir: &Path, addr: SocketAddr, subject: &str) {
     python(

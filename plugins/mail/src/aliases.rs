@@ -8,11 +8,14 @@
 //! ```
 //!
 //! A name is a local part and applies in every local domain (`name@domain` limits it to one).
-//! A target is a local user (in the domain of the address being expanded), `user@domain`,
-//! another alias, or `:include:FILE`, a file of targets (relative to the aliases file). Pipes
-//! and file targets (`|cmd`, `/path`) are refused: this server never runs programs or writes
-//! outside Maildirs. The file and every included file are re-read when one of them changes
-//! (checked by modification time and size at each lookup).
+//! A target is a local user (in the domain of the address being expanded), `user@domain`
+//! (in another domain it goes to the relay queue, `--relay`), another alias, or
+//! `:include:FILE`, a file of targets (relative to the aliases file). A name that leads back
+//! to itself is the mailbox of that name (`alice: alice, bob` keeps a copy for alice), as in
+//! sendmail and Postfix. Pipes and file targets (`|cmd`, `/path`) are refused: this server
+//! never runs programs or writes outside Maildirs. A name given twice keeps its first entry
+//! (and is logged), as postalias does. The file and every included file are re-read when one
+//! of them changes (checked by modification time and size at each lookup).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +24,15 @@ use std::time::SystemTime;
 
 use crate::users::{Directory, Mailbox, Route};
 
-/// How deep aliases may nest (including `:include:`) before expansion stops: a loop guard.
+/// How deep aliases, and `:include:` files, may nest before expansion stops.
 pub const MAX_DEPTH: usize = 10;
+
+/// Where an alias leads: local mailboxes, and addresses in other domains (for the relay).
+#[derive(Debug, Default, PartialEq)]
+pub struct Expansion {
+    pub mailboxes: Vec<Mailbox>,
+    pub remote: Vec<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AliasError {
@@ -103,62 +113,79 @@ impl Aliases {
         }
     }
 
-    /// The mailboxes `local@domain` expands to, or `None` if it is not an alias. Targets that
-    /// lead nowhere (unknown users, foreign domains, loops) are logged and skipped.
-    pub fn expand(&self, directory: &Directory, local: &str, domain: &str) -> Option<Vec<Mailbox>> {
+    /// Where `local@domain` leads, or `None` if it is not an alias. Targets that lead nowhere
+    /// (unknown users) are logged and skipped; each mailbox and address comes once.
+    pub fn expand(&self, directory: &Directory, local: &str, domain: &str) -> Option<Expansion> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(&mut table);
-        let targets = lookup(&table, local, domain)?.clone();
-        let mut found = Vec::new();
-        expand_targets(&table, directory, &targets, domain, 0, &mut found);
-        found.sort();
-        found.dedup();
+        let (name, targets) = lookup(&table, directory, local, domain)?;
+        let mut found = Expansion::default();
+        let mut path = vec![name];
+        expand_targets(&table, directory, targets, domain, &mut path, &mut found);
+        found.mailboxes.sort();
+        found.mailboxes.dedup();
+        found.remote.sort();
+        found.remote.dedup();
         Some(found)
     }
 }
 
-fn lookup<'t>(table: &'t Table, local: &str, domain: &str) -> Option<&'t Vec<Target>> {
+/// The alias `local@domain` names, with its key: `name@domain`, else `name` when `domain`
+/// is local (a bare name is not an alias in other domains).
+fn lookup<'t>(
+    table: &'t Table,
+    directory: &Directory,
+    local: &str,
+    domain: &str,
+) -> Option<(String, &'t Vec<Target>)> {
     let local = local.to_ascii_lowercase();
-    let domain = domain.to_ascii_lowercase();
-    table
-        .entries
-        .get(&format!("{local}@{domain}"))
-        .or_else(|| table.entries.get(&local))
+    let full = format!("{local}@{}", domain.to_ascii_lowercase());
+    if let Some(targets) = table.entries.get(&full) {
+        return Some((full, targets));
+    }
+    directory.local_domain(domain)?;
+    let targets = table.entries.get(&local)?;
+    Some((local, targets))
 }
 
+/// Resolves `targets` into `found`; `path` holds the aliases being expanded, outermost
+/// first: a target naming one of them is that name's mailbox, not the alias again.
 fn expand_targets(
     table: &Table,
     directory: &Directory,
     targets: &[Target],
     domain: &str,
-    depth: usize,
-    found: &mut Vec<Mailbox>,
+    path: &mut Vec<String>,
+    found: &mut Expansion,
 ) {
-    if depth >= MAX_DEPTH {
-        tracing::warn!("aliases nest deeper than {MAX_DEPTH}: a loop? expansion stopped");
-        return;
-    }
     for target in targets {
         match target {
-            Target::Include(inner) => {
-                expand_targets(table, directory, inner, domain, depth + 1, found)
-            }
+            Target::Include(inner) => expand_targets(table, directory, inner, domain, path, found),
             Target::Address(address) => {
                 let (local, target_domain) = address
                     .rsplit_once('@')
                     .unwrap_or((address.as_str(), domain));
-                if let Some(nested) = lookup(table, local, target_domain) {
-                    expand_targets(table, directory, nested, target_domain, depth + 1, found);
-                    continue;
+                if let Some((name, nested)) = lookup(table, directory, local, target_domain) {
+                    if !path.contains(&name) {
+                        if path.len() >= MAX_DEPTH {
+                            tracing::warn!(
+                                "alias {}: aliases nest deeper than {MAX_DEPTH}; {address} skipped",
+                                path[0]
+                            );
+                            continue;
+                        }
+                        path.push(name);
+                        expand_targets(table, directory, nested, target_domain, path, found);
+                        path.pop();
+                        continue;
+                    }
                 }
                 match directory.route(local, target_domain) {
-                    Route::Local(mailbox) => found.push(mailbox),
+                    Route::Local(mailbox) => found.mailboxes.push(mailbox),
                     Route::UnknownUser => {
-                        tracing::warn!("alias target {address}: no such user; skipped")
+                        tracing::warn!("alias {}: target {address}: no such user; skipped", path[0])
                     }
-                    Route::Foreign => {
-                        tracing::warn!("alias target {address}: not a local domain; skipped")
-                    }
+                    Route::Foreign => found.remote.push(format!("{local}@{target_domain}")),
                 }
             }
         }
@@ -205,9 +232,16 @@ fn parse_file(path: &Path) -> Result<Table, AliasError> {
         if name.is_empty() || name.contains(char::is_whitespace) {
             return Err(syntax(format!("'{name}' is not an alias name")));
         }
-        let targets = parse_targets(path, targets, &mut table.stamps, 0).map_err(&syntax)?;
+        let targets = parse_targets(path, line, targets, &mut table.stamps, 0)?;
         if targets.is_empty() {
             return Err(syntax(format!("alias '{name}' has no target")));
+        }
+        if table.entries.contains_key(&name) {
+            tracing::warn!(
+                "--aliases {} line {line}: '{name}' is given again; the first entry is kept",
+                path.display()
+            );
+            continue;
         }
         table.entries.insert(name, targets);
     }
@@ -222,49 +256,50 @@ fn read(path: &Path, stamps: &mut Vec<Stamp>) -> Result<String, AliasError> {
     })
 }
 
-/// Comma- (or newline-) separated targets; `:include:` files are read here, relative to the
-/// file that names them.
+/// Comma-separated targets, from line `line` of `file` (errors name that line);
+/// `:include:` files are read here, relative to the file that names them, a target list on
+/// each line.
 fn parse_targets(
     file: &Path,
+    line: usize,
     text: &str,
     stamps: &mut Vec<Stamp>,
     depth: usize,
-) -> Result<Vec<Target>, String> {
+) -> Result<Vec<Target>, AliasError> {
+    let syntax = |reason: String| AliasError::Syntax {
+        path: file.to_path_buf(),
+        line,
+        reason,
+    };
     let mut targets = Vec::new();
-    for item in text
-        .split([',', '\n'])
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
+    for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if item.starts_with('#') {
             continue;
         }
         if let Some(included) = item.strip_prefix(":include:") {
             if depth >= MAX_DEPTH {
-                return Err(format!("{included}: includes nest deeper than {MAX_DEPTH}"));
+                return Err(syntax(format!(
+                    "{included}: includes nest deeper than {MAX_DEPTH}"
+                )));
             }
             let included = file
                 .parent()
                 .unwrap_or(Path::new("."))
                 .join(included.trim());
-            let text = read(&included, stamps).map_err(|e| e.to_string())?;
-            let inner: String = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with('#'))
-                .collect::<Vec<_>>()
-                .join("\n");
-            targets.push(Target::Include(parse_targets(
-                &included,
-                &inner,
-                stamps,
-                depth + 1,
-            )?));
+            let text = read(&included, stamps)?;
+            let mut inner = Vec::new();
+            for (i, text) in text.lines().enumerate() {
+                if !text.trim_start().starts_with('#') {
+                    inner.extend(parse_targets(&included, i + 1, text, stamps, depth + 1)?);
+                }
+            }
+            targets.push(Target::Include(inner));
         } else if item.starts_with(['|', '/']) || item.starts_with("\"|") {
-            return Err(format!(
+            return Err(syntax(format!(
                 "'{item}': program and file targets are not supported (Maildir delivery only)"
-            ));
+            )));
         } else if item.contains(char::is_whitespace) || item.contains(['<', '>']) {
-            return Err(format!("'{item}' is not an address"));
+            return Err(syntax(format!("'{item}' is not an address")));
         } else {
             targets.push(Target::Address(item.to_ascii_lowercase()));
         }
@@ -287,9 +322,10 @@ mod tests {
         Directory::load(&config).expect("no password file")
     }
 
-    fn users(found: Option<Vec<Mailbox>>) -> Vec<String> {
+    fn users(found: Option<Expansion>) -> Vec<String> {
         found
             .expect("an alias")
+            .mailboxes
             .iter()
             .map(|m| m.to_string())
             .collect()
@@ -344,6 +380,7 @@ mod tests {
     fn refuses_programs_files_and_junk() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("aliases");
+        std::fs::write(dir.path().join("list"), "bo\nx y\n").expect("write");
         for (text, expected) in [
             (
                 "a: |/bin/sh\n",
@@ -355,10 +392,40 @@ mod tests {
             ("a:\n", "has no target"),
             ("ok: x\nbad\n", "line 2: expected"),
             ("a: :include:missing\n", "missing"),
+            (
+                "a: b,\n  :include:list\n",
+                "list line 2: 'x y' is not an address",
+            ),
         ] {
             std::fs::write(&path, text).expect("write");
             let e = Aliases::load(&path).expect_err(text).to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn self_references_other_domains_and_duplicates() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("aliases");
+        std::fs::write(
+            &path,
+            "al: al, bo\nla: lb\nlb: la, bo\nfwd: cy@remote.test, al, root@remote.test\n\
+             root: bo\nal: cy@b.test\n",
+        )
+        .expect("write");
+        let aliases = Aliases::load(&path).expect("parses");
+        let d = directory();
+        // A name that leads back to itself is its own mailbox; the first `al` entry is kept.
+        assert_eq!(
+            users(aliases.expand(&d, "al", "a.test")),
+            ["al@a.test", "bo@a.test"]
+        );
+        // A loop ends at the name met again: la is no user, so only bo.
+        assert_eq!(users(aliases.expand(&d, "la", "a.test")), ["bo@a.test"]);
+        // Other domains are kept for the relay; a bare alias name (root) is no alias there.
+        let fwd = aliases.expand(&d, "fwd", "a.test").expect("an alias");
+        assert_eq!(fwd.remote, ["cy@remote.test", "root@remote.test"]);
+        assert_eq!(users(Some(fwd)), ["al@a.test", "bo@a.test"]);
+        assert!(aliases.expand(&d, "root", "remote.test").is_none());
     }
 }

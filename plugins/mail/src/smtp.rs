@@ -509,12 +509,47 @@ impl Session {
             }
             _ => None,
         };
-        if let Some(mailboxes) = alias {
-            if mailboxes.is_empty() {
+        if let Some(expansion) = alias {
+            // An alias forwards to other domains whoever the client is (it is this server's
+            // own list, not relaying for the client), but only through a relay queue.
+            let remote = match smtp.relay {
+                Some(_) => expansion
+                    .remote
+                    .into_iter()
+                    .filter(|target| {
+                        let valid = target
+                            .rsplit_once('@')
+                            .is_some_and(|(_, d)| is_domain_name(d));
+                        if !valid {
+                            tracing::warn!(
+                                "alias <{address}>: target {target}: not a domain name; skipped"
+                            );
+                        }
+                        valid
+                    })
+                    .collect(),
+                None => {
+                    for target in &expansion.remote {
+                        tracing::warn!(
+                            "alias <{address}>: target {target} is in another domain, which \
+                             needs --relay; skipped"
+                        );
+                    }
+                    Vec::new()
+                }
+            };
+            if expansion.mailboxes.is_empty() && remote.is_empty() {
                 return self.reply(&unknown);
             }
-            self.recipients
-                .extend(mailboxes.into_iter().map(|m| (address.clone(), m)));
+            self.recipients.extend(
+                expansion
+                    .mailboxes
+                    .into_iter()
+                    .map(|m| (address.clone(), m)),
+            );
+            for target in remote {
+                self.relay_to(target);
+            }
             self.accepted.push(address);
             return self.reply("250 2.1.5 Ok");
         }
@@ -528,7 +563,7 @@ impl Session {
                 if !is_domain_name(&domain) {
                     return self.refuse("501 5.1.3 not a domain name after the @");
                 }
-                self.relayed.push(address.clone());
+                self.relay_to(address.clone());
                 self.accepted.push(address);
                 self.reply("250 2.1.5 Ok");
             }
@@ -847,6 +882,19 @@ impl Session {
             return Ok(Ok(line));
         }
         wait_line(&mut self.io, self.deadline.as_mut(), &mut self.text).await
+    }
+
+    /// Adds a recipient for the relay queue, once: addresses that differ only in the case
+    /// of their domain are the same (the local part's case is the next server's business).
+    fn relay_to(&mut self, address: String) {
+        let key = |a: &str| match a.rsplit_once('@') {
+            Some((local, domain)) => (local.to_string(), domain.to_ascii_lowercase()),
+            None => (a.to_string(), String::new()),
+        };
+        let new = key(&address);
+        if self.relayed.iter().all(|known| key(known) != new) {
+            self.relayed.push(address);
+        }
     }
 
     fn may_relay(&self) -> bool {
