@@ -98,6 +98,30 @@ fn bad_options_are_refused_naming_the_option() {
             "--passwordfile nope",
         ),
         (&["mail"], "no domain given"),
+        (
+            &["mail", "-d", "e.com=md", "-u", "alice="],
+            "--user alice: empty password",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "-u", "alice=x", "-u", "Alice=y"],
+            "--user alice@e.com: given twice",
+        ),
+        (
+            &["mail", "-d", "E.com=md", "-d", "e.com=other"],
+            "--maildirdbmdomain e.com: given twice",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "--relay", "md/alice"],
+            "--relay md/alice: shares files with domain e.com's md",
+        ),
+        (
+            &["mail", "-d", "e.com=md/e", "--relay", "md"],
+            "--relay md: shares files",
+        ),
+        (
+            &["mail", "-d", "e.com=md", "-D", "--relay", "queue"],
+            "--relay: with --default every domain is delivered here",
+        ),
     ];
     for (args, message) in cases {
         let out = sb.mktap(args);

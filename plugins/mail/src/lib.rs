@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{ArgMatches, Args, Command, FromArgMatches};
@@ -389,6 +389,11 @@ impl FromArgMatches for MailConfig {
                     usage_error(format!("--maildirdbmdomain '{value}': expected NAME=PATH"))
                 })?;
                 let name = name.to_ascii_lowercase();
+                if config.domains.contains_key(&name) {
+                    return Err(usage_error(format!(
+                        "--maildirdbmdomain {name}: given twice"
+                    )));
+                }
                 config.domains.insert(name.clone(), PathBuf::from(path));
                 last_domain = Some(name);
             } else {
@@ -401,11 +406,16 @@ impl FromArgMatches for MailConfig {
                         "--user {user}: give a domain (-d NAME=PATH) before its users"
                     ))
                 })?;
+                if password.is_empty() {
+                    return Err(usage_error(format!("--user {user}: empty password")));
+                }
+                let address = format!("{}@{domain}", user.to_ascii_lowercase());
+                if config.users.contains_key(&address) {
+                    return Err(usage_error(format!("--user {address}: given twice")));
+                }
                 let hash = users::hash_password(password)
                     .map_err(|e| usage_error(format!("--user {user}: {e}")))?;
-                config
-                    .users
-                    .insert(format!("{}@{domain}", user.to_ascii_lowercase()), hash);
+                config.users.insert(address, hash);
             }
         }
         if args.default {
@@ -437,6 +447,24 @@ impl FromArgMatches for MailConfig {
         *self = MailConfig::from_arg_matches(matches)?;
         Ok(())
     }
+}
+
+/// Whether one of two directories is the other or inside it (lexically, made absolute
+/// against the current directory, then through their real paths where they exist).
+fn overlap(a: &Path, b: &Path) -> bool {
+    let forms = |p: &Path| {
+        let mut forms = Vec::new();
+        if let Ok(absolute) = std::path::absolute(p) {
+            forms.push(absolute.components().collect::<PathBuf>());
+        }
+        if let Ok(real) = p.canonicalize() {
+            forms.push(real);
+        }
+        forms
+    };
+    let (a, b) = (forms(a), forms(b));
+    a.iter()
+        .any(|a| b.iter().any(|b| a.starts_with(b) || b.starts_with(a)))
 }
 
 /// The checks of `--relay-tls`, `--relay-ca` and `--relay-resolver`.
@@ -592,6 +620,25 @@ impl Plugin for MailPlugin {
             }
             (None, Some(_)) => problems.push("--smarthost: needs --relay QUEUEDIR".to_string()),
             (None, None) => {}
+        }
+        if let Some(queue) = &config.relay {
+            for (name, path) in &config.domains {
+                if overlap(queue, path) {
+                    problems.push(format!(
+                        "--relay {}: shares files with domain {name}'s {}; the queue needs a \
+                         directory of its own",
+                        queue.display(),
+                        path.display()
+                    ));
+                }
+            }
+            if config.default_domain.is_some() {
+                problems.push(
+                    "--relay: with --default every domain is delivered here, so nothing would \
+                     be relayed; give one of them"
+                        .to_string(),
+                );
+            }
         }
         if config.relay_min_backoff == 0 {
             problems.push("--relay-min-backoff: must be at least 1 second".to_string());

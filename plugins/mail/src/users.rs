@@ -107,7 +107,14 @@ impl Directory {
     pub fn load(config: &MailConfig) -> Result<Directory, UsersError> {
         let mut passwords = config.users.clone();
         if let Some(path) = &config.password_file {
-            for (address, password) in read_password_file(path, &config.domains)? {
+            for (line, address, password) in read_password_file(path, &config.domains)? {
+                if passwords.contains_key(&address) {
+                    return Err(UsersError::BadLine {
+                        path: path.to_path_buf(),
+                        line,
+                        reason: format!("{address} is also given by --user"),
+                    });
+                }
                 passwords.insert(address, hash_password(&password)?);
             }
         }
@@ -209,14 +216,27 @@ impl Directory {
 
 /// `user@domain:password` lines; blank lines and `#` comments are skipped. The password is
 /// everything after the first colon, so it may hold colons itself.
+/// The `user@domain:password` lines of a password file, each with its line number. The file
+/// holds passwords in plain text: one that others may read is logged.
 fn read_password_file(
     path: &Path,
     domains: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<(String, String)>, UsersError> {
+) -> Result<Vec<(usize, String, String)>, UsersError> {
     let text = std::fs::read_to_string(path).map_err(|source| UsersError::ReadFile {
         path: path.to_path_buf(),
         source,
     })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "--passwordfile {}: mode {:04o} lets others read the passwords; chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            );
+        }
+    }
     let bad = |line: usize, reason: &str| UsersError::BadLine {
         path: path.to_path_buf(),
         line,
@@ -241,7 +261,16 @@ fn read_password_file(
         if !domains.contains_key(domain) {
             return Err(bad(n, "not one of the --maildirdbmdomain domains"));
         }
-        entries.push((address.clone(), password.to_string()));
+        if password.is_empty() {
+            return Err(bad(n, "empty password"));
+        }
+        if let Some((first, ..)) = entries.iter().find(|(_, known, _)| *known == address) {
+            return Err(bad(
+                n,
+                &format!("{address} is given again (first on line {first})"),
+            ));
+        }
+        entries.push((n, address.clone(), password.to_string()));
     }
     Ok(entries)
 }
@@ -281,6 +310,32 @@ mod tests {
         config.default_domain = default.then(|| "a.test".into());
         config.bounce_to_postmaster = bounce;
         Directory::load(&config).expect("no password file")
+    }
+
+    #[test]
+    fn password_file_lines_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("passwords");
+        let mut config = MailConfig::default();
+        config.domains.insert("a.test".into(), "/m/a".into());
+        config.users.insert("al@a.test".into(), "h".into());
+        config.password_file = Some(path.clone());
+        for (text, expected) in [
+            ("bo@a.test:\n", "line 1: empty password"),
+            (
+                "bo@a.test:x\n# c\nBO@a.test:y\n",
+                "line 3: bo@a.test is given again (first on line 1)",
+            ),
+            (
+                "\nal@a.test:x\n",
+                "line 2: al@a.test is also given by --user",
+            ),
+            ("bo@c.test:x\n", "line 1: not one of the --maildirdbmdomain"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let e = Directory::load(&config).err().expect(text).to_string();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
     }
 
     #[test]
