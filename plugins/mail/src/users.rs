@@ -333,7 +333,7 @@ mod tests {
             ("bo@c.test:x\n", "line 1: not one of the --maildirdbmdomain"),
         ] {
             std::fs::write(&path, text).expect("write");
-            let e = Directory::load(&config).err().expect(text).to_string();
+            let e = Directory::load(&config).expect_err(text).to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
     }
