@@ -52,6 +52,21 @@ with smtplib.SMTP(host, int(port)) as s:
         "the relayed copy waits in the queue"
     );
     twistd.wait_for("relay deferred");
+    // The deferral rewrites the queue file (its retry time); it stays private.
+    wait_until("the queue file records the attempt", || {
+        only_queue_file(&a).contains("X-Envelope-Attempts: ")
+    });
+    let queued: Vec<_> = std::fs::read_dir(a.join("queue/new"))
+        .expect("queue/new")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let mode = std::fs::metadata(&queued[0])
+        .expect("queue file")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
 
     // The smarthost comes up; the next retry delivers.
     let _remote = smarthost(&b, port);

@@ -44,7 +44,7 @@ use host::ServiceContext;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::maildir::{self, Deliverer};
+use crate::maildir::Deliverer;
 use crate::outbound::{self, Outcome};
 use crate::users::{Directory, Route};
 
@@ -494,10 +494,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Replaces a queue file atomically: a new file in `tmp/`, fsync, rename over, fsync `new/`.
+/// Replaces a queue file atomically: a new file in `tmp/` (mode 0600, as the first one),
+/// fsync, rename over, fsync `new/`.
 fn rewrite(queue: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = queue.join("tmp").join(name);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, queue.join("new").join(name))?;
@@ -514,12 +521,20 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
     };
     let arrival =
         time::OffsetDateTime::from_unix_timestamp(queued.envelope.queued as i64).unwrap_or(now);
-    let boundary = format!("{}/{hostname}", maildir::unique_name(hostname, 0, 0));
+    // Unique to this report and short: a boundary may have 70 characters (RFC 2046 5.1.1).
+    let token = format!(
+        "{}.{:09}.{}",
+        now.unix_timestamp(),
+        now.nanosecond(),
+        std::process::id()
+    );
+    let boundary = format!("{token}/report");
     let mut text = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\n\
          To: <{sender}>\n\
          Subject: Undelivered Mail Returned to Sender\n\
          Date: {date}\n\
+         Message-ID: <{token}@{hostname}>\n\
          Auto-Submitted: auto-replied\n\
          MIME-Version: 1.0\n\
          Content-Type: multipart/report; report-type=delivery-status;\n\
@@ -673,8 +688,9 @@ mod tests {
             },
             message: b"Subject: hello\nFrom: al@a.test\n\nsecret body\n".to_vec(),
         };
+        let hostname = format!("{}.a.test", "long-host-name".repeat(10));
         let report = String::from_utf8(dsn(
-            "mx.a.test",
+            &hostname,
             &queued,
             &[
                 (
@@ -694,5 +710,17 @@ mod tests {
         );
         assert!(report.contains("Subject: hello\n"));
         assert!(!report.contains("secret body"));
+        let boundary = report
+            .split_once("boundary=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .expect("a boundary")
+            .0;
+        assert!(boundary.len() <= 70, "{boundary}");
+        assert!(report.ends_with(&format!("\n--{boundary}--\n")));
+        let id = report
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: <"))
+            .expect("a Message-ID");
+        assert!(id.ends_with(&format!("@{hostname}>")), "{id}");
     }
 }
