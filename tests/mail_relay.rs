@@ -97,7 +97,7 @@ fn relay_bounces_failed_and_expired_recipients_to_the_sender() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
     let port = free_port();
     let _remote = smarthost(&b, port);
-    let twistd = relay_via(&a, &format!("127.0.0.1:{port}"), &[], &[]);
+    let mut twistd = relay_via(&a, &format!("127.0.0.1:{port}"), &[], &[]);
     let send = |addr: SocketAddr, rcpts: &[&str]| {
         let mut raw = Raw::smtp(addr);
         raw.expect("EHLO client.test", "250");
@@ -118,6 +118,24 @@ fn relay_bounces_failed_and_expired_recipients_to_the_sender() {
         count(&a.join("maildir/alice/new")) == 1
     });
     wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
+    // The log tells who refused what, and links the session's queue id to the bounce.
+    let delivered = logged(&mut twistd, "delivered");
+    let id = delivered
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("id="))
+        .expect("an id");
+    let failed = logged(&mut twistd, "relay failed");
+    assert!(
+        failed.contains(&format!("id={id}"))
+            && failed.contains(&format!("host 127.0.0.1:{port} said: 550 5.1.1"))
+            && failed.contains("(in reply to RCPT TO command)"),
+        "{failed}"
+    );
+    let notified = logged(&mut twistd, "sender non-delivery notification");
+    assert!(
+        notified.contains(&format!("id={id}")) && notified.contains("nobody@remote.test"),
+        "{notified}"
+    );
 
     // A second sender whose smarthost never answers, with no time to wait: bounced at once.
     let c = Sandbox::new();

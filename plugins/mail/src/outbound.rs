@@ -481,12 +481,20 @@ impl Transaction<'_> {
             }
         }
         let everyone = |outcome: Outcome| recipients.iter().map(|_| outcome.clone()).collect();
+        // As Postfix words it, for the log and the bounce's text (its Diagnostic-Code takes
+        // the reply alone).
+        let said = |reply: &Reply, command: &str| {
+            format!(
+                "host {peer} said: {} (in reply to {command} command)",
+                reply.text
+            )
+        };
         let mail = client
             .command(&format!("MAIL FROM:<{}>", self.sender))
             .await?;
         match mail.class() {
             2 => {}
-            5 => return Ok(everyone(Outcome::Failed(mail.text))),
+            5 => return Ok(everyone(Outcome::Failed(said(&mail, "MAIL FROM")))),
             _ => return Err(format!("MAIL: {}", mail.text).into()),
         }
         let mut outcomes = Vec::new();
@@ -494,8 +502,8 @@ impl Transaction<'_> {
             let reply = client.command(&format!("RCPT TO:<{rcpt}>")).await?;
             outcomes.push(match reply.class() {
                 2 => None,
-                5 => Some(Outcome::Failed(reply.text)),
-                _ => Some(Outcome::Deferred(reply.text)),
+                5 => Some(Outcome::Failed(said(&reply, "RCPT TO"))),
+                _ => Some(Outcome::Deferred(said(&reply, "RCPT TO"))),
             });
         }
         if outcomes.iter().all(Option::is_some) {
@@ -503,16 +511,16 @@ impl Transaction<'_> {
             return Ok(outcomes.into_iter().flatten().collect());
         }
         let data = client.command("DATA").await?;
-        let verdict = if data.class() == 3 {
+        let (verdict, command) = if data.class() == 3 {
             client.write(&dot_stuffed(self.message)).await?;
-            client.reply().await?
+            (client.reply().await?, "end of DATA")
         } else {
-            data
+            (data, "DATA")
         };
         let accepted = match verdict.class() {
             2 => Outcome::Delivered(session),
-            5 => Outcome::Failed(verdict.text),
-            _ => Outcome::Deferred(verdict.text),
+            5 => Outcome::Failed(said(&verdict, command)),
+            _ => Outcome::Deferred(said(&verdict, command)),
         };
         let _ = client.command("QUIT").await;
         Ok(outcomes

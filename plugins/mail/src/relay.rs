@@ -87,6 +87,9 @@ const ENVELOPE_READ_LIMIT: u64 = 64 * 1024;
 /// A queue file's envelope: everything but the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Envelope {
+    /// The SMTP session's queue id, to find the message in the log (empty in files written
+    /// before it was recorded).
+    id: String,
     queued: u64,
     /// Delivery attempts that were deferred so far.
     attempts: u32,
@@ -99,7 +102,11 @@ struct Envelope {
 impl Envelope {
     /// The envelope lines that open a queue file, with the blank line after them.
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!("X-Envelope-Queued: {}\n", self.queued);
+        let mut out = String::new();
+        if !self.id.is_empty() {
+            out.push_str(&format!("X-Envelope-Id: {}\n", self.id));
+        }
+        out.push_str(&format!("X-Envelope-Queued: {}\n", self.queued));
         if self.attempts > 0 {
             out.push_str(&format!(
                 "X-Envelope-Attempts: {}\nX-Envelope-Next-Attempt: {}\n",
@@ -117,6 +124,7 @@ impl Envelope {
     /// The envelope at the start of `bytes`, and where the message begins; `None` when the bytes
     /// do not start with a whole envelope.
     fn parse(bytes: &[u8]) -> Option<(Envelope, usize)> {
+        let mut id = String::new();
         let mut queued = None;
         let mut attempts = 0;
         let mut next_attempt = 0;
@@ -139,6 +147,7 @@ impl Envelope {
                     .map(str::to_string)
             };
             match key {
+                "X-Envelope-Id" => id = value.to_string(),
                 "X-Envelope-Queued" => queued = Some(value.parse().ok()?),
                 "X-Envelope-Attempts" => attempts = value.parse().ok()?,
                 "X-Envelope-Next-Attempt" => next_attempt = value.parse().ok()?,
@@ -148,6 +157,7 @@ impl Envelope {
             }
         }
         let envelope = Envelope {
+            id,
             queued: queued?,
             attempts,
             next_attempt,
@@ -199,9 +209,16 @@ impl Relay {
     }
 
     /// The queue file for a message SMTP accepted for `recipients`.
-    pub fn queue_file(&self, sender: &str, recipients: &[String], message: &[u8]) -> Vec<u8> {
+    pub fn queue_file(
+        &self,
+        id: &str,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Vec<u8> {
         Queued {
             envelope: Envelope {
+                id: id.to_string(),
                 queued: now_unix(),
                 attempts: 0,
                 next_attempt: 0,
@@ -378,6 +395,7 @@ impl Relay {
             match outcome {
                 Outcome::Delivered(session) => {
                     tracing::info!(
+                        id = %envelope.id,
                         file = %name,
                         to = %rcpt,
                         relay = %session.relay,
@@ -386,15 +404,16 @@ impl Relay {
                     );
                 }
                 Outcome::Failed(reply) => {
-                    tracing::warn!(file = %name, to = %rcpt, "relay failed: {reply}");
+                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, "relay failed: {reply}");
                     failed.push((rcpt.clone(), reply, false));
                 }
                 Outcome::Deferred(reason) if expired => {
-                    tracing::warn!(file = %name, to = %rcpt, "relay expired: {reason}");
+                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, "relay expired: {reason}");
                     failed.push((rcpt.clone(), reason, true));
                 }
                 Outcome::Deferred(reason) => {
                     tracing::info!(
+                        id = %envelope.id,
                         file = %name,
                         to = %rcpt,
                         attempt = envelope.attempts + 1,
@@ -405,7 +424,8 @@ impl Relay {
             }
         }
         if !failed.is_empty() {
-            self.bounce(&queued, &failed, deliverer, directory).await?;
+            self.bounce(name, &queued, &failed, deliverer, directory)
+                .await?;
         }
         let queue = self.settings.queue.clone();
         let name = name.to_string();
@@ -440,37 +460,65 @@ impl Relay {
     /// queue. A bounce itself (null sender) is never bounced: it is dropped, with a log line.
     async fn bounce(
         &self,
+        name: &str,
         queued: &Queued,
         failed: &[(String, String, bool)],
         deliverer: &Deliverer,
         directory: &Directory,
     ) -> io::Result<()> {
-        let sender = &queued.envelope.sender;
+        let envelope = &queued.envelope;
+        let sender = &envelope.sender;
+        let to = failed
+            .iter()
+            .map(|(rcpt, ..)| rcpt.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         if sender.is_empty() {
-            tracing::warn!("a bounce could not be delivered and is dropped");
+            tracing::warn!(
+                id = %envelope.id,
+                file = %name,
+                to = %to,
+                "a bounce could not be delivered and is dropped (a bounce is never bounced)"
+            );
             return Ok(());
         }
         let report = dsn(&self.settings.hostname, queued, failed);
         let (local, domain) = sender.rsplit_once('@').unwrap_or((sender.as_str(), ""));
-        match directory.route(local, domain) {
+        let bounce_id = crate::smtp::queue_id();
+        let sent_to = match directory.route(local, domain) {
             Route::Local(mailbox) => {
                 let mut message = b"Return-Path: <>\n".to_vec();
                 message.extend_from_slice(&report);
-                deliverer.deliver(vec![mailbox.path], message).await
+                deliverer.deliver(vec![mailbox.path], message).await?;
+                "the sender's Maildir"
             }
             Route::UnknownUser => {
-                tracing::warn!(sender = %sender, "bounce to an unknown local user dropped");
-                Ok(())
+                tracing::warn!(
+                    id = %envelope.id,
+                    file = %name,
+                    sender = %sender,
+                    "bounce to an unknown local user dropped"
+                );
+                return Ok(());
             }
             Route::Foreign => {
-                let file = self.queue_file("", std::slice::from_ref(sender), &report);
+                let file = self.queue_file(&bounce_id, "", std::slice::from_ref(sender), &report);
                 deliverer
                     .deliver(vec![self.settings.queue.clone()], file)
                     .await?;
                 self.wake();
-                Ok(())
+                "the relay queue"
             }
-        }
+        };
+        tracing::info!(
+            id = %envelope.id,
+            file = %name,
+            sender = %sender,
+            to = %to,
+            bounce = %bounce_id,
+            "sender non-delivery notification into {sent_to}"
+        );
+        Ok(())
     }
 }
 
@@ -567,7 +615,7 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
         let status = if *expired {
             "4.4.7".to_string()
         } else {
-            enhanced_status(reason).unwrap_or_else(|| "5.0.0".into())
+            enhanced_status(smtp_reply(reason)).unwrap_or_else(|| "5.0.0".into())
         };
         text.push_str(&format!(
             "\nFinal-Recipient: rfc822; {rcpt}\nAction: failed\nStatus: {status}\n"
@@ -578,7 +626,10 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
                 one_line(reason)
             ));
         } else {
-            text.push_str(&format!("Diagnostic-Code: smtp; {}\n", one_line(reason)));
+            text.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\n",
+                one_line(smtp_reply(reason))
+            ));
         }
     }
     text.push_str(&format!(
@@ -593,6 +644,17 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
     out.extend_from_slice(&queued.message[..headers_end]);
     out.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
     out
+}
+
+/// The next server's reply in an outcome's text (`host H said: REPLY (in reply to C
+/// command)`), or the whole text when it is not one.
+fn smtp_reply(reason: &str) -> &str {
+    match reason.split_once(" said: ") {
+        Some((_, reply)) => reply
+            .rsplit_once(" (in reply to ")
+            .map_or(reply, |(r, _)| r),
+        None => reason,
+    }
 }
 
 fn one_line(text: &str) -> String {
@@ -619,6 +681,7 @@ mod tests {
     fn queue_files_round_trip() {
         let mut queued = Queued {
             envelope: Envelope {
+                id: "6B0171A1000000".into(),
                 queued: 42,
                 attempts: 0,
                 next_attempt: 0,
@@ -634,10 +697,14 @@ mod tests {
         queued.envelope.next_attempt = 1_795_218_043;
         let retried = queued.to_bytes();
         assert!(retried.starts_with(
-            b"X-Envelope-Queued: 42\nX-Envelope-Attempts: 3\n\
+            b"X-Envelope-Id: 6B0171A1000000\nX-Envelope-Queued: 42\nX-Envelope-Attempts: 3\n\
               X-Envelope-Next-Attempt: 1795218043\nX-Envelope-From: <>\n"
         ));
-        assert_eq!(Queued::parse(&retried), Some(queued));
+        assert_eq!(Queued::parse(&retried), Some(queued.clone()));
+        // Files queued before the id was recorded have none.
+        let old = &retried[b"X-Envelope-Id: 6B0171A1000000\n".len()..];
+        queued.envelope.id.clear();
+        assert_eq!(Queued::parse(old), Some(queued));
         assert_eq!(Queued::parse(b"Subject: x\n\nbody\n"), None);
         assert_eq!(
             Queued::parse(
@@ -680,6 +747,7 @@ mod tests {
     fn dsn_names_every_failed_recipient() {
         let queued = Queued {
             envelope: Envelope {
+                id: String::new(),
                 queued: 1_700_000_000,
                 attempts: 0,
                 next_attempt: 0,
@@ -695,16 +763,23 @@ mod tests {
             &[
                 (
                     "x@b.test".into(),
-                    "550 5.1.1 <x@b.test>: user unknown".into(),
+                    "host mx.b.test[192.0.2.1]:25 said: 550 5.1.1 <x@b.test>: user unknown \
+                     (in reply to RCPT TO command)"
+                        .into(),
                     false,
                 ),
                 ("y@b.test".into(), "cannot connect".into(), true),
             ],
         ))
         .expect("ascii");
-        assert!(
-            report.contains("Final-Recipient: rfc822; x@b.test\nAction: failed\nStatus: 5.1.1\n")
-        );
+        assert!(report.contains(
+            "Final-Recipient: rfc822; x@b.test\nAction: failed\nStatus: 5.1.1\n\
+             Diagnostic-Code: smtp; 550 5.1.1 <x@b.test>: user unknown\n"
+        ));
+        assert!(report.contains(
+            "<x@b.test>: host mx.b.test[192.0.2.1]:25 said: 550 5.1.1 <x@b.test>: user \
+             unknown (in reply to RCPT TO command)\n"
+        ));
         assert!(
             report.contains("Final-Recipient: rfc822; y@b.test\nAction: failed\nStatus: 4.4.7\n")
         );

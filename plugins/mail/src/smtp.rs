@@ -79,16 +79,18 @@ fn decode(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
-/// Queue ids for Received headers and logs: unique within the process, increasing.
+/// Queue ids for Received headers and logs: the time, the process and a counter, so two
+/// servers on one host (a relay and its next hop) never write the same id.
 static QUEUE_ID: AtomicU64 = AtomicU64::new(0);
 
-fn queue_id() -> String {
+pub(crate) fn queue_id() -> String {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     format!(
-        "{seconds:X}{:06X}",
+        "{seconds:X}{:06X}{:06X}",
+        std::process::id() & 0xFF_FFFF,
         QUEUE_ID.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF
     )
 }
@@ -848,7 +850,7 @@ impl Session {
         if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
             let mut message = received;
             message.extend_from_slice(&body);
-            let file = relay.queue_file(&sender, &relayed, &message);
+            let file = relay.queue_file(&id, &sender, &relayed, &message);
             targets.push((relay.queue().to_path_buf(), Arc::new(file)));
         }
         drop(body);
