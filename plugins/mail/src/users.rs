@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 
 use crate::MailConfig;
 
-pub use host::secret::verify_password;
+/// Whether `password` matches the hash `phc`. An empty password never does, whatever the hash
+/// (as Dovecot refuses them): a tap made before `--user` refused empty passwords may hold
+/// the hash of one.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    !password.is_empty() && host::secret::verify_password(phc, password)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -214,10 +219,10 @@ impl Directory {
     }
 }
 
-/// `user@domain:password` lines; blank lines and `#` comments are skipped. The password is
-/// everything after the first colon, so it may hold colons itself.
-/// The `user@domain:password` lines of a password file, each with its line number. The file
-/// holds passwords in plain text: one that others may read is logged.
+/// The `user@domain:password` lines of a password file, each with its line number; blank
+/// lines and `#` comments are skipped. The password is everything after the first colon, so it
+/// may hold colons itself. The file holds passwords in plain text: one that others may read is
+/// logged.
 fn read_password_file(
     path: &Path,
     domains: &BTreeMap<String, PathBuf>,
@@ -288,6 +293,9 @@ mod tests {
         assert!(verify_password(&phc, "s3cret:with colon"));
         assert!(!verify_password(&phc, "s3cret"));
         assert!(!verify_password("not a hash", "x"));
+        let empty = host::secret::hash_password("").expect("hash");
+        assert!(host::secret::verify_password(&empty, ""));
+        assert!(!verify_password(&empty, ""), "an empty password never logs in");
     }
 
     #[test]
