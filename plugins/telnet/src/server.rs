@@ -88,6 +88,56 @@ async fn next_line(
     }
 }
 
+/// Options whose value holds a password or its hash, in any plugin's `add` line: mail's
+/// `-u/--user USER=PASS`, telnet's `--passwd USER:HASH`.
+const SECRET_OPTIONS: [&str; 3] = ["-u", "--user", "--passwd"];
+
+/// A shell line for the log with secrets left out: the value of a [`SECRET_OPTIONS`] option
+/// (`-u V`, `-uV`, `--user=V`), and whatever `set SERVICE FIELD ...` gives a field named for
+/// users or passwords (mail's `users` holds Argon2 hashes).
+fn redacted(line: &str) -> String {
+    const HIDDEN: &str = "[not logged]";
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    let set_field = |field: &str| {
+        let field = field.to_ascii_lowercase();
+        ["user", "pass", "secret", "hash"]
+            .iter()
+            .any(|s| field.contains(s))
+    };
+    if words.first().is_some_and(|w| w.eq_ignore_ascii_case("set"))
+        && words.get(2).is_some_and(|field| set_field(field))
+    {
+        out.extend(words[..3].iter().map(|w| w.to_string()));
+        if words.len() > 3 {
+            out.push(HIDDEN.to_string());
+        }
+        return out.join(" ");
+    }
+    let mut hide_next = false;
+    for word in words {
+        if hide_next {
+            out.push(HIDDEN.to_string());
+            hide_next = false;
+            continue;
+        }
+        if SECRET_OPTIONS.contains(&word) {
+            hide_next = true;
+            out.push(word.to_string());
+        } else if let Some((option, _)) = word
+            .split_once('=')
+            .filter(|(option, _)| option.starts_with("--") && SECRET_OPTIONS.contains(option))
+        {
+            out.push(format!("{option}={HIDDEN}"));
+        } else if word.starts_with("-u") && word.len() > 2 && !word.starts_with("--") {
+            out.push(format!("-u{HIDDEN}"));
+        } else {
+            out.push(word.to_string());
+        }
+    }
+    out.join(" ")
+}
+
 fn text(line: Line) -> Option<String> {
     match line {
         Line::Text(text) => Some(text),
@@ -176,7 +226,8 @@ async fn session(
             }
             continue;
         };
-        // An audit line per command; one that carries a password is logged by its name only.
+        // An audit line per command; one that carries a password is logged by its name only,
+        // and the values of options that take one are left out ([`redacted`]).
         if line.to_ascii_lowercase().contains("password") {
             let command = line.split_whitespace().next().unwrap_or("");
             tracing::info!(
@@ -184,7 +235,7 @@ async fn session(
                 command.escape_debug()
             );
         } else {
-            tracing::info!("{user}: {}", line.escape_debug());
+            tracing::info!("{user}: {}", redacted(&line).escape_debug());
         }
         match shell.execute(&line).await {
             Outcome::Reply(reply) => {
@@ -199,4 +250,35 @@ async fn session(
         }
     }
     tracing::info!("user '{user}' from {peer} left");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn secrets_stay_out_of_the_audit_line() {
+        for (line, logged) in [
+            (
+                "add mail --name m2 -d e.net=/m -u erin=Plain55 -s tcp:25",
+                "add mail --name m2 -d e.net=/m -u [not logged] -s tcp:25",
+            ),
+            (
+                "add mail -d e.net=/m --user erin=Plain55 -uerin=x --user=erin=y",
+                "add mail -d e.net=/m --user [not logged] -u[not logged] --user=[not logged]",
+            ),
+            (
+                "add telnet --passwd admin:$argon2id$v=19$x",
+                "add telnet --passwd [not logged]",
+            ),
+            (
+                "set mail users {\"a@b\": \"$argon2id$...\"}",
+                "set mail users [not logged]",
+            ),
+            ("set mail hostname mx.e.net", "set mail hostname mx.e.net"),
+            ("status", "status"),
+        ] {
+            assert_eq!(redacted(line), logged, "{line}");
+        }
+    }
 }
