@@ -323,7 +323,7 @@ fn every_command_answers_and_errors_change_nothing() {
 
 #[test]
 fn add_stop_start_remove_a_web_service_live() {
-    let (_sb, twistd) = app();
+    let (_sb, mut twistd) = app();
     let mut shell = Client::login(twistd.addr(1));
     let added = shell.run(&format!(
         "add web --name extra --path www2 --listen {LOOPBACK0}"
@@ -346,6 +346,9 @@ fn add_stop_start_remove_a_web_service_live() {
     );
     assert!(shell.run("services").contains("stopped"));
     assert_eq!(shell.run("start extra"), "started extra");
+    // What a service started from the shell logs is its own, not the shell's.
+    let listening = twistd.wait_for("listening on");
+    assert!(listening.contains("[extra] listening on"), "{listening}");
     assert_eq!(shell.run("remove extra"), "removed extra");
     assert!(!shell.run("services").contains("extra"));
 

@@ -153,7 +153,8 @@ fn bind_service(
     spec: &ServiceSpec,
     endpoints: &[Endpoint],
 ) -> Result<Vec<BoundListener>, StartError> {
-    let span = tracing::info_span!("service", name = %spec.name, plugin = %spec.plugin);
+    let span =
+        tracing::info_span!(parent: None, "service", name = %spec.name, plugin = %spec.plugin);
     endpoints
         .iter()
         .map(|endpoint| {

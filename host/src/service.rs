@@ -71,7 +71,8 @@ impl ServiceContext {
             stopping: CancellationToken::new(),
             abort: abort_all.child_token(),
             tracker: TaskTracker::new(),
-            span: tracing::info_span!("service", name = %name, plugin = %plugin),
+            // A root span: a service started from the admin shell is not part of its session.
+            span: tracing::info_span!(parent: None, "service", name = %name, plugin = %plugin),
             connections: Arc::new(AtomicUsize::new(0)),
             control: None,
         }

@@ -295,7 +295,10 @@ mod tests {
         assert!(!verify_password("not a hash", "x"));
         let empty = host::secret::hash_password("").expect("hash");
         assert!(host::secret::verify_password(&empty, ""));
-        assert!(!verify_password(&empty, ""), "an empty password never logs in");
+        assert!(
+            !verify_password(&empty, ""),
+            "an empty password never logs in"
+        );
     }
 
     #[test]
