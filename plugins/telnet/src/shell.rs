@@ -94,8 +94,12 @@ fn services_table(services: &[ServiceInfo]) -> String {
 
 /// A command-line value for a config field: JSON when it parses as JSON (`3`, `true`,
 /// `["a","b"]`, `"quoted"`), otherwise the text itself; for a list field, a plain value is a
-/// comma-separated list.
+/// comma-separated list. A bare `null` is always JSON's: it clears an optional field (a field
+/// that is not one refuses it); the word itself is `"null"`.
 fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
+    if text == "null" {
+        return serde_json::Value::Null;
+    }
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         // A bare word that happens to be JSON (a number for a string field) keeps its type
         // only where the field is not a string.
@@ -382,6 +386,8 @@ mod tests {
         assert_eq!(field_value(Some(&json!(["a"])), r#"["z"]"#), json!(["z"]));
         assert_eq!(field_value(Some(&json!(1)), "25"), json!(25));
         assert_eq!(field_value(None, "true"), json!(true));
+        assert_eq!(field_value(Some(&json!("a.test")), "null"), json!(null));
+        assert_eq!(field_value(Some(&json!("a")), r#""null""#), json!("null"));
     }
 
     #[test]
