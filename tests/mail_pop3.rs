@@ -106,6 +106,14 @@ fn pop3_locks_mailboxes_and_delays_and_logs_failed_logins() {
     assert!(second.line().starts_with("+OK"));
     let in_use = second.line();
     assert!(in_use.starts_with("-ERR [IN-USE]"), "{in_use}");
+    // The lock is the Maildir's: another server on the same Maildirs keeps to it too.
+    let other = serve(&sb, &[]);
+    let mut third = Raw::connect(other.addr(1));
+    assert!(third.line().starts_with("+OK"));
+    third.send(b"USER alice\r\nPASS wonderland\r\n");
+    assert!(third.line().starts_with("+OK"));
+    let in_use = third.line();
+    assert!(in_use.starts_with("-ERR [IN-USE]"), "{in_use}");
 
     second.send(b"USER bob\r\nPASS not-his-password\r\n");
     assert!(second.line().starts_with("+OK"));

@@ -30,23 +30,68 @@ use tokio::sync::oneshot;
 
 /// Creates a Maildir (and its parents) if it is missing. A new one is flushed to disk, parent
 /// entry included, so that messages acknowledged into it cannot vanish with their directory.
+/// Its `tmp/`, `new/` and `cur/` must be writable by this process (as it runs now, after
+/// dropping privileges): a start that could not deliver fails here, not at each message. An
+/// error names the directory at fault.
 pub fn ensure(path: &Path) -> io::Result<()> {
-    if ["tmp", "new", "cur"]
-        .iter()
-        .all(|sub| path.join(sub).is_dir())
-    {
-        return Ok(());
+    let subs = ["tmp", "new", "cur"];
+    if !subs.iter().all(|sub| path.join(sub).is_dir()) {
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for sub in subs {
+            let dir = path.join(sub);
+            builder
+                .create(&dir)
+                .map_err(|e| match not_a_directory(&dir) {
+                    Some(file) => io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{}: exists and is not a directory", file.display()),
+                    ),
+                    None => at(&dir, e),
+                })?;
+        }
+        File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| at(path, e))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| at(parent, e))?;
+        }
     }
-    let mut builder = DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    for sub in ["tmp", "new", "cur"] {
-        builder.create(path.join(sub))?;
-    }
-    File::open(path)?.sync_all()?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)?.sync_all()?;
+    for sub in subs {
+        let dir = path.join(sub);
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            &dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            AtFlags::EACCESS,
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(
+                e.kind(),
+                format!("{}: cannot write there: {e}", dir.display()),
+            )
+        })?;
     }
     Ok(())
+}
+
+/// An error about `path`, naming it (of the same kind).
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The first ancestor of `dir` (or itself) that exists and is not a directory.
+fn not_a_directory(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|p| p.symlink_metadata().is_ok_and(|m| !m.is_dir()) && !p.is_dir())
+        .map(Path::to_path_buf)
 }
 
 /// How old a file in `tmp/` must be before [`clean_tmp`] removes it: the Maildir
@@ -166,10 +211,10 @@ impl Dirs {
                 Mode::empty(),
             )
         };
-        let new_path = maildir.join("new");
+        let (tmp_path, new_path) = (maildir.join("tmp"), maildir.join("new"));
         Ok(Dirs {
-            tmp: open(&maildir.join("tmp"))?,
-            new: open(&new_path)?,
+            tmp: open(&tmp_path).map_err(|e| at(&tmp_path, io::Error::from(e)))?,
+            new: open(&new_path).map_err(|e| at(&new_path, io::Error::from(e)))?,
             new_path,
         })
     }
@@ -186,12 +231,8 @@ struct Placed {
 
 impl Placed {
     fn rename(&self) -> io::Result<()> {
-        Ok(rustix::fs::renameat(
-            &self.dirs.tmp,
-            &self.name,
-            &self.dirs.new,
-            &self.name,
-        )?)
+        rustix::fs::renameat(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name)
+            .map_err(|e| at(&self.dirs.new_path, io::Error::from(e)))
     }
 
     /// Removes the file from `tmp/` (`false`) or `new/` (`true`), on the way back from a
@@ -352,7 +393,8 @@ impl Namer {
             &name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
-        )?;
+        )
+        .map_err(|e| at(&dirs.new_path.with_file_name("tmp"), io::Error::from(e)))?;
         let placed = Placed {
             dirs: dirs.clone(),
             name,
@@ -1137,6 +1179,50 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.contains(".host\\057x\\072y,S=10,W=12"), "{a}");
         assert_eq!(crlf_size_from_name(&a), Some(12));
+    }
+
+    /// A Maildir this process cannot write is refused when it is made ready, naming the
+    /// directory; so is one under a file. Root writes whatever the mode says, so as root
+    /// `new/` is made immutable (chattr, from e2fsprogs) instead of read-only.
+    #[test]
+    fn a_maildir_that_cannot_be_written_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let maildir = dir.path().join("alice");
+        ensure(&maildir).expect("made");
+        let new = maildir.join("new");
+        let root = rustix::process::geteuid().is_root();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&new)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if root {
+            assert!(chattr("+i"), "chattr +i {}", new.display());
+        } else {
+            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o500))
+                .expect("chmod");
+        }
+        let refused = ensure(&maildir).expect_err("new/ cannot be written");
+        if root {
+            chattr("-i");
+        }
+        assert!(
+            refused
+                .to_string()
+                .starts_with(&format!("{}: cannot write there", new.display())),
+            "{refused}"
+        );
+        std::fs::write(dir.path().join("file"), "").expect("write");
+        let under_a_file = ensure(&dir.path().join("file/bob")).expect_err("under a file");
+        assert_eq!(
+            under_a_file.to_string(),
+            format!(
+                "{}: exists and is not a directory",
+                dir.path().join("file").display()
+            )
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! connection or a stopping service deletes nothing. UIDLs are the Maildir unique names, which
 //! stay the same across sessions and across a move from `new/` to `cur/`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +38,6 @@ pub const MAX_FAILED_LOGINS: u32 = 3;
 pub struct Pop3 {
     pub directory: Directory,
     pub hostname: String,
-    /// Maildirs with a session in the TRANSACTION state.
-    pub locked: Arc<Mutex<HashSet<PathBuf>>>,
     /// Sizes learnt by reading messages, per Maildir, for the next login (see
     /// [`maildir::SizeCache`]); a session takes its Maildir's out while it lists.
     pub sizes: Mutex<HashMap<PathBuf, maildir::SizeCache>>,
@@ -64,31 +62,27 @@ impl Pop3 {
     }
 }
 
-/// A mailbox held by one session; dropping it releases the mailbox.
+/// A mailbox held by one session: an flock(2) on its Maildir directory, so two services (or
+/// two processes) serving one Maildir also keep to one session; closing it releases the
+/// mailbox, whatever ends the session.
 struct MailboxLock {
-    locked: Arc<Mutex<HashSet<PathBuf>>>,
-    path: PathBuf,
+    _held: std::os::fd::OwnedFd,
 }
 
 impl MailboxLock {
-    fn take(locked: &Arc<Mutex<HashSet<PathBuf>>>, path: &Path) -> Option<MailboxLock> {
-        let mut set = locked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        set.insert(path.to_path_buf()).then(|| MailboxLock {
-            locked: locked.clone(),
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for MailboxLock {
-    fn drop(&mut self) {
-        let mut set = self
-            .locked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        set.remove(&self.path);
+    /// The lock, or `None` when another session holds it.
+    fn take(maildir: &Path) -> std::io::Result<Option<MailboxLock>> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let dir = rustix::fs::open(
+            maildir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(MailboxLock { _held: dir })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -296,14 +290,27 @@ impl Session {
                 return self.reply("-ERR [AUTH] invalid user name or password");
             }
         };
-        let Some(lock) = MailboxLock::take(&pop3.locked, &mailbox.path) else {
-            return self.reply("-ERR [IN-USE] the mailbox is in use by another session");
+        let path = mailbox.path.clone();
+        let locked = blocking(move || {
+            maildir::ensure(&path)?;
+            MailboxLock::take(&path)
+        })
+        .await;
+        let lock = match locked {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return self.reply("-ERR [IN-USE] the mailbox is in use by another session")
+            }
+            Err(e) => {
+                tracing::error!(mailbox = %mailbox, "cannot open the maildir: {e}");
+                return self.reply("-ERR [SYS/TEMP] cannot open the mailbox");
+            }
         };
         let path = mailbox.path.clone();
         let mut sizes = pop3.sizes().remove(&path).unwrap_or_default();
         let listed = blocking(move || {
-            maildir::ensure(&path)?;
-            let listed = maildir::list(&path, &mut sizes)?;
+            let listed = maildir::list(&path, &mut sizes)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             Ok((listed, sizes))
         })
         .await

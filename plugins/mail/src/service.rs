@@ -3,7 +3,7 @@
 //! The tap's `listen` list and the config's `protocols` pair up position by position, so each
 //! [`BoundListener`] is matched to its protocol without looking at its address.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use host::service::{serve, ServiceContext};
@@ -109,8 +109,7 @@ impl Service for MailService {
         }
         // Every known user's Maildir exists before the first message or login arrives.
         for mailbox in self.directory.mailboxes() {
-            maildir::ensure(&mailbox.path)
-                .map_err(|e| format!("maildir {}: {e}", mailbox.path.display()))?;
+            maildir::ensure(&mailbox.path).map_err(|e| format!("maildir of {mailbox}: {e}"))?;
             clean(&mailbox.path);
         }
         let deliverer = Deliverer::new(&self.hostname, self.flush);
@@ -143,7 +142,6 @@ impl Service for MailService {
         let pop3 = Arc::new(Pop3 {
             directory: self.directory.clone(),
             hostname: self.hostname.clone(),
-            locked: Arc::new(Mutex::new(HashSet::new())),
             sizes: Mutex::new(HashMap::new()),
             decoy_hash,
             tls: self.tls.clone(),
