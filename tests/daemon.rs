@@ -341,7 +341,7 @@ fn uid_nobody_still_serves_a_port_below_1024() {
     let endpoint = format!("tcp:{port}:interface=127.0.0.1");
     // The tap names the user; no --uid flag overrides it here.
     sb.mktap_ok(&["-u", "nobody", "web", "--path", "www", "--port", &endpoint]);
-    let daemon = Daemon::start(&sb, &["-o", "-f", "web.tap"]);
+    let daemon = Daemon::start(&sb, &["-f", "web.tap"]);
     let nobody = nix::unistd::User::from_name("nobody")
         .expect("lookup")
         .expect("nobody exists");
@@ -368,10 +368,18 @@ fn uid_nobody_still_serves_a_port_below_1024() {
         "the log belongs to the new user"
     );
     daemon.stop();
+    let log = sb.read("twistd.log");
     assert!(
-        sb.read("twistd.log").contains("cannot remove pidfile"),
+        log.contains("cannot remove pidfile"),
         "a root-owned run directory keeps the pidfile: a warning, not a failure"
     );
+    // Nor can nobody write the shutdown save there: said at start, when it can be mended.
+    let start = log.find("ready:").expect("ready");
+    let warned = log
+        .find("the shutdown save (web-shutdown.*) will fail")
+        .expect("a warning");
+    assert!(warned < start, "{log}");
+    assert!(!sb.join("web-shutdown.tap").exists());
 }
 
 #[test]

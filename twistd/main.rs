@@ -370,6 +370,9 @@ fn run_logged(
         if let Some(target) = &target {
             privileges::drop_to(target)?;
         }
+        if save {
+            warn_if_unsaveable(&app.name);
+        }
         let settings = Settings {
             save,
             format,
@@ -399,6 +402,31 @@ fn run_logged(
         notifier.failed(failure);
     }
     result
+}
+
+/// The shutdown save goes into the run directory, as the process runs then (after `-u/-g`):
+/// one it cannot write there would lose every change made in the admin shell, so it is said
+/// at start, where it can still be mended.
+fn warn_if_unsaveable(name: &str) {
+    use nix::fcntl::AtFlags;
+    use nix::unistd::AccessFlags;
+    let writable = nix::unistd::faccessat(
+        nix::fcntl::AT_FDCWD,
+        ".",
+        AccessFlags::W_OK | AccessFlags::X_OK,
+        AtFlags::AT_EACCESS,
+    );
+    if let Err(e) = writable {
+        let dir = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| ".".into());
+        tracing::warn!(
+            "the shutdown save ({name}-shutdown.*) will fail: this process (uid {}) cannot \
+             write the run directory {dir} ({e}); give --rundir a directory it can write, or \
+             --no-save",
+            nix::unistd::geteuid()
+        );
+    }
 }
 
 /// chroot, chdir to the run directory, umask: the process's surroundings, set before the fork.
