@@ -67,6 +67,7 @@ fn mktap_stores_argon2id_hashes_in_a_private_tap() {
 #[test]
 fn bad_options_are_refused_naming_the_option() {
     let sb = Sandbox::new();
+    sb.write("afile", "");
     let cases: &[(&[&str], &str)] = &[
         (&["mail", "-u", "alice=x"], "--user alice: give a domain"),
         (
@@ -117,6 +118,10 @@ fn bad_options_are_refused_naming_the_option() {
         (
             &["mail", "-d", "e.com=md/e", "--relay", "md"],
             "--relay md: shares files",
+        ),
+        (
+            &["mail", "-d", "e.com=afile"],
+            "--maildirdbmdomain e.com: afile is not a directory",
         ),
         (
             &["mail", "-d", "e.com=md", "-D", "--relay", "queue"],

@@ -532,6 +532,11 @@ impl Plugin for MailPlugin {
             }
             if path.as_os_str().is_empty() {
                 problems.push(format!("--maildirdbmdomain {name}: no path"));
+            } else if path.symlink_metadata().is_ok() && !path.is_dir() {
+                problems.push(format!(
+                    "--maildirdbmdomain {name}: {} is not a directory",
+                    path.display()
+                ));
             }
         }
         for (address, hash) in &config.users {

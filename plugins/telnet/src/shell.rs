@@ -92,6 +92,19 @@ fn services_table(services: &[ServiceInfo]) -> String {
     out
 }
 
+/// Replaces every password hash in a config (an Argon2 PHC string) by a placeholder, for
+/// `show`: as doveconf hides passwords, what can be cracked offline is not printed.
+fn hide_hashes(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.starts_with("$argon2") => {
+            *text = "[argon2 hash]".into()
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(hide_hashes),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(hide_hashes),
+        _ => {}
+    }
+}
+
 /// A command-line value for a config field: JSON when it parses as JSON (`3`, `true`,
 /// `["a","b"]`, `"quoted"`), otherwise the text itself; for a list field, a plain value is a
 /// comma-separated list. A bare `null` is always JSON's: it clears an optional field (a field
@@ -151,8 +164,11 @@ impl Shell {
                 Outcome::Reply(services_table(&self.control.list().await))
             }
             ("show", [name]) => match self.control.show(name).await {
-                Ok(spec) => match ron::ser::to_string_pretty(
-                    &spec,
+                Ok(mut spec) => match ron::ser::to_string_pretty(
+                    &{
+                        hide_hashes(&mut spec.config);
+                        spec
+                    },
                     ron::ser::PrettyConfig::new().struct_names(false),
                 ) {
                     Ok(text) => Outcome::Reply(text + "\n"),
@@ -388,6 +404,18 @@ mod tests {
         assert_eq!(field_value(None, "true"), json!(true));
         assert_eq!(field_value(Some(&json!("a.test")), "null"), json!(null));
         assert_eq!(field_value(Some(&json!("a")), r#""null""#), json!("null"));
+    }
+
+    #[test]
+    fn show_hides_password_hashes() {
+        let mut config = json!({"users": {"a@b.test": "$argon2id$v=19$m=19456$x$y"},
+                                "list": ["$argon2i$z", "plain"], "hostname": "mx"});
+        hide_hashes(&mut config);
+        assert_eq!(
+            config,
+            json!({"users": {"a@b.test": "[argon2 hash]"},
+                   "list": ["[argon2 hash]", "plain"], "hostname": "mx"})
+        );
     }
 
     #[test]
