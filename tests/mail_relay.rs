@@ -30,16 +30,11 @@ fn relay_queues_retries_with_backoff_and_delivers_to_the_smarthost() {
     let port = free_port();
     let smarthost_addr = format!("127.0.0.1:{port}");
     let mut twistd = relay_via(&a, &smarthost_addr, &["--relay-min-backoff", "1"], &[]);
-    python(
+    send_from_alice(
         a.path(),
-        r#"
-import smtplib, sys
-host, port = sys.argv[1].rsplit(':', 1)
-with smtplib.SMTP(host, int(port)) as s:
-    s.sendmail('alice@example.com', ['carol@remote.test', 'bob@example.com'],
-               'Subject: across\r\n\r\n.dotted line\r\nbye\r\n')
-"#,
-        &[&twistd.addr(0).to_string()],
+        twistd.addr(0),
+        &["carol@remote.test", "bob@example.com"],
+        "Subject: across\r\n\r\n.dotted line\r\nbye\r\n",
     );
     assert_eq!(
         files(&a, "bob", "new").len(),
@@ -267,17 +262,16 @@ fn aliases_forward_through_the_relay_and_a_recipient_is_queued_once() {
         &["-A", "aliases", "--relay-min-backoff", "1"],
         &[],
     );
-    python(
+    send_from_alice(
         a.path(),
-        r#"
-import smtplib, sys
-host, port = sys.argv[1].rsplit(':', 1)
-with smtplib.SMTP(host, int(port)) as s:
-    s.sendmail('alice@example.com',
-               ['list@example.com', 'bob@example.com', 'carol@Remote.Test', 'carol@remote.test'],
-               'Subject: listed\r\n\r\nbody\r\n')
-"#,
-        &[&twistd.addr(0).to_string()],
+        twistd.addr(0),
+        &[
+            "list@example.com",
+            "bob@example.com",
+            "carol@Remote.Test",
+            "carol@remote.test",
+        ],
+        "Subject: listed\r\n\r\nbody\r\n",
     );
     assert_eq!(files(&a, "bob", "new").len(), 1, "bob keeps one copy");
     let queued = only_queue_file(&a);
@@ -294,16 +288,25 @@ with smtplib.SMTP(host, int(port)) as s:
 
 /// Sends one message from alice to carol@remote.test through the relay at `addr`.
 fn submit(dir: &Path, addr: SocketAddr, subject: &str) {
+    send_from_alice(
+        dir,
+        addr,
+        &["carol@remote.test"],
+        &format!("Subject: {subject}\r\n\r\nbody\r\n"),
+    );
+}
+
+/// Sends `message` from alice@example.com to `rcpts` through the server at `addr` (smtplib).
+fn send_from_alice(dir: &Path, addr: SocketAddr, rcpts: &[&str], message: &str) {
     python(
         dir,
         r#"
 import smtplib, sys
 host, port = sys.argv[1].rsplit(':', 1)
 with smtplib.SMTP(host, int(port)) as s:
-    s.sendmail('alice@example.com', ['carol@remote.test'],
-               'Subject: %s\r\n\r\nbody\r\n' % sys.argv[2])
+    s.sendmail('alice@example.com', sys.argv[2].split(','), sys.argv[3])
 "#,
-        &[&addr.to_string(), subject],
+        &[&addr.to_string(), &rcpts.join(","), message],
     );
 }
 
@@ -675,17 +678,15 @@ fn relay_delivers_by_mx_through_the_resolver_given() {
     let _remote = remote(&b, &format!("tcp:25:interface={mx_ip}"), &[]);
     let resolver = format!("127.0.0.1:{}", dns.port);
     let mut relay = serve(&a, &["--relay", "queue", "--relay-resolver", &resolver]);
-    python(
+    send_from_alice(
         a.path(),
-        r#"
-import smtplib, sys
-host, port = sys.argv[1].rsplit(':', 1)
-with smtplib.SMTP(host, int(port)) as s:
-    s.sendmail('alice@example.com',
-               ['carol@remote.test', 'nobody@nomail.test', 'ghost@nowhere.test'],
-               'Subject: by mx\r\nMessage-ID: <mx1@example.com>\r\n\r\nbody\r\n')
-"#,
-        &[&relay.addr(0).to_string()],
+        relay.addr(0),
+        &[
+            "carol@remote.test",
+            "nobody@nomail.test",
+            "ghost@nowhere.test",
+        ],
+        "Subject: by mx\r\nMessage-ID: <mx1@example.com>\r\n\r\nbody\r\n",
     );
     wait_until("carol has the message", || {
         count(&b.join("maildir/carol/new")) == 1
