@@ -69,9 +69,9 @@ pub fn ensure(path: &Path) -> io::Result<()> {
         )
         .map_err(|e| {
             let e = io::Error::from(e);
-            io::Error::new(
-                e.kind(),
-                format!("{}: cannot write there: {e}", dir.display()),
+            at(
+                &dir,
+                io::Error::new(e.kind(), format!("cannot write there: {e}")),
             )
         })?;
     }
@@ -79,18 +79,16 @@ pub fn ensure(path: &Path) -> io::Result<()> {
 }
 
 /// An error about `path`, naming it (of the same kind).
-fn at(path: &Path, e: io::Error) -> io::Error {
+fn at(path: &Path, e: impl Into<io::Error>) -> io::Error {
+    let e = e.into();
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// The first ancestor of `dir` (or itself) that exists and is not a directory.
+/// The outermost ancestor of `dir` (or itself) that exists and is not a directory.
 fn not_a_directory(dir: &Path) -> Option<PathBuf> {
     dir.ancestors()
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .find(|p| p.symlink_metadata().is_ok_and(|m| !m.is_dir()) && !p.is_dir())
+        .filter(|p| !p.as_os_str().is_empty() && p.exists() && !p.is_dir())
+        .last()
         .map(Path::to_path_buf)
 }
 
@@ -213,8 +211,8 @@ impl Dirs {
         };
         let (tmp_path, new_path) = (maildir.join("tmp"), maildir.join("new"));
         Ok(Dirs {
-            tmp: open(&tmp_path).map_err(|e| at(&tmp_path, io::Error::from(e)))?,
-            new: open(&new_path).map_err(|e| at(&new_path, io::Error::from(e)))?,
+            tmp: open(&tmp_path).map_err(|e| at(&tmp_path, e))?,
+            new: open(&new_path).map_err(|e| at(&new_path, e))?,
             new_path,
         })
     }
@@ -232,7 +230,7 @@ struct Placed {
 impl Placed {
     fn rename(&self) -> io::Result<()> {
         rustix::fs::renameat(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name)
-            .map_err(|e| at(&self.dirs.new_path, io::Error::from(e)))
+            .map_err(|e| at(&self.dirs.new_path, e))
     }
 
     /// Removes the file from `tmp/` (`false`) or `new/` (`true`), on the way back from a
@@ -394,7 +392,7 @@ impl Namer {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )
-        .map_err(|e| at(&dirs.new_path.with_file_name("tmp"), io::Error::from(e)))?;
+        .map_err(|e| at(&dirs.new_path.with_file_name("tmp"), e))?;
         let placed = Placed {
             dirs: dirs.clone(),
             name,
@@ -982,8 +980,9 @@ pub fn list(maildir: &Path, sizes: &mut SizeCache) -> io::Result<Vec<Message>> {
     let mut learnt = SizeCache::new();
     let mut uids = HashSet::new();
     for sub in ["new", "cur"] {
-        for entry in std::fs::read_dir(maildir.join(sub))? {
-            let entry = entry?;
+        let dir = maildir.join(sub);
+        for entry in std::fs::read_dir(&dir).map_err(|e| at(&dir, e))? {
+            let entry = entry.map_err(|e| at(&dir, e))?;
             let file_name = entry.file_name();
             let name = file_name.as_bytes();
             if name.starts_with(b".") {
@@ -1073,8 +1072,9 @@ fn digest(bytes: &[u8]) -> String {
 pub fn locate(maildir: &Path, unique: &[u8]) -> io::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     for sub in ["new", "cur"] {
-        for entry in std::fs::read_dir(maildir.join(sub))? {
-            let entry = entry?;
+        let dir = maildir.join(sub);
+        for entry in std::fs::read_dir(&dir).map_err(|e| at(&dir, e))? {
+            let entry = entry.map_err(|e| at(&dir, e))?;
             if unique_of(entry.file_name().as_bytes()) == unique {
                 return Ok(Some(entry.path()));
             }

@@ -309,8 +309,7 @@ impl Session {
         let path = mailbox.path.clone();
         let mut sizes = pop3.sizes().remove(&path).unwrap_or_default();
         let listed = blocking(move || {
-            let listed = maildir::list(&path, &mut sizes)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let listed = maildir::list(&path, &mut sizes)?;
             Ok((listed, sizes))
         })
         .await
