@@ -14,7 +14,7 @@ use std::process::Command as Process;
 
 use clap::{Arg, ArgMatches, Command};
 use host::exit::{self, Failure};
-use host::{tapfile, Format, Registry, TapError};
+use host::{tapfile, Format, PluginError, Registry, TapError};
 
 /// The options of both tools, after Twisted's `tap2deb`/`tap2rpm`. `package` is the option
 /// naming the package: `-d/--debfile` or `-r/--rpmfile`.
@@ -284,6 +284,18 @@ impl Spec {
                 Failure::config(format!("{e} (it looks like {found}: -y {y})"))
             }
         })?;
+        // A package of a tap that twistd would refuse would only fail when the unit starts. A
+        // plugin this machine lacks may be installed where the package goes: not checked here.
+        if let Err(errors) = registry.check_source(&app, Some((&text, format))) {
+            let lines: Vec<String> = errors
+                .iter()
+                .filter(|e| !matches!(e, PluginError::Unknown { .. }))
+                .map(|e| e.in_file(&tap_path))
+                .collect();
+            if !lines.is_empty() {
+                return Err(Failure::config(lines.join(&format!("\n{tool}: "))));
+            }
+        }
         Ok(Spec {
             tap: text.as_bytes().to_vec(),
             private: registry.holds_secrets(&app),

@@ -249,6 +249,18 @@ fn bad_inputs(program: &str) {
         78,
         "broken.tap:1:",
     );
+    // A config twistd would refuse: the line and column of the value.
+    sb.write(
+        "config.tap",
+        "{\"version\": 1, \"name\": \"web\", \"services\": [{\"name\": \"web\", \"plugin\": \"web\",\n  \"config\": {\"path\": 42}}]}",
+    );
+    refuse(
+        &sb,
+        program,
+        &["-t", "config.tap", "-m", m],
+        78,
+        "config.tap:2:22: service 'web' (plugin web): config.path: invalid type",
+    );
     std::fs::copy(util::repo().join("configs/web.tas"), sb.join("ron.tas")).expect("copy");
     refuse(
         &sb,

@@ -205,12 +205,29 @@ fn bad_taps_are_refused_with_a_clear_line() {
             r#"{{"version": 1, "name": "web", "services": [{{"name": "web", "plugin": "{plugin}", "listen": ["{listen}"], "config": {config}}}]}}"#
         )
     };
+    // Config errors name the line and column of the value, found in the text after the plugin
+    // refused the decoded value.
+    let field = service("web", LOOPBACK0, r#"{"path": "www", "colour": "blue"}"#);
+    let field_at = format!("field.tap:1:{}: ", field.find(r#""blue""#).expect("in") + 1);
+    let typed = service(
+        "web",
+        LOOPBACK0,
+        r#"{"path": "www", "index": "index.html"}"#,
+    );
+    let typed_at = format!(
+        "type.tap:1:{}: ",
+        typed.find(r#""index.html""#).expect("in") + 1
+    );
+    let source = format!(
+        "// hand edited\n(\n    version: 1,\n    name: \"web\",\n    services: [(\n        name: \"web\",\n        plugin: \"web\",\n        listen: [\"{LOOPBACK0}\"],\n        config: {{\n            \"path\": \"www\",\n            \"index\": \"index.html\",\n        }},\n    )],\n)\n"
+    );
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax.tap", "{\n  \"version\": 1,\n  \"name\": \"web\"\n  \"services\": []\n}\n".into(), vec!["syntax.tap:4:3", "expected"]),
         ("syntax.tas", "(\n    version: 1,\n    name: \"web\",\n    services: [(name: \"web\" plugin: \"web\")],\n)\n".into(), vec!["syntax.tas:4:"]),
         ("plugin.tap", service("gopher", LOOPBACK0, "{}"), vec!["unknown plugin 'gopher'", "known: web"]),
-        ("field.tap", service("web", LOOPBACK0, r#"{"path": "www", "colour": "blue"}"#), vec!["unknown field `colour`"]),
-        ("type.tap", service("web", LOOPBACK0, r#"{"path": "www", "index": "index.html"}"#), vec!["config.index", "expected a sequence"]),
+        ("field.tap", field.clone(), vec![&field_at, "unknown field `colour`"]),
+        ("type.tap", typed.clone(), vec![&typed_at, "config.index", "expected a sequence"]),
+        ("type.tas", source, vec!["type.tas:11:22: ", "config.index", "expected a sequence"]),
         ("type2.tap", service("web", LOOPBACK0, r#"{"path": 42}"#), vec!["config.path", "integer `42`"]),
         ("missing.tap", service("web", LOOPBACK0, r#"{"path": "no-such-dir"}"#), vec!["--path no-such-dir"]),
         ("endpoint.tap", service("web", "tcp:80:interface=localhost", r#"{"path": "www"}"#), vec!["endpoint.tap:1:", "services[0].listen[0]", "interface 'localhost'"]),

@@ -239,28 +239,25 @@ fn load(registry: &Registry, matches: &ArgMatches) -> Result<Loaded, Failure> {
     // The passphrase is asked for here, before the fork, while there is a terminal. Only the
     // derived key is kept (in the Control, wiped when dropped) to encrypt the shutdown save
     // again; the passphrase itself is wiped as soon as the key is derived.
-    let (app, format, key) = if encrypted {
+    let loaded = if encrypted {
         let secret = passphrase::read(
             passphrase_file,
             &format!("Passphrase for {}: ", path.display()),
             false,
         )
         .map_err(Failure::usage)?;
-        let (app, format, key) =
-            tapfile::load_encrypted(&path, secret.as_bytes()).map_err(Failure::config)?;
-        (app, format, Some(key))
+        // A plain file given a passphrase is refused (TapError::NotEncrypted), so key is Some.
+        tapfile::open(&path, Some(secret.as_bytes())).map_err(Failure::config)?
     } else {
-        let (app, format) = tapfile::load(&path).map_err(Failure::config)?;
-        (app, format, None)
+        tapfile::open(&path, None).map_err(Failure::config)?
     };
-    registry.check(&app).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {e}", path.display()))
-            .collect();
-        Failure::config(lines.join("\ntwistd: "))
-    })?;
-    Ok((app, format, !no_save, key))
+    registry
+        .check_source(&loaded.app, Some((&loaded.text, loaded.format)))
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| e.in_file(&path)).collect();
+            Failure::config(lines.join("\ntwistd: "))
+        })?;
+    Ok((loaded.app, loaded.format, !no_save, loaded.key))
 }
 
 fn log_destination(matches: &ArgMatches, daemon: bool) -> Result<Destination, Failure> {

@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::app::{Application, ServiceSpec};
 use crate::endpoint::Endpoint;
+use crate::locate;
 use crate::service::Service;
+use crate::tapfile::Format;
 
 /// A typed plugin, as built-ins write them.
 pub trait Plugin: Send + Sync + 'static {
@@ -161,9 +163,26 @@ pub enum PluginError {
         service: String,
         plugin: String,
         problems: Vec<String>,
+        /// Line and column in the tap's text of the field the first problem names, when the
+        /// check was given the text ([`Registry::check_source`]).
+        at: Option<(usize, usize)>,
     },
     #[error("a plugin named '{0}' is already registered")]
     Duplicate(String),
+}
+
+impl PluginError {
+    /// This error as a line about the tap file `path`: `PATH:LINE:COLUMN: ...` when the field
+    /// it names was found in the text, as syntax errors are written.
+    pub fn in_file(&self, path: &std::path::Path) -> String {
+        match self {
+            PluginError::Invalid {
+                at: Some((line, column)),
+                ..
+            } => format!("{}:{line}:{column}: {self}", path.display()),
+            _ => format!("{}: {self}", path.display()),
+        }
+    }
 }
 
 /// The plugins a binary knows, in the order `--help` lists them.
@@ -221,15 +240,31 @@ impl Registry {
 
     /// Checks every service of an application against its plugin; all problems, not the first.
     pub fn check(&self, app: &Application) -> Result<(), Vec<PluginError>> {
+        self.check_source(app, None)
+    }
+
+    /// [`Registry::check`] of an application read from `source` (its text and format): a
+    /// problem that names a config field also gets that field's line and column.
+    pub fn check_source(
+        &self,
+        app: &Application,
+        source: Option<(&str, Format)>,
+    ) -> Result<(), Vec<PluginError>> {
         let errors: Vec<PluginError> = app
             .services
             .iter()
-            .filter_map(|spec| match self.get(&spec.plugin) {
+            .enumerate()
+            .filter_map(|(i, spec)| match self.get(&spec.plugin) {
                 Err(e) => Some(e),
                 Ok(maker) => maker
                     .check(spec)
                     .err()
                     .map(|problems| PluginError::Invalid {
+                        at: source
+                            .zip(problems.first())
+                            .and_then(|((text, format), first)| {
+                                locate::config_field(text, format, i, first)
+                            }),
                         service: spec.name.clone(),
                         plugin: spec.plugin.clone(),
                         problems,

@@ -148,10 +148,8 @@ struct VersionProbe {
 /// [`crate::Registry`], which knows the plugins. An encrypted tap is refused with
 /// [`TapError::Encrypted`]; open those with [`load_encrypted`].
 pub fn load(path: &Path) -> Result<(Application, Format), TapError> {
-    let (text, _) = read_text(path, None)?;
-    let format = Format::detect(path, &text);
-    let app = parse(&text, format, path)?;
-    Ok((app, format))
+    let loaded = open(path, None)?;
+    Ok((loaded.app, loaded.format))
 }
 
 /// Reads, decrypts, decodes and checks an encrypted tap. Also returns the key, so the
@@ -160,13 +158,35 @@ pub fn load_encrypted(
     path: &Path,
     passphrase: &[u8],
 ) -> Result<(Application, Format, Key), TapError> {
-    let (text, key) = read_text(path, Some(passphrase))?;
-    let key = key.ok_or_else(|| TapError::NotEncrypted {
+    let loaded = open(path, Some(passphrase))?;
+    let key = loaded.key.ok_or_else(|| TapError::NotEncrypted {
         path: path.to_path_buf(),
     })?;
+    Ok((loaded.app, loaded.format, key))
+}
+
+/// A tap as [`open`] read it.
+pub struct Loaded {
+    pub app: Application,
+    pub format: Format,
+    /// The text it was decoded from, for positions in later errors
+    /// ([`crate::Registry::check_source`]).
+    pub text: Zeroizing<String>,
+    /// The key of an encrypted tap, to save it encrypted again.
+    pub key: Option<Key>,
+}
+
+/// [`load`], or with a passphrase [`load_encrypted`], keeping the text.
+pub fn open(path: &Path, passphrase: Option<&[u8]>) -> Result<Loaded, TapError> {
+    let (text, key) = read_text(path, passphrase)?;
     let format = Format::detect(path, &text);
     let app = parse(&text, format, path)?;
-    Ok((app, format, key))
+    Ok(Loaded {
+        app,
+        format,
+        text,
+        key,
+    })
 }
 
 /// A tap's text as written, decrypted first when a passphrase is given (and then the key).

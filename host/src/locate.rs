@@ -1,0 +1,275 @@
+//! Where a field of a service's `config` is written in a tap's text.
+//!
+//! A tap is decoded in two steps: the envelope first, with each service's `config` kept as a
+//! JSON value, then each config by its plugin's own type. The first step names the line and
+//! column of what it refuses; the second cannot, because a JSON value has no positions. This
+//! module puts them back: given the field path a plugin's error names (`config.users.alice`), it
+//! walks the original text, borrowing each map or list member as raw text (serde_json's and
+//! RON's `RawValue`), down to the value the path names.
+//!
+//! Walking the text rather than decoding the plugin's type from it again keeps the plugin
+//! contract as it is (a [`crate::Maker`] sees JSON values only, external plugins included), and
+//! never disagrees with the decoding that found the error.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::tapfile::Format;
+
+/// One level of a tap's text: a map's (key, member text) pairs, a list's member texts, or a
+/// value with no members.
+enum Node<'a> {
+    Map(Vec<(String, &'a str)>),
+    Seq(Vec<&'a str>),
+    Leaf,
+}
+
+/// A member borrowed as the text it was written as.
+trait Raw<'a>: Deserialize<'a> {
+    fn text(&self) -> &'a str;
+}
+
+impl<'a> Raw<'a> for &'a serde_json::value::RawValue {
+    fn text(&self) -> &'a str {
+        self.get()
+    }
+}
+
+impl<'a> Raw<'a> for &'a ron::value::RawValue {
+    fn text(&self) -> &'a str {
+        self.get_ron()
+    }
+}
+
+struct NodeVisitor<R>(PhantomData<R>);
+
+impl<'de, R: Raw<'de>> Visitor<'de> for NodeVisitor<R> {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: R = map.next_value()?;
+            members.push((key, value.text()));
+        }
+        Ok(Node::Map(members))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut members = Vec::new();
+        while let Some(value) = seq.next_element::<R>()? {
+            members.push(value.text());
+        }
+        Ok(Node::Seq(members))
+    }
+
+    // RON's `Some(x)` and newtype structs: the member is the inner value.
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Node<'de>, A::Error> {
+        let _: (IgnoredAny, _) = data.variant()?;
+        Ok(Node::Leaf)
+    }
+}
+
+fn node(text: &str, format: Format) -> Node<'_> {
+    let parsed = match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            de.deserialize_any(NodeVisitor::<&serde_json::value::RawValue>(PhantomData))
+                .ok()
+        }
+        Format::Ron => ron::Deserializer::from_str(text).ok().and_then(|mut de| {
+            de.deserialize_any(NodeVisitor::<&ron::value::RawValue>(PhantomData))
+                .ok()
+        }),
+    };
+    parsed.unwrap_or(Node::Leaf)
+}
+
+/// The member of `node` that the start of `path` names, and the rest of the path. Map keys may
+/// hold dots (`example.com`), so of the keys the path could start with, the longest wins.
+fn step<'a, 'p>(node: &Node<'a>, path: &'p str) -> Option<(&'a str, &'p str)> {
+    match node {
+        Node::Map(members) => members
+            .iter()
+            .filter_map(|(key, text)| {
+                let rest = path
+                    .strip_prefix('.')
+                    .unwrap_or(path)
+                    .strip_prefix(key.as_str())?;
+                (rest.is_empty() || rest.starts_with(['.', '['])).then_some((
+                    key.len(),
+                    *text,
+                    rest,
+                ))
+            })
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, text, rest)| (text, rest)),
+        Node::Seq(members) => {
+            let (index, rest) = path.strip_prefix('[')?.split_once(']')?;
+            Some((members.get(index.parse::<usize>().ok()?)?, rest))
+        }
+        Node::Leaf => None,
+    }
+}
+
+/// The line and column (both from 1) of the value that a plugin's problem about service
+/// `service` names, when the problem names a config field (`config.FIELD...: message`, as
+/// [`crate::plugin::PluginMaker`] writes decoding errors). A path the text does not hold as
+/// written (a struct given in a form the walk cannot enter) stops at the deepest value found.
+pub fn config_field(
+    text: &str,
+    format: Format,
+    service: usize,
+    problem: &str,
+) -> Option<(usize, usize)> {
+    let (field, _) = problem.split_once(": ")?;
+    let mut path = field.strip_prefix("config")?;
+    let mut at = step(&node(text, format), "services")?.0;
+    at = step(&node(at, format), &format!("[{service}]"))?.0;
+    at = step(&node(at, format), "config")?.0;
+    while !path.is_empty() {
+        match step(&node(at, format), path) {
+            Some((member, rest)) => (at, path) = (member, rest),
+            None => break,
+        }
+    }
+    // A field the config does not know: point at that field's value when it is there.
+    if let Some(name) = problem
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name)
+    {
+        if let Some((member, "")) = step(&node(at, format), name) {
+            at = member;
+        }
+    }
+    Some(position(text, at))
+}
+
+/// The line and column of `part`, a slice of `text`.
+fn position(text: &str, part: &str) -> (usize, usize) {
+    let offset = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &str = r#"{
+  "version": 1,
+  "name": "mail",
+  "services": [
+    {"name": "web", "plugin": "web", "config": {"path": "/srv"}},
+    {
+      "name": "mail",
+      "plugin": "mail",
+      "config": {
+        "domains": {"example.com": "/var/mail", "example.org": 7},
+        "fsync": "filesystm"
+      }
+    }
+  ]
+}"#;
+
+    const RON: &str = r#"// a hand-edited tap
+(
+    version: 1,
+    name: "mail",
+    services: [(
+        name: "mail",
+        plugin: "mail",
+        config: {
+            "domains": {
+                "example.com": "/var/mail",
+                "example.org": 7,
+            },
+            // typo below
+            "fsync": "filesystm",
+            "users": ["alice", 3],
+        },
+    ), (
+        name: "web",
+        plugin: "web",
+        config: (path: Some(5)),
+    )],
+)"#;
+
+    #[test]
+    fn json_fields_are_found_by_their_path() {
+        let at = |service, problem| config_field(JSON, Format::Json, service, problem);
+        assert_eq!(at(1, "config.fsync: unknown variant"), Some((11, 18)));
+        // A key with dots in it, then the members it holds.
+        assert_eq!(
+            at(1, "config.domains.example.org: invalid type"),
+            Some((10, 64))
+        );
+        assert_eq!(at(0, "config.path: invalid type"), Some((5, 57)));
+        // The config itself, and a path that goes nowhere: the config's opening brace.
+        assert_eq!(at(1, "config: missing field `domains`"), Some((9, 17)));
+        assert_eq!(at(1, "config.nothing.here: x"), Some((9, 17)));
+        assert_eq!(
+            at(1, "config: unknown field `fsync`, expected one of"),
+            Some((11, 18))
+        );
+        // Problems that are not about a config field, or a service the text does not hold.
+        assert_eq!(at(1, "--user: no password"), None);
+        assert_eq!(at(5, "config.fsync: x"), None);
+    }
+
+    #[test]
+    fn ron_fields_are_found_through_comments_lists_and_structs() {
+        let at = |service, problem| config_field(RON, Format::Ron, service, problem);
+        assert_eq!(at(0, "config.fsync: unknown variant"), Some((14, 22)));
+        assert_eq!(
+            at(0, "config.domains.example.org: invalid type"),
+            Some((11, 32))
+        );
+        assert_eq!(at(0, "config.users[1]: invalid type"), Some((15, 32)));
+        // A struct written in RON's own form, and an option around the value.
+        assert_eq!(at(1, "config.path: invalid type"), Some((20, 24)));
+    }
+}
