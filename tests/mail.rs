@@ -132,6 +132,12 @@ fn bad_options_are_refused_naming_the_option() {
         let out = sb.mktap(args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        // One prefix: "mktap: mail: error: ..." had clap's own in the middle.
+        assert!(
+            stderr(&out).starts_with("mktap: mail: ") && !stderr(&out).contains("error:"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
         assert!(
             !stderr(&out).contains("alice=x"),
             "passwords are never echoed"

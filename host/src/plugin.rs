@@ -114,7 +114,8 @@ impl<P: Plugin> Maker for PluginMaker<P> {
     }
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {
-        let mut config = P::Config::from_arg_matches(matches).map_err(|e| vec![e.to_string()])?;
+        let mut config =
+            P::Config::from_arg_matches(matches).map_err(|e| vec![clap_message(&e)])?;
         P::complete(&mut config)?;
         let mut listen = P::take_listen(&mut config);
         if listen.is_empty() {
@@ -152,6 +153,18 @@ impl<P: Plugin> Maker for PluginMaker<P> {
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool {
         Self::decode(spec).is_ok_and(|c| P::holds_secrets(&c))
     }
+}
+
+/// A clap error as one problem among others: clap renders it as a whole message of its own
+/// (`error: ...`, then a hint), which the caller already prefixes with the program and plugin.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    text.split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
