@@ -345,6 +345,11 @@ fn add_stop_start_remove_a_web_service_live() {
         "a stopped service closes its port"
     );
     assert!(shell.run("services").contains("stopped"));
+    // A change to a stopped service waits for its start, and says so.
+    assert_eq!(
+        shell.run("set extra path www"),
+        "extra.path changed; extra is stopped and starts with it"
+    );
     assert_eq!(shell.run("start extra"), "started extra");
     // What a service started from the shell logs is its own, not the shell's.
     let listening = twistd.wait_for("listening on");

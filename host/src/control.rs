@@ -68,6 +68,17 @@ pub enum ControlError {
 /// Every listener of an application, bound, per service in the application's order.
 pub type Bound = Vec<Vec<BoundListener>>;
 
+/// How [`Control::reconfigure`] applied a new config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The running service took it without a restart.
+    Live,
+    /// The service restarted (drained) on the same sockets.
+    Restarted,
+    /// The service is stopped; it starts with the new config.
+    AtStart,
+}
+
 /// What `services` shows of one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -476,29 +487,35 @@ impl Control {
     }
 
     /// Gives a service a new config. Applied live when the service can take it; otherwise the
-    /// service restarts (drained) on the same sockets. Refused whole if it does not validate.
+    /// service restarts (drained) on the same sockets; a stopped service takes it when it
+    /// starts. Refused whole if it does not validate.
     pub async fn reconfigure(
         &self,
         name: &str,
         config: serde_json::Value,
-    ) -> Result<bool, ControlError> {
+    ) -> Result<Applied, ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
         let mut spec = state.app.services[i].clone();
         spec.config = config;
         self.check(&state.app, Some(i), &spec)?;
-        let live = match &state.slots[i].running {
-            None => true,
-            Some(running) => running
-                .service
-                .reconfigure(&spec.config)
-                .map_err(ControlError::Invalid)?,
+        let applied = match &state.slots[i].running {
+            None => Applied::AtStart,
+            Some(running) => {
+                if running
+                    .service
+                    .reconfigure(&spec.config)
+                    .map_err(ControlError::Invalid)?
+                {
+                    Applied::Live
+                } else {
+                    self.restart(&mut state, i, &spec).await?;
+                    Applied::Restarted
+                }
+            }
         };
-        if !live {
-            self.restart(&mut state, i, &spec).await?;
-        }
         state.app.services[i].config = spec.config;
-        Ok(live)
+        Ok(applied)
     }
 
     /// Replaces a service's endpoint list: new endpoints are bound first (a failure changes

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use host::control::{ControlError, ServiceInfo};
+use host::control::{Applied, ControlError, ServiceInfo};
 use host::{Control, Endpoint};
 
 /// What the session does after a command.
@@ -318,9 +318,12 @@ impl Shell {
         // The shell's own service takes every config change live (TelnetService::reconfigure),
         // so this never restarts the service the session runs in.
         match self.control.reconfigure(name, config).await {
-            Ok(true) => Outcome::Reply(format!("{name}.{field} changed, live\n")),
-            Ok(false) => Outcome::Reply(format!(
+            Ok(Applied::Live) => Outcome::Reply(format!("{name}.{field} changed, live\n")),
+            Ok(Applied::Restarted) => Outcome::Reply(format!(
                 "{name}.{field} changed; {name} restarted (drained)\n"
+            )),
+            Ok(Applied::AtStart) => Outcome::Reply(format!(
+                "{name}.{field} changed; {name} is stopped and starts with it\n"
             )),
             Err(e) => error(e),
         }
