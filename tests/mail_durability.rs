@@ -141,6 +141,27 @@ fn stopping_says_421_to_idle_sessions_and_ends_pop3_without_deleting() {
 }
 
 #[test]
+fn a_message_unfinished_at_the_drain_deadline_gets_421_and_is_not_delivered() {
+    let sb = Sandbox::new();
+    let mut twistd = serve_as(&sb, &["--shutdown-timeout", "1"], &[], &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    start_data(&mut raw, "alice@example.com");
+    raw.send(b"Subject: too slow\r\n\r\nnever ends\r\n");
+    twistd.signal(nix::sys::signal::Signal::SIGTERM);
+    twistd.wait_for("stopping");
+    // The client sends nothing more: at the deadline it is told, not just cut off.
+    let told = raw.rest();
+    assert!(told.starts_with("421 4.3.2"), "{told:?}");
+    let (status, _) = twistd.stop_waiting();
+    assert!(status.success());
+    assert!(files(&sb, "alice", "new").is_empty());
+    assert!(
+        files(&sb, "alice", "tmp").is_empty(),
+        "no partial file is left"
+    );
+}
+
+#[test]
 fn a_message_in_flight_when_stopping_is_finished_and_acknowledged() {
     let sb = Sandbox::new();
     let mut twistd = serve(&sb, &[]);

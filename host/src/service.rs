@@ -211,7 +211,11 @@ fn accept_loop<H, F>(
                         async move {
                             let _open = open;
                             let _permit = permit;
+                            // The connection first: a handler that answers the abort
+                            // itself (SMTP's 421) finishes in the poll that sees it, as
+                            // long as its last words fit in the socket's buffer.
                             tokio::select! {
+                                biased;
                                 () = work => {}
                                 () = abort_ctx.aborted() => {}
                             }

@@ -20,6 +20,11 @@ pub fn serve(sb: &Sandbox, extra: &[&str]) -> Twistd {
 
 /// [`serve`] with environment variables set for twistd.
 pub fn serve_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &Path)]) -> Twistd {
+    serve_as(sb, &[], extra, env)
+}
+
+/// [`serve_env`] with twistd's own options (before the plugin's name) as well.
+pub fn serve_as(sb: &Sandbox, twistd: &[&str], extra: &[&str], env: &[(&str, &Path)]) -> Twistd {
     let mut args = vec![
         "mail",
         "-d",
@@ -38,6 +43,7 @@ pub fn serve_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &Path)]) -> Twistd 
     args.extend_from_slice(extra);
     let mut cmd = Command::new(crate::util::TWISTD);
     cmd.args(["-n", "--pidfile", ""])
+        .args(twistd)
         .args(&args)
         .envs(env.iter().copied())
         .current_dir(sb.path())

@@ -3,7 +3,8 @@
 //!
 //! The session reads one line at a time with a length limit and answers every command, so no
 //! input ends it except QUIT, a closed connection, a timeout, too many errors, or the service
-//! stopping (a 421 to a session waiting for a command; a message in flight is finished first).
+//! stopping (a 421 to a session waiting for a command; a message in flight is finished first,
+//! unless it is still arriving at the drain deadline: then a 421 too).
 //!
 //! DATA ends only at CRLF "." CRLF, with the CRLF before the dot really ending the previous line.
 //! A message with a bare CR or bare LF anywhere is refused whole (as Postfix's
@@ -115,6 +116,9 @@ struct Session {
     /// a new timer for every line is an insertion into the runtime's timer wheel and a removal
     /// (and wakes the runtime's driver whenever the wheel was empty).
     deadline: Pin<Box<Sleep>>,
+    /// Its service's stop signals: a line awaited in a message or an AUTH exchange is given up
+    /// with a 421 when the drain deadline passes.
+    ctx: ServiceContext,
     peer: Peer,
     helo: Option<String>,
     esmtp: bool,
@@ -139,6 +143,7 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
         line: Vec::with_capacity(128),
         text: Vec::with_capacity(128),
         deadline: Box::pin(tokio::time::sleep(COMMAND_TIMEOUT)),
+        ctx: ctx.clone(),
         peer,
         helo: None,
         esmtp: false,
@@ -161,7 +166,7 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
                 }
                 tokio::select! {
                     biased;
-                    read = wait_line(&mut s.io, s.deadline.as_mut(), &mut s.line) => read,
+                    read = wait_line(&mut s.io, s.deadline.as_mut(), &mut s.line, &ctx) => read,
                     () = ctx.stopping() => {
                         s.reply("421 4.3.2 service shutting down, try again later");
                         break;
@@ -170,8 +175,8 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
             }
         };
         match read {
-            Err(_) => {
-                s.reply("421 4.4.2 timeout waiting for a command");
+            Err(stalled) => {
+                s.reply(&stalled.reply("waiting for a command"));
                 break;
             }
             Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
@@ -201,22 +206,41 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
     let _ = s.io.get_mut().shutdown().await;
 }
 
-/// The client sent nothing for [`COMMAND_TIMEOUT`].
-struct TimedOut;
+/// Why no line came.
+enum Stalled {
+    /// The client sent nothing for [`COMMAND_TIMEOUT`].
+    TimedOut,
+    /// The service's drain deadline passed (a session waiting for a command was already told
+    /// at the stop itself).
+    Aborted,
+}
 
-/// Reads a line into `out` ([`read_line`]), for at most [`COMMAND_TIMEOUT`] from now.
+impl Stalled {
+    /// The 421 that ends the session, for a wait on `what`.
+    fn reply(&self, what: &str) -> String {
+        match self {
+            Stalled::TimedOut => format!("421 4.4.2 timeout {what}"),
+            Stalled::Aborted => "421 4.3.2 service shutting down, try again later".to_string(),
+        }
+    }
+}
+
+/// Reads a line into `out` ([`read_line`]), for at most [`COMMAND_TIMEOUT`] from now and no
+/// later than the service's drain deadline.
 async fn wait_line(
     io: &mut BufReader<Conn>,
     mut deadline: Pin<&mut Sleep>,
     out: &mut Vec<u8>,
-) -> Result<std::io::Result<Line>, TimedOut> {
+    ctx: &ServiceContext,
+) -> Result<std::io::Result<Line>, Stalled> {
     deadline
         .as_mut()
         .reset(tokio::time::Instant::now() + COMMAND_TIMEOUT);
     tokio::select! {
         biased;
         read = read_line(io, MAX_LINE, out) => Ok(read),
-        () = deadline => Err(TimedOut),
+        () = deadline => Err(Stalled::TimedOut),
+        () = ctx.aborted() => Err(Stalled::Aborted),
     }
 }
 
@@ -716,8 +740,8 @@ impl Session {
         self.flush().await.map_err(|_| End::Gone)?;
         let read = self.read_text().await;
         match read {
-            Err(_) => {
-                self.reply("421 4.4.2 timeout waiting for a command");
+            Err(stalled) => {
+                self.reply(&stalled.reply("waiting for a command"));
                 Err(End::Closing)
             }
             Ok(Err(_)) | Ok(Ok(Line::Eof)) => Err(End::Gone),
@@ -759,8 +783,8 @@ impl Session {
         let (mut in_headers, mut hops) = (true, 0usize);
         loop {
             match self.read_text().await {
-                Err(_) => {
-                    self.reply("421 4.4.2 timeout reading the message");
+                Err(stalled) => {
+                    self.reply(&stalled.reply("reading the message"));
                     return Err(End::Closing);
                 }
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Err(End::Gone),
@@ -879,11 +903,17 @@ impl Session {
 
     /// The next line of a message or an AUTH exchange, into `text`: at once if the client
     /// already sent it, else within [`COMMAND_TIMEOUT`].
-    async fn read_text(&mut self) -> Result<std::io::Result<Line>, TimedOut> {
+    async fn read_text(&mut self) -> Result<std::io::Result<Line>, Stalled> {
         if let Some(line) = buffered_line(&mut self.io, MAX_LINE, &mut self.text) {
             return Ok(Ok(line));
         }
-        wait_line(&mut self.io, self.deadline.as_mut(), &mut self.text).await
+        wait_line(
+            &mut self.io,
+            self.deadline.as_mut(),
+            &mut self.text,
+            &self.ctx,
+        )
+        .await
     }
 
     /// Adds a recipient for the relay queue, once: addresses that differ only in the case
