@@ -116,6 +116,13 @@ fn parse_resolver(value: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected IP or IP:PORT, the address of a DNS server".to_string())
 }
 
+fn resolvers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|v| parse_resolver(v).map_err(|e| serde::de::Error::custom(format!("'{v}': {e}"))))
+        .collect()
+}
+
 /// The mail plugin's options as the tap stores them.
 ///
 /// The command line (`MailArgs`) is richer: `-d`/`-u` pairs become `domains` and `users`
@@ -163,7 +170,10 @@ pub struct MailConfig {
     pub relay_tls: RelayTls,
     /// PEM CA certificates that `relay_tls: verify` trusts instead of the system's.
     pub relay_ca: Option<PathBuf>,
-    /// DNS servers for MX lookups instead of those of /etc/resolv.conf.
+    /// DNS servers for MX lookups instead of those of /etc/resolv.conf. Read as the option
+    /// reads them (an address alone is port 53), so a hand-edited tap or the shell's `set`
+    /// takes what `--relay-resolver` takes.
+    #[serde(deserialize_with = "resolvers")]
     pub relay_resolver: Vec<SocketAddr>,
     /// The name in the greeting and Received headers; empty means the system's host name.
     pub hostname: String,
@@ -680,5 +690,36 @@ impl Plugin for MailPlugin {
 
     fn holds_secrets(config: &MailConfig) -> bool {
         !config.users.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tap_names_resolvers_as_the_option_does() {
+        let config: MailConfig = serde_json::from_value(serde_json::json!({
+            "relay_resolver": ["127.0.0.1", "[::1]", "127.0.0.2:5353"]
+        }))
+        .expect("decodes");
+        let want: Vec<SocketAddr> = ["127.0.0.1:53", "[::1]:53", "127.0.0.2:5353"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        assert_eq!(config.relay_resolver, want);
+        // Written back with their ports, and read again the same.
+        let again: MailConfig =
+            serde_json::from_value(serde_json::to_value(&config).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(again.relay_resolver, want);
+        let bad = serde_json::from_value::<MailConfig>(serde_json::json!({
+            "relay_resolver": ["dns.example"]
+        }))
+        .expect_err("a name is not an address");
+        assert!(
+            bad.to_string().contains("'dns.example': expected IP"),
+            "{bad}"
+        );
     }
 }
