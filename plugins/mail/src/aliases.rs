@@ -32,6 +32,9 @@ pub const MAX_DEPTH: usize = 10;
 pub struct Expansion {
     pub mailboxes: Vec<Mailbox>,
     pub remote: Vec<String>,
+    /// A target was skipped because aliases nest deeper than [`MAX_DEPTH`] (Postfix's
+    /// "mail forwarding loop", 5.4.6, when nothing else is left).
+    pub too_deep: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,7 @@ fn expand_targets(
                                 "alias {}: aliases nest deeper than {MAX_DEPTH}; {address} skipped",
                                 path[0]
                             );
+                            found.too_deep = true;
                             continue;
                         }
                         path.push(name);
@@ -329,6 +333,27 @@ mod tests {
             .iter()
             .map(|m| m.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_chain_deeper_than_the_limit_is_cut_and_says_so() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("aliases");
+        let chain: String = (0..=MAX_DEPTH)
+            .map(|i| format!("n{i}: n{}\n", i + 1))
+            .chain([format!(
+                "n{}: al\nshort: n{}\n",
+                MAX_DEPTH + 1,
+                MAX_DEPTH - 2
+            )])
+            .collect();
+        std::fs::write(&path, chain).expect("write");
+        let aliases = Aliases::load(&path).expect("parses");
+        let d = directory();
+        let deep = aliases.expand(&d, "n0", "a.test").expect("an alias");
+        assert!(deep.mailboxes.is_empty() && deep.too_deep, "{deep:?}");
+        let short = aliases.expand(&d, "short", "a.test").expect("an alias");
+        assert_eq!(users(Some(short)), ["al@a.test"]);
     }
 
     #[test]

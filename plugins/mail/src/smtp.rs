@@ -565,7 +565,11 @@ impl Session {
                 }
             };
             if expansion.mailboxes.is_empty() && remote.is_empty() {
-                return self.reply(&unknown);
+                return self.reply(&if expansion.too_deep {
+                    format!("550 5.4.6 <{address}>: aliases nest too deep (a forwarding loop?)")
+                } else {
+                    unknown
+                });
             }
             self.recipients.extend(
                 expansion
