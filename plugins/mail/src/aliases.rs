@@ -254,10 +254,16 @@ fn parse_file(path: &Path) -> Result<Table, AliasError> {
 
 fn read(path: &Path, stamps: &mut Vec<Stamp>) -> Result<String, AliasError> {
     stamps.push(stamp(path));
-    std::fs::read_to_string(path).map_err(|source| AliasError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::read_text_file(path)
+        .map_err(|source| AliasError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .map_err(|line| AliasError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            reason: "not UTF-8 text".to_string(),
+        })
 }
 
 /// Comma-separated targets, from line `line` of `file` (errors name that line);
@@ -354,6 +360,15 @@ mod tests {
         assert!(deep.mailboxes.is_empty() && deep.too_deep, "{deep:?}");
         let short = aliases.expand(&d, "short", "a.test").expect("an alias");
         assert_eq!(users(Some(short)), ["al@a.test"]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("aliases");
+        std::fs::write(&path, b"# list\nstaff: al\nj\xfcrgen: bo\n").expect("write");
+        let e = Aliases::load(&path).expect_err("latin-1").to_string();
+        assert!(e.contains("aliases line 3: not UTF-8 text"), "{e}");
     }
 
     #[test]

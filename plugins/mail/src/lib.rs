@@ -123,6 +123,20 @@ fn resolvers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, 
         .collect()
 }
 
+/// A text file read whole, or the line of its first byte that is not UTF-8 (read_to_string's
+/// error names no line, and these files are edited by hand).
+pub(crate) fn read_text_file(path: &Path) -> std::io::Result<Result<String, usize>> {
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        e.as_bytes()[..valid]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }))
+}
+
 /// The mail plugin's options as the tap stores them.
 ///
 /// The command line (`MailArgs`) is richer: `-d`/`-u` pairs become `domains` and `users`

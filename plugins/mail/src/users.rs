@@ -227,7 +227,7 @@ fn read_password_file(
     path: &Path,
     domains: &BTreeMap<String, PathBuf>,
 ) -> Result<Vec<(usize, String, String)>, UsersError> {
-    let text = std::fs::read_to_string(path).map_err(|source| UsersError::ReadFile {
+    let text = crate::read_text_file(path).map_err(|source| UsersError::ReadFile {
         path: path.to_path_buf(),
         source,
     })?;
@@ -247,6 +247,7 @@ fn read_password_file(
         line,
         reason: reason.to_string(),
     };
+    let text = text.map_err(|line| bad(line, "not UTF-8 text"))?;
     let mut entries = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -347,6 +348,9 @@ mod tests {
             let e = Directory::load(&config).expect_err(text).to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
+        std::fs::write(&path, b"bo@a.test:x\n\ncy@a.test:p\xe9\n").expect("write");
+        let e = Directory::load(&config).expect_err("latin-1").to_string();
+        assert!(e.contains("line 3: not UTF-8 text"), "{e}");
     }
 
     #[test]
