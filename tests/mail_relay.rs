@@ -84,7 +84,12 @@ fn relay_queues_retries_with_backoff_and_delivers_to_the_smarthost() {
         "{text}"
     );
     assert!(!text.contains("X-Envelope"), "{text}");
-    twistd.wait_for("relayed");
+    // As Postfix logs it: how long it waited, and the next server's name for it.
+    let relayed = twistd.wait_for("relayed");
+    assert!(
+        relayed.contains(" delay=") && relayed.contains("(250 2.0.0 Ok: queued as "),
+        "{relayed}"
+    );
 }
 
 #[test]

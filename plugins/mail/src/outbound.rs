@@ -74,6 +74,9 @@ pub struct Session {
     /// With `--relay-tls may`, what the certificate taken unchecked would have been worth
     /// (when the system has CA certificates to tell).
     pub trust: Option<Trust>,
+    /// The next server's reply to the message (`250 2.0.0 Ok: queued as ...`), which names
+    /// it in that server's log.
+    pub reply: String,
 }
 
 impl Session {
@@ -440,6 +443,7 @@ impl Transaction<'_> {
             tls: None,
             verified: false,
             trust: None,
+            reply: String::new(),
         };
         let verify = self.tls.level == RelayTls::Verify;
         let offered = esmtp && hello.has_extension("STARTTLS");
@@ -518,7 +522,10 @@ impl Transaction<'_> {
             (data, "DATA")
         };
         let accepted = match verdict.class() {
-            2 => Outcome::Delivered(session),
+            2 => {
+                session.reply = verdict.text.clone();
+                Outcome::Delivered(session)
+            }
             5 => Outcome::Failed(said(&verdict, command)),
             _ => Outcome::Deferred(said(&verdict, command)),
         };

@@ -387,8 +387,9 @@ impl Relay {
             &queued.message,
         )
         .await;
-        let expired =
-            now_unix().saturating_sub(envelope.queued) >= self.settings.lifetime.as_secs();
+        // Seconds since the message was queued, as Postfix logs its delay=.
+        let delay = now_unix().saturating_sub(envelope.queued);
+        let expired = delay >= self.settings.lifetime.as_secs();
         let mut failed: Vec<(String, String, bool)> = Vec::new();
         let mut remaining = Vec::new();
         for (rcpt, outcome) in envelope.recipients.iter().zip(outcomes) {
@@ -399,16 +400,18 @@ impl Relay {
                         file = %name,
                         to = %rcpt,
                         relay = %session.relay,
+                        delay,
                         tls = %session.security(),
-                        "relayed"
+                        "relayed ({})",
+                        session.reply
                     );
                 }
                 Outcome::Failed(reply) => {
-                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, "relay failed: {reply}");
+                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, delay, "relay failed: {reply}");
                     failed.push((rcpt.clone(), reply, false));
                 }
                 Outcome::Deferred(reason) if expired => {
-                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, "relay expired: {reason}");
+                    tracing::warn!(id = %envelope.id, file = %name, to = %rcpt, delay, "relay expired: {reason}");
                     failed.push((rcpt.clone(), reason, true));
                 }
                 Outcome::Deferred(reason) => {
@@ -416,6 +419,7 @@ impl Relay {
                         id = %envelope.id,
                         file = %name,
                         to = %rcpt,
+                        delay,
                         attempt = envelope.attempts + 1,
                         "relay deferred: {reason}"
                     );
