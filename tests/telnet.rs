@@ -365,6 +365,59 @@ fn add_stop_start_remove_a_web_service_live() {
     );
 }
 
+/// After root is given up, a port below 1024 could not be bound again: `stop` keeps its
+/// socket open (connections wait in the kernel's queue) and `start` serves it again.
+#[test]
+fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to bind below 1024 and switch user");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "<h1>low</h1>\n");
+    sb.write("pw.txt", format!("{PASSWORD}\n"));
+    for dir in [sb.path().to_path_buf(), sb.join("www")] {
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(sb.join("www/index.html"), PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let port = (900..1024)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024");
+    let low = format!("tcp:{port}:interface=127.0.0.1");
+    sb.mktap_ok(&["-u", "nobody", "web", "--path", "www", "--port", &low]);
+    sb.mktap_ok(&[
+        "--append",
+        "web.tap",
+        "telnet",
+        "--port",
+        LOOPBACK0,
+        "--password-file",
+        "pw.txt",
+    ]);
+    let twistd = sb.twistd(&["-f", "web.tap"]);
+    let mut shell = Client::login(twistd.addr(1));
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(curl(&url, &[]).text(), "<h1>low</h1>\n");
+
+    let stopped = shell.run("stop web");
+    assert_eq!(
+        stopped,
+        format!(
+            "stopped web; {low} stay open (this process could not bind them again): \
+             connections wait until start"
+        )
+    );
+    assert_eq!(shell.run("start web"), "started web");
+    assert_eq!(curl(&url, &[]).text(), "<h1>low</h1>\n");
+    // A port it can bind again is closed at stop, as before.
+    let added = shell.run(&format!(
+        "add web --name high --path www --port {LOOPBACK0}"
+    ));
+    assert!(added.starts_with("added high"), "{added}");
+    assert_eq!(shell.run("stop high"), "stopped high");
+}
+
 #[test]
 fn set_web_path_is_live_and_drops_no_keep_alive_connection() {
     let (_sb, twistd) = app();

@@ -187,6 +187,22 @@ fn bind_service(
         .collect()
 }
 
+/// For each endpoint of `wanted`, the index of a listener in `current` bound for it, matched
+/// one to one (two `tcp:0` endpoints are two sockets).
+fn match_listeners(current: &[BoundListener], wanted: &[Endpoint]) -> Vec<Option<usize>> {
+    let mut used = vec![false; current.len()];
+    wanted
+        .iter()
+        .map(|endpoint| {
+            let found = (0..current.len()).find(|&k| !used[k] && &current[k].endpoint == endpoint);
+            if let Some(k) = found {
+                used[k] = true;
+            }
+            found
+        })
+        .collect()
+}
+
 /// Where each listener really listens (the kernel's port for a port-0 endpoint).
 fn local_addrs(listeners: &[BoundListener]) -> Vec<String> {
     listeners
@@ -456,20 +472,32 @@ impl Control {
     }
 
     /// Stops a service, draining it, and closes its ports; it stays in the application.
-    pub async fn stop(&self, name: &str) -> Result<(), ControlError> {
+    /// Stops a service and closes its sockets, except those this process could not bind
+    /// again ([`Endpoint::can_bind_again`]: a port below 1024 after root was given up, a
+    /// socket from systemd). Those stay open, as a systemd socket unit keeps its socket: the
+    /// kernel queues connections until `start`. Returns the endpoints kept open.
+    pub async fn stop(&self, name: &str) -> Result<Vec<Endpoint>, ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
         let running = state.slots[i]
             .running
             .take()
             .ok_or_else(|| ControlError::AlreadyStopped(name.to_string()))?;
-        state.slots[i].listeners.clear();
+        state.slots[i]
+            .listeners
+            .retain(|l| !l.endpoint.can_bind_again());
+        let kept = state.slots[i]
+            .listeners
+            .iter()
+            .map(|l| l.endpoint.clone())
+            .collect();
         let saved = self.halt(running).await;
         state.app.services[i].state = saved;
-        Ok(())
+        Ok(kept)
     }
 
-    /// Binds a stopped service's endpoints again and starts it.
+    /// Starts a stopped service: on the sockets [`Control::stop`] kept, and others bound
+    /// again. A failure changes nothing (the kept sockets stay).
     pub async fn start_service(&self, name: &str) -> Result<(), ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
@@ -477,7 +505,25 @@ impl Control {
             return Err(ControlError::AlreadyRunning(name.to_string()));
         }
         let spec = state.app.services[i].clone();
-        let listeners = bind_service(&spec, &spec.listen)?;
+        let kept = &state.slots[i].listeners;
+        let plan = match_listeners(kept, &spec.listen);
+        let fresh: Vec<Endpoint> = spec
+            .listen
+            .iter()
+            .zip(&plan)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut fresh = bind_service(&spec, &fresh)?.into_iter();
+        let mut listeners = Vec::with_capacity(spec.listen.len());
+        for kept in plan {
+            listeners.push(match kept {
+                Some(k) => {
+                    clones(std::slice::from_ref(&state.slots[i].listeners[k]), name)?.remove(0)
+                }
+                None => fresh.next().expect("one bound listener per fresh endpoint"),
+            });
+        }
         let running = self.launch(&spec, &listeners)?;
         state.slots[i] = Slot {
             listeners,
@@ -532,21 +578,22 @@ impl Control {
         spec.listen = listen;
         self.check(&state.app, Some(i), &spec)?;
         if state.slots[i].running.is_none() {
+            // A socket kept open while stopped goes when its endpoint does.
+            let plan = match_listeners(&state.slots[i].listeners, &spec.listen);
+            let old = std::mem::take(&mut state.slots[i].listeners);
+            state.slots[i].listeners = old
+                .into_iter()
+                .enumerate()
+                .filter(|(k, _)| plan.contains(&Some(*k)))
+                .map(|(_, l)| l)
+                .collect();
             state.app.services[i].listen = spec.listen;
             return Ok(Vec::new());
         }
-        // Each endpoint keeps the socket it had, matched one to one (two `tcp:0` endpoints are
-        // two sockets); endpoints without one are bound first, so a failure changes nothing.
+        // Each endpoint keeps the socket it had; endpoints without one are bound first, so a
+        // failure changes nothing.
         let current = &state.slots[i].listeners;
-        let mut used = vec![false; current.len()];
-        let mut plan: Vec<Option<usize>> = Vec::with_capacity(spec.listen.len());
-        for endpoint in &spec.listen {
-            let kept = (0..current.len()).find(|&k| !used[k] && &current[k].endpoint == endpoint);
-            if let Some(k) = kept {
-                used[k] = true;
-            }
-            plan.push(kept);
-        }
+        let plan = match_listeners(current, &spec.listen);
         let fresh: Vec<Endpoint> = spec
             .listen
             .iter()

@@ -83,6 +83,14 @@ impl BindError {
     }
 }
 
+/// The lowest TCP port a process without root (CAP_NET_BIND_SERVICE) may bind.
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
 /// Splits on unescaped colons and removes the escapes.
 fn split_escaped(s: &str) -> Result<Vec<String>, String> {
     let mut parts = vec![String::new()];
@@ -334,6 +342,19 @@ impl Endpoint {
                 *port,
             )),
             Endpoint::Unix { .. } | Endpoint::Systemd { .. } => None,
+        }
+    }
+
+    /// Whether this process could bind the endpoint again after closing it: not a socket
+    /// systemd passed (taken once, at start), nor a TCP port below the kernel's unprivileged
+    /// start (`net.ipv4.ip_unprivileged_port_start`, 1024 by default) once root is given up.
+    pub fn can_bind_again(&self) -> bool {
+        match self {
+            Endpoint::Systemd { .. } => false,
+            Endpoint::Tcp { port, .. } | Endpoint::Ssl { port, .. } => {
+                *port == 0 || nix::unistd::geteuid().is_root() || *port >= unprivileged_port_start()
+            }
+            Endpoint::Unix { .. } => true,
         }
     }
 

@@ -183,7 +183,18 @@ impl Shell {
             },
             ("stop", [name]) => match self.refuse_own(name, "stopping") {
                 Some(refusal) => refusal,
-                None => self.done(self.control.stop(name).await, format!("stopped {name}")),
+                None => match self.control.stop(name).await {
+                    Ok(kept) if kept.is_empty() => Outcome::Reply(format!("stopped {name}\n")),
+                    Ok(kept) => Outcome::Reply(format!(
+                        "stopped {name}; {} stay open (this process could not bind them \
+                         again): connections wait until start\n",
+                        kept.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Err(e) => error(e),
+                },
             },
             ("start", [name]) => self.done(
                 self.control.start_service(name).await,
