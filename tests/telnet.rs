@@ -418,6 +418,84 @@ fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
     assert_eq!(shell.run("stop high"), "stopped high");
 }
 
+/// Mail's listeners speak a protocol each (`protocols` pairs with `listen`): `unlisten` takes
+/// the protocol with the endpoint (POP3 off), `listen` needs one.
+#[test]
+fn mail_endpoints_change_with_their_protocols() {
+    let sb = Sandbox::new();
+    sb.write("pw.txt", format!("{PASSWORD}\n"));
+    #[rustfmt::skip]
+    sb.mktap_ok(&[
+        "-n", "web", "mail", "-d", "example.com=md", "-u", "alice=wonderland",
+        "-s", LOOPBACK0, "-p", LOOPBACK0,
+    ]);
+    sb.mktap_ok(&[
+        "--append",
+        "web.tap",
+        "telnet",
+        "--port",
+        LOOPBACK0,
+        "--password-file",
+        "pw.txt",
+    ]);
+    let twistd = sb.twistd(&["-f", "web.tap"]);
+    let (smtp, pop3) = (twistd.addr(0), twistd.addr(1));
+    let mut shell = Client::login(twistd.addr(2));
+    let greeting = |addr: SocketAddr| {
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut buf = [0u8; 256];
+        let n = conn.read(&mut buf).expect("greeting");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(greeting(pop3).starts_with("+OK"));
+
+    for (command, expected) in [
+        (
+            format!("listen mail {LOOPBACK0}"),
+            "error: mail: say what the endpoint speaks: smtp, pop3 or pop3s",
+        ),
+        (
+            format!("listen mail {LOOPBACK0} imap"),
+            "error: mail: unknown protocol 'imap'",
+        ),
+        (
+            format!("listen telnet {LOOPBACK0} smtp"),
+            "error: restarting 'telnet' from its own shell",
+        ),
+    ] {
+        let out = shell.run(&command);
+        assert!(out.starts_with(expected), "{command}: {out}");
+    }
+
+    // POP3 off: its port closes, SMTP goes on, and the config says so.
+    let off = shell.run("unlisten mail tcp:0:interface=127.0.0.1");
+    assert!(off.starts_with("mail no longer listens on"), "{off}");
+    assert!(TcpStream::connect(pop3).is_err(), "POP3's port is closed");
+    assert!(greeting(smtp).starts_with("220"));
+    let show = shell.run("show mail");
+    let protocols: String = show
+        .split_once("\"protocols\": [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.split_whitespace().collect())
+        .unwrap_or_else(|| panic!("{show}"));
+    assert_eq!(protocols, r#""smtp","#);
+
+    // And back, on a new port.
+    let on = shell.run(&format!("listen mail {LOOPBACK0} pop3"));
+    let addrs = on
+        .split_once("now listening on ")
+        .unwrap_or_else(|| panic!("{on}"))
+        .1;
+    let pop3: SocketAddr = addrs
+        .split(", ")
+        .nth(1)
+        .expect("two listeners")
+        .parse()
+        .expect("an address");
+    assert!(greeting(pop3).starts_with("+OK"));
+}
+
 #[test]
 fn set_web_path_is_live_and_drops_no_keep_alive_connection() {
     let (_sb, twistd) = app();

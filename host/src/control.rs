@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Application, ServiceSpec};
 use crate::endpoint::{BindError, Endpoint};
 use crate::net::BoundListener;
-use crate::plugin::{PluginError, Registry};
+use crate::plugin::{ListenChange, PluginError, Registry};
 use crate::service::{Service, ServiceContext};
 use crate::tapfile::{self, Format};
 
@@ -576,6 +576,77 @@ impl Control {
         let i = Self::position(&state, name)?;
         let mut spec = state.app.services[i].clone();
         spec.listen = listen;
+        self.relisten(&mut state, i, spec).await
+    }
+
+    /// Adds an endpoint to a service (the admin shell's `listen`); `kind` says what the
+    /// listener speaks, for plugins with kinds (mail: smtp, pop3, pop3s). As
+    /// [`Control::set_listen`], with the config changed to match.
+    pub async fn listen(
+        &self,
+        name: &str,
+        endpoint: Endpoint,
+        kind: Option<&str>,
+    ) -> Result<Vec<String>, ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let mut spec = state.app.services[i].clone();
+        // Port 0 never conflicts: each such endpoint gets its own port.
+        if spec.listen.iter().any(|e| e.conflicts_with(&endpoint)) {
+            return Err(ControlError::Invalid(format!(
+                "{name} already listens on {endpoint}"
+            )));
+        }
+        spec.config = self.relisten_config(&spec, ListenChange::Added { kind })?;
+        spec.listen.push(endpoint);
+        self.relisten(&mut state, i, spec).await
+    }
+
+    /// Removes an endpoint from a service (the admin shell's `unlisten`): the last one written
+    /// that way (several `tcp:0` endpoints are several sockets). As [`Control::listen`].
+    pub async fn unlisten(
+        &self,
+        name: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Vec<String>, ControlError> {
+        let mut state = self.inner.state.lock().await;
+        let i = Self::position(&state, name)?;
+        let mut spec = state.app.services[i].clone();
+        let position = spec
+            .listen
+            .iter()
+            .rposition(|e| e == endpoint)
+            .ok_or_else(|| {
+                ControlError::Invalid(format!("{name} does not listen on {endpoint}"))
+            })?;
+        spec.config = self.relisten_config(&spec, ListenChange::Removed { position })?;
+        spec.listen.remove(position);
+        self.relisten(&mut state, i, spec).await
+    }
+
+    fn relisten_config(
+        &self,
+        spec: &ServiceSpec,
+        change: ListenChange<'_>,
+    ) -> Result<serde_json::Value, ControlError> {
+        self.inner
+            .registry
+            .get(&spec.plugin)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?
+            .relisten(spec, change)
+            .map_err(|e| ControlError::Invalid(format!("{}: {e}", spec.name)))
+    }
+
+    /// Puts `spec` (a new listen list, and the config that goes with it) in place of service
+    /// `i`: checked first, then its sockets matched and bound, then the service restarted.
+    async fn relisten(
+        &self,
+        state: &mut State,
+        i: usize,
+        spec: ServiceSpec,
+    ) -> Result<Vec<String>, ControlError> {
+        let name = spec.name.clone();
+        let name = name.as_str();
         self.check(&state.app, Some(i), &spec)?;
         if state.slots[i].running.is_none() {
             // A socket kept open while stopped goes when its endpoint does.
@@ -588,6 +659,7 @@ impl Control {
                 .map(|(_, l)| l)
                 .collect();
             state.app.services[i].listen = spec.listen;
+            state.app.services[i].config = spec.config;
             return Ok(Vec::new());
         }
         // Each endpoint keeps the socket it had; endpoints without one are bound first, so a
@@ -610,11 +682,12 @@ impl Control {
             });
         }
         let old = std::mem::replace(&mut state.slots[i].listeners, listeners);
-        if let Err(e) = self.restart(&mut state, i, &spec).await {
+        if let Err(e) = self.restart(state, i, &spec).await {
             state.slots[i].listeners = old;
             return Err(e);
         }
         state.app.services[i].listen = spec.listen;
+        state.app.services[i].config = spec.config;
         Ok(local_addrs(&state.slots[i].listeners))
     }
 

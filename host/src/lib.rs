@@ -50,6 +50,6 @@ pub use app::{Application, Principal, ServiceSpec, TAP_VERSION};
 pub use control::Control;
 pub use endpoint::Endpoint;
 pub use net::{BoundListener, Listener, Stream};
-pub use plugin::{Maker, Plugin, PluginError, Registry};
+pub use plugin::{ListenChange, Maker, Plugin, PluginError, Registry};
 pub use service::{Service, ServiceContext};
 pub use tapfile::{Format, TapError};

@@ -60,6 +60,30 @@ pub trait Plugin: Send + Sync + 'static {
     fn holds_secrets(_config: &Self::Config) -> bool {
         false
     }
+
+    /// Keeps the config in step with an endpoint added at the end of the listen list (the
+    /// admin shell's `listen NAME ENDPOINT [KIND]`). `kind` is the shell's optional word, for
+    /// plugins whose listeners speak different protocols; the default takes none.
+    fn endpoint_added(_config: &mut Self::Config, kind: Option<&str>) -> Result<(), String> {
+        match kind {
+            None => Ok(()),
+            Some(kind) => Err(format!(
+                "'{kind}': this plugin's endpoints take no kind; give the endpoint alone"
+            )),
+        }
+    }
+
+    /// Keeps the config in step with the endpoint at `position` of the listen list removed.
+    fn endpoint_removed(_config: &mut Self::Config, _position: usize) {}
+}
+
+/// A change to a service's listen list, as the admin shell makes it.
+#[derive(Debug, Clone, Copy)]
+pub enum ListenChange<'a> {
+    /// An endpoint appended, with the kind of listener it is, when the plugin has kinds.
+    Added { kind: Option<&'a str> },
+    /// The endpoint at this position removed.
+    Removed { position: usize },
 }
 
 /// A plugin as the host sees it.
@@ -75,6 +99,20 @@ pub trait Maker: Send + Sync {
     fn check(&self, spec: &ServiceSpec) -> Result<(), Vec<String>>;
     fn build(&self, spec: &ServiceSpec) -> Result<Arc<dyn Service>, String>;
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool;
+    /// The config that goes with a change to the listen list ([`Plugin::endpoint_added`],
+    /// [`Plugin::endpoint_removed`]); plugins without kinds of listener keep theirs.
+    fn relisten(
+        &self,
+        spec: &ServiceSpec,
+        change: ListenChange<'_>,
+    ) -> Result<serde_json::Value, String> {
+        match change {
+            ListenChange::Added { kind: Some(kind) } => Err(format!(
+                "'{kind}': this plugin's endpoints take no kind; give the endpoint alone"
+            )),
+            _ => Ok(spec.config.clone()),
+        }
+    }
 }
 
 /// The [`Maker`] of a typed [`Plugin`].
@@ -152,6 +190,19 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool {
         Self::decode(spec).is_ok_and(|c| P::holds_secrets(&c))
+    }
+
+    fn relisten(
+        &self,
+        spec: &ServiceSpec,
+        change: ListenChange<'_>,
+    ) -> Result<serde_json::Value, String> {
+        let mut config = Self::decode(spec)?;
+        match change {
+            ListenChange::Added { kind } => P::endpoint_added(&mut config, kind)?,
+            ListenChange::Removed { position } => P::endpoint_removed(&mut config, position),
+        }
+        serde_json::to_value(&config).map_err(|e| format!("cannot encode the config: {e}"))
     }
 }
 

@@ -545,6 +545,26 @@ impl Plugin for MailPlugin {
         vec![tcp(DEFAULT_SMTP_PORT), tcp(DEFAULT_POP3_PORT)]
     }
 
+    /// `protocols` pairs with the listen list, so a new endpoint says what it speaks.
+    fn endpoint_added(config: &mut MailConfig, kind: Option<&str>) -> Result<(), String> {
+        match kind {
+            Some(kind @ ("smtp" | "pop3" | "pop3s")) => {
+                config.protocols.push(kind.to_string());
+                Ok(())
+            }
+            Some(other) => Err(format!(
+                "unknown protocol '{other}' (known: smtp, pop3, pop3s)"
+            )),
+            None => Err("say what the endpoint speaks: smtp, pop3 or pop3s".to_string()),
+        }
+    }
+
+    fn endpoint_removed(config: &mut MailConfig, position: usize) {
+        if position < config.protocols.len() {
+            config.protocols.remove(position);
+        }
+    }
+
     fn validate(config: &MailConfig, listen: &[Endpoint]) -> Vec<String> {
         let mut problems = Vec::new();
         if config.domains.is_empty() {

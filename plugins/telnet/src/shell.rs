@@ -28,7 +28,7 @@ commands:
   remove NAME                   stop a service (draining it) and remove it
   stop NAME | start NAME        stop (draining) or start a service; it stays in the application
   set NAME FIELD VALUE          change one config field; live when the service can, else it restarts
-  listen NAME ENDPOINT          add an endpoint to a service
+  listen NAME ENDPOINT [KIND]   add an endpoint to a service (mail: KIND is smtp, pop3 or pop3s)
   unlisten NAME ENDPOINT        remove an endpoint from a service
   save [TAG]                    write the running application to <name>.tap or <name>-<TAG>.tap
   log level LEVEL               change the log filter (error, warn, info, debug, trace, or a filter)
@@ -201,8 +201,11 @@ impl Shell {
                 format!("started {name}"),
             ),
             ("set", [name, field, value]) => self.set(name, field, value).await,
-            ("listen", [name, endpoint]) => self.listen(name, endpoint, true).await,
-            ("unlisten", [name, endpoint]) => self.listen(name, endpoint, false).await,
+            ("listen", [name, endpoint]) => self.listen(name, endpoint, Some(None)).await,
+            ("listen", [name, endpoint, kind]) => {
+                self.listen(name, endpoint, Some(Some(kind))).await
+            }
+            ("unlisten", [name, endpoint]) => self.listen(name, endpoint, None).await,
             ("save", []) => self.save(None).await,
             ("save", [tag]) => self.save(Some(tag)).await,
             ("log", ["level", level]) => self.done(
@@ -340,7 +343,8 @@ impl Shell {
         }
     }
 
-    async fn listen(&self, name: &str, endpoint: &str, add: bool) -> Outcome {
+    /// `listen` (`add` holds the kind of listener, if given) or `unlisten` (`add` is None).
+    async fn listen(&self, name: &str, endpoint: &str, add: Option<Option<&str>>) -> Outcome {
         if let Some(refusal) = self.refuse_own(name, "restarting") {
             return refusal;
         }
@@ -348,32 +352,17 @@ impl Shell {
             Ok(e) => e,
             Err(e) => return error(e),
         };
-        let spec = match self.control.show(name).await {
-            Ok(spec) => spec,
-            Err(e) => return error(e),
+        let (done, verb) = match add {
+            Some(kind) => (
+                self.control.listen(name, endpoint.clone(), kind).await,
+                "listens on",
+            ),
+            None => (
+                self.control.unlisten(name, &endpoint).await,
+                "no longer listens on",
+            ),
         };
-        let mut listen = spec.listen;
-        if add {
-            // Port 0 never conflicts: each such endpoint gets its own port.
-            if listen.iter().any(|e| e.conflicts_with(&endpoint)) {
-                return error(format!("{name} already listens on {endpoint}"));
-            }
-            listen.push(endpoint.clone());
-        } else {
-            // The last one written that way (several `tcp:0` endpoints are several sockets).
-            match listen.iter().rposition(|e| e == &endpoint) {
-                Some(pos) => {
-                    listen.remove(pos);
-                }
-                None => return error(format!("{name} does not listen on {endpoint}")),
-            }
-        }
-        let verb = if add {
-            "listens on"
-        } else {
-            "no longer listens on"
-        };
-        match self.control.set_listen(name, listen).await {
+        match done {
             Ok(addrs) if addrs.is_empty() => {
                 Outcome::Reply(format!("{name} {verb} {endpoint} (stopped)\n"))
             }
