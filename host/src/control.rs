@@ -203,6 +203,26 @@ fn match_listeners(current: &[BoundListener], wanted: &[Endpoint]) -> Vec<Option
         .collect()
 }
 
+/// A listener for each endpoint of `spec`: a dup of the one `current` holds for it, else one
+/// bound now. The binding comes first, so a failure changes nothing.
+fn rebind(spec: &ServiceSpec, current: &[BoundListener]) -> Result<Vec<BoundListener>, StartError> {
+    let plan = match_listeners(current, &spec.listen);
+    let fresh: Vec<Endpoint> = spec
+        .listen
+        .iter()
+        .zip(&plan)
+        .filter(|(_, kept)| kept.is_none())
+        .map(|(e, _)| e.clone())
+        .collect();
+    let mut fresh = bind_service(spec, &fresh)?.into_iter();
+    plan.into_iter()
+        .map(|kept| match kept {
+            Some(k) => Ok(clones(std::slice::from_ref(&current[k]), &spec.name)?.remove(0)),
+            None => Ok(fresh.next().expect("one bound listener per fresh endpoint")),
+        })
+        .collect()
+}
+
 /// Where each listener really listens (the kernel's port for a port-0 endpoint).
 fn local_addrs(listeners: &[BoundListener]) -> Vec<String> {
     listeners
@@ -471,11 +491,11 @@ impl Control {
         Ok(())
     }
 
-    /// Stops a service, draining it, and closes its ports; it stays in the application.
-    /// Stops a service and closes its sockets, except those this process could not bind
-    /// again ([`Endpoint::can_bind_again`]: a port below 1024 after root was given up, a
-    /// socket from systemd). Those stay open, as a systemd socket unit keeps its socket: the
-    /// kernel queues connections until `start`. Returns the endpoints kept open.
+    /// Stops a service, draining it; it stays in the application. Its sockets close, except
+    /// those this process could not bind again ([`Endpoint::can_bind_again`]: a port below
+    /// 1024 after root was given up, a socket from systemd). Those stay open, as a systemd
+    /// socket unit keeps its socket: the kernel queues connections until `start`. Returns the
+    /// endpoints kept open.
     pub async fn stop(&self, name: &str) -> Result<Vec<Endpoint>, ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
@@ -505,25 +525,7 @@ impl Control {
             return Err(ControlError::AlreadyRunning(name.to_string()));
         }
         let spec = state.app.services[i].clone();
-        let kept = &state.slots[i].listeners;
-        let plan = match_listeners(kept, &spec.listen);
-        let fresh: Vec<Endpoint> = spec
-            .listen
-            .iter()
-            .zip(&plan)
-            .filter(|(_, kept)| kept.is_none())
-            .map(|(e, _)| e.clone())
-            .collect();
-        let mut fresh = bind_service(&spec, &fresh)?.into_iter();
-        let mut listeners = Vec::with_capacity(spec.listen.len());
-        for kept in plan {
-            listeners.push(match kept {
-                Some(k) => {
-                    clones(std::slice::from_ref(&state.slots[i].listeners[k]), name)?.remove(0)
-                }
-                None => fresh.next().expect("one bound listener per fresh endpoint"),
-            });
-        }
+        let listeners = rebind(&spec, &state.slots[i].listeners)?;
         let running = self.launch(&spec, &listeners)?;
         state.slots[i] = Slot {
             listeners,
@@ -645,8 +647,6 @@ impl Control {
         i: usize,
         spec: ServiceSpec,
     ) -> Result<Vec<String>, ControlError> {
-        let name = spec.name.clone();
-        let name = name.as_str();
         self.check(&state.app, Some(i), &spec)?;
         if state.slots[i].running.is_none() {
             // A socket kept open while stopped goes when its endpoint does.
@@ -662,25 +662,7 @@ impl Control {
             state.app.services[i].config = spec.config;
             return Ok(Vec::new());
         }
-        // Each endpoint keeps the socket it had; endpoints without one are bound first, so a
-        // failure changes nothing.
-        let current = &state.slots[i].listeners;
-        let plan = match_listeners(current, &spec.listen);
-        let fresh: Vec<Endpoint> = spec
-            .listen
-            .iter()
-            .zip(&plan)
-            .filter(|(_, kept)| kept.is_none())
-            .map(|(e, _)| e.clone())
-            .collect();
-        let mut fresh = bind_service(&spec, &fresh)?.into_iter();
-        let mut listeners = Vec::with_capacity(spec.listen.len());
-        for kept in plan {
-            listeners.push(match kept {
-                Some(k) => clones(std::slice::from_ref(&current[k]), name)?.remove(0),
-                None => fresh.next().expect("one bound listener per fresh endpoint"),
-            });
-        }
+        let listeners = rebind(&spec, &state.slots[i].listeners)?;
         let old = std::mem::replace(&mut state.slots[i].listeners, listeners);
         if let Err(e) = self.restart(state, i, &spec).await {
             state.slots[i].listeners = old;
