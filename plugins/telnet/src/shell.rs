@@ -44,6 +44,13 @@ pub struct Shell {
     own: String,
 }
 
+/// What `listen` and `unlisten` do to a service's endpoints.
+enum Edit<'a> {
+    /// Add one, with the kind of listener it is, if given.
+    Add(Option<&'a str>),
+    Remove,
+}
+
 fn error(e: impl std::fmt::Display) -> Outcome {
     Outcome::Reply(format!("error: {e}\n"))
 }
@@ -201,11 +208,11 @@ impl Shell {
                 format!("started {name}"),
             ),
             ("set", [name, field, value]) => self.set(name, field, value).await,
-            ("listen", [name, endpoint]) => self.listen(name, endpoint, Some(None)).await,
+            ("listen", [name, endpoint]) => self.listen(name, endpoint, Edit::Add(None)).await,
             ("listen", [name, endpoint, kind]) => {
-                self.listen(name, endpoint, Some(Some(kind))).await
+                self.listen(name, endpoint, Edit::Add(Some(kind))).await
             }
-            ("unlisten", [name, endpoint]) => self.listen(name, endpoint, None).await,
+            ("unlisten", [name, endpoint]) => self.listen(name, endpoint, Edit::Remove).await,
             ("save", []) => self.save(None).await,
             ("save", [tag]) => self.save(Some(tag)).await,
             ("log", ["level", level]) => self.done(
@@ -343,8 +350,8 @@ impl Shell {
         }
     }
 
-    /// `listen` (`add` holds the kind of listener, if given) or `unlisten` (`add` is None).
-    async fn listen(&self, name: &str, endpoint: &str, add: Option<Option<&str>>) -> Outcome {
+    /// `listen` or `unlisten`.
+    async fn listen(&self, name: &str, endpoint: &str, edit: Edit<'_>) -> Outcome {
         if let Some(refusal) = self.refuse_own(name, "restarting") {
             return refusal;
         }
@@ -352,12 +359,12 @@ impl Shell {
             Ok(e) => e,
             Err(e) => return error(e),
         };
-        let (done, verb) = match add {
-            Some(kind) => (
+        let (done, verb) = match edit {
+            Edit::Add(kind) => (
                 self.control.listen(name, endpoint.clone(), kind).await,
                 "listens on",
             ),
-            None => (
+            Edit::Remove => (
                 self.control.unlisten(name, &endpoint).await,
                 "no longer listens on",
             ),
