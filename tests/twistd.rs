@@ -221,16 +221,27 @@ fn bad_taps_are_refused_with_a_clear_line() {
     let source = format!(
         "// hand edited\n(\n    version: 1,\n    name: \"web\",\n    services: [(\n        name: \"web\",\n        plugin: \"web\",\n        listen: [\"{LOOPBACK0}\"],\n        config: {{\n            \"path\": \"www\",\n            \"index\": \"index.html\",\n        }},\n    )],\n)\n"
     );
+    let endpoint = service("web", "tcp:80:interface=localhost", r#"{"path": "www"}"#);
+    let endpoint_at = format!(
+        "endpoint.tap:1:{}: ",
+        endpoint.find(r#""tcp:80"#).expect("in") + 1
+    );
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax.tap", "{\n  \"version\": 1,\n  \"name\": \"web\"\n  \"services\": []\n}\n".into(), vec!["syntax.tap:4:3", "expected"]),
         ("syntax.tas", "(\n    version: 1,\n    name: \"web\",\n    services: [(name: \"web\" plugin: \"web\")],\n)\n".into(), vec!["syntax.tas:4:"]),
         ("plugin.tap", service("gopher", LOOPBACK0, "{}"), vec!["unknown plugin 'gopher'", "known: web"]),
         ("field.tap", field.clone(), vec![&field_at, "unknown field `colour`"]),
         ("type.tap", typed.clone(), vec![&typed_at, "config.index", "expected a sequence"]),
-        ("type.tas", source, vec!["type.tas:11:22: ", "config.index", "expected a sequence"]),
+        ("type.tas", source.clone(), vec!["type.tas:11:22: ", "config.index", "expected a sequence"]),
+        // What decoding would lose without a word is refused: a bare word (RON reads it as
+        // null), a key given twice (the last would win).
+        ("bare.tas", source.replace(r#""index.html""#, "index"), vec!["bare.tas:11:22: ", "config.index: index is a bare word"]),
+        ("twice.tas", source.replace(r#""path": "www","#, r#""path": "www", "path": "/etc","#), vec!["twice.tas:10:36: ", r#"key "path" given twice"#]),
+        // A value refused after it was read is pointed at where it starts.
+        ("version.tap", r#"{"version": "one", "name": "web", "services": []}"#.into(), vec!["version.tap:1:13: version: invalid type"]),
         ("type2.tap", service("web", LOOPBACK0, r#"{"path": 42}"#), vec!["config.path", "integer `42`"]),
         ("missing.tap", service("web", LOOPBACK0, r#"{"path": "no-such-dir"}"#), vec!["--path no-such-dir"]),
-        ("endpoint.tap", service("web", "tcp:80:interface=localhost", r#"{"path": "www"}"#), vec!["endpoint.tap:1:", "services[0].listen[0]", "interface 'localhost'"]),
+        ("endpoint.tap", endpoint.clone(), vec![&endpoint_at, "services[0].listen[0]", "interface 'localhost'"]),
         ("newer.tap", r#"{"version": 7, "name": "web", "services": [], "hologram": true}"#.into(), vec!["version 7 is newer"]),
         ("envelope.tap", r#"{"version": 1, "name": "web", "servces": []}"#.into(), vec!["envelope.tap:1:", "unknown field `servces`"]),
     ];

@@ -150,27 +150,54 @@ fn step<'a, 'p>(node: &Node<'a>, path: &'p str) -> Option<(&'a str, &'p str)> {
     }
 }
 
-/// The line and column (both from 1) of the value that a plugin's problem about service
-/// `service` names, when the problem names a config field (`config.FIELD...: message`, as
-/// [`crate::plugin::PluginMaker`] writes decoding errors). A path the text does not hold as
+/// Where the value at `path` (as `serde_path_to_error` writes paths: `services[0].listen[1]`)
+/// starts in `text`, and whether the walk reached all of it: a path the text does not hold as
 /// written (a struct given in a form the walk cannot enter) stops at the deepest value found.
-pub fn config_field(
-    text: &str,
-    format: Format,
-    service: usize,
-    problem: &str,
-) -> Option<(usize, usize)> {
-    let (field, _) = problem.split_once(": ")?;
-    let mut path = field.strip_prefix("config")?;
-    let mut at = step(&node(text, format), "services")?.0;
-    at = step(&node(at, format), &format!("[{service}]"))?.0;
-    at = step(&node(at, format), "config")?.0;
+pub fn path_position(text: &str, format: Format, path: &str) -> ((usize, usize), bool) {
+    let (at, rest) = walk(text, format, path);
+    (position(text, at, format), rest.is_empty())
+}
+
+/// The deepest value of `text` along `path`, and what is left of the path there.
+fn walk<'a, 'p>(text: &'a str, format: Format, mut path: &'p str) -> (&'a str, &'p str) {
+    let mut at = text;
     while !path.is_empty() {
         match step(&node(at, format), path) {
             Some((member, rest)) => (at, path) = (member, rest),
             None => break,
         }
     }
+    (at, path)
+}
+
+/// The line and column (both from 1) of the value that a plugin's problem about service
+/// `service` names: a config field (`config.FIELD...: message`, as
+/// [`crate::plugin::PluginMaker`] writes decoding errors), or an option whose config field has
+/// its name (`--max-head-size 100: ...` is `max_head_size`), as plugins' checks name them.
+pub fn config_field(
+    text: &str,
+    format: Format,
+    service: usize,
+    problem: &str,
+) -> Option<(usize, usize)> {
+    let path = format!("services[{service}].config");
+    let (config, rest) = walk(text, format, &path);
+    if !rest.is_empty() {
+        return None;
+    }
+    let (field, _) = problem.split_once(": ")?;
+    let mut at = match field.strip_prefix("config") {
+        Some(path) => walk(config, format, path).0,
+        None => {
+            // `--name`, `--name VALUE`, `--name/-x`: the field `name`, when the config has it.
+            let option = field.strip_prefix("--")?;
+            let option = option.split([' ', '/']).next().unwrap_or(option);
+            match step(&node(config, format), &option.replace('-', "_")) {
+                Some((member, "")) => member,
+                _ => return None,
+            }
+        }
+    };
     // A field the config does not know: point at that field's value when it is there.
     if let Some(name) = problem
         .split_once("unknown field `")
@@ -181,11 +208,106 @@ pub fn config_field(
             at = member;
         }
     }
-    Some(position(text, at))
+    Some(position(text, at, format))
 }
 
-/// The line and column of `part`, a slice of `text`.
-fn position(text: &str, part: &str) -> (usize, usize) {
+/// What decoding a tap would lose without a word, in the parts kept as free-form values (each
+/// service's `config` and `state`): a key given twice (the last would win), and in RON a bare
+/// word (`logfile: accesslog`), which RON reads as a unit value, null. Returns the first, with
+/// its line, column and path.
+pub fn silent_loss(text: &str, format: Format) -> Option<(usize, usize, String)> {
+    let Node::Seq(services) = node(walk(text, format, "services").0, format) else {
+        return None;
+    };
+    for (i, service) in services.iter().enumerate() {
+        for part in ["config", "state"] {
+            if let (value, "") = walk(service, format, part) {
+                if let Some((at, message)) =
+                    lost_in(value, format, &format!("services[{i}].{part}"), text)
+                {
+                    let (line, column) = position(text, at, format);
+                    return Some((line, column, message));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn lost_in<'a>(
+    value: &'a str,
+    format: Format,
+    path: &str,
+    text: &str,
+) -> Option<(&'a str, String)> {
+    match node(value, format) {
+        Node::Map(members) => {
+            for (k, (key, member)) in members.iter().enumerate() {
+                if let Some((_, first)) = members[..k].iter().find(|(other, _)| other == key) {
+                    let (line, _) = position(text, first, format);
+                    return Some((
+                        member,
+                        format!("{path}: key \"{key}\" given twice (first on line {line})"),
+                    ));
+                }
+            }
+            members
+                .iter()
+                .find_map(|(key, member)| lost_in(member, format, &format!("{path}.{key}"), text))
+        }
+        Node::Seq(members) => members
+            .iter()
+            .enumerate()
+            .find_map(|(i, member)| lost_in(member, format, &format!("{path}[{i}]"), text)),
+        Node::Leaf => {
+            let word = bare_word(value).filter(|_| format == Format::Ron)?;
+            Some((
+                value,
+                format!(
+                    "{path}: {word} is a bare word, which RON reads as nothing; write a string \
+                     in quotes (\"{word}\"), or () for none"
+                ),
+            ))
+        }
+    }
+}
+
+/// The identifier a RON value is, inside any `Some(...)`, unless it is one RON reads as a value.
+fn bare_word(value: &str) -> Option<&str> {
+    let mut value = skip_trivia(value, Format::Ron).trim_end();
+    while let Some(inner) = value
+        .strip_prefix("Some")
+        .map(|rest| skip_trivia(rest, Format::Ron))
+        .and_then(|rest| rest.strip_prefix('('))
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
+        value = skip_trivia(inner, Format::Ron).trim_end();
+    }
+    let starts_like_a_word = value.starts_with(|c: char| c.is_alphabetic() || c == '_');
+    let is_word = value.chars().all(|c| c.is_alphanumeric() || c == '_');
+    (starts_like_a_word && is_word && !matches!(value, "true" | "false" | "None")).then_some(value)
+}
+
+/// `text` after blank space and, in RON, comments: where the value itself starts.
+fn skip_trivia(mut text: &str, format: Format) -> &str {
+    loop {
+        text = text.trim_start();
+        if format != Format::Ron {
+            return text;
+        }
+        if let Some(rest) = text.strip_prefix("//") {
+            text = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = text.strip_prefix("/*") {
+            text = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return text;
+        }
+    }
+}
+
+/// The line and column of `part`, a slice of `text`, where its value starts.
+fn position(text: &str, part: &str, format: Format) -> (usize, usize) {
+    let part = skip_trivia(part, format);
     let offset = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
     let before = text.get(..offset).unwrap_or(text);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -258,6 +380,74 @@ mod tests {
         // Problems that are not about a config field, or a service the text does not hold.
         assert_eq!(at(1, "--user: no password"), None);
         assert_eq!(at(5, "config.fsync: x"), None);
+    }
+
+    #[test]
+    fn options_name_their_field_and_paths_reach_the_envelope() {
+        let at = |service, problem| config_field(RON, Format::Ron, service, problem);
+        assert_eq!(at(0, "--fsync filesystm: unknown"), Some((14, 22)));
+        assert_eq!(at(0, "--users/-u: x"), Some((15, 22)));
+        assert_eq!(at(0, "--no-such-option: x"), None);
+        assert_eq!(
+            path_position(JSON, Format::Json, "services[1].plugin"),
+            ((8, 17), true)
+        );
+        assert_eq!(
+            path_position(RON, Format::Ron, "services[1].listen"),
+            ((17, 8), false)
+        );
+    }
+
+    #[test]
+    fn what_decoding_would_lose_is_found() {
+        let ron = |config: &str| {
+            let text =
+                format!("(\n  version: 1,\n  services: [(name: \"a\", config: {config})],\n)");
+            silent_loss(&text, Format::Ron).map(|(line, column, message)| {
+                (
+                    line,
+                    column,
+                    message.split(':').nth(1).unwrap_or("").trim().to_string(),
+                )
+            })
+        };
+        // RON's own values are kept; a bare word would become null.
+        assert_eq!(
+            ron(
+                r#"{"a": true, "b": None, "c": (), "d": Some("x"), "e": [1, -2.5], "f": (g: false)}"#
+            ),
+            None
+        );
+        let word = |w: &str| {
+            format!("{w} is a bare word, which RON reads as nothing; write a string in quotes (\"{w}\"), or () for none")
+        };
+        assert_eq!(
+            ron(r#"{"logfile": accesslog}"#),
+            Some((3, 46, word("accesslog")))
+        );
+        assert_eq!(
+            ron(r#"{"a": Some( /* c */ x_1)}"#),
+            Some((3, 40, word("x_1")))
+        );
+        assert_eq!(ron(r#"{"a": [1, inf]}"#), Some((3, 44, word("inf"))));
+        assert_eq!(ron(r#"{"a": {"b": NaN}}"#), Some((3, 46, word("NaN"))));
+        // A key given twice, in either format: the second is named.
+        assert_eq!(
+            ron("{\"a\": 1,\n \"a\": 2}"),
+            Some((4, 7, "key \"a\" given twice (first on line 3)".to_string()))
+        );
+        let json =
+            r#"{"version": 1, "services": [{"name": "a", "state": {"n": {"k": 1, "k": 2}}}]}"#;
+        assert_eq!(
+            silent_loss(json, Format::Json),
+            Some((
+                1,
+                72,
+                "services[0].state.n: key \"k\" given twice (first on line 1)".into()
+            ))
+        );
+        // Bare words are RON's: JSON has none to lose.
+        assert_eq!(silent_loss(JSON, Format::Json), None);
     }
 
     #[test]

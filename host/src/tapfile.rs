@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::app::{Application, TAP_VERSION};
 use crate::crypt::{self, CryptError, Key};
+use crate::locate;
 
 /// Taps are small; anything larger is not one, and is refused before it is read whole.
 pub const MAX_TAP_SIZE: u64 = 16 * 1024 * 1024;
@@ -271,6 +272,14 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, Tap
         Format::Json => parse_json(text, path)?,
         Format::Ron => parse_ron(text, path)?,
     };
+    if let Some((line, column, message)) = locate::silent_loss(text, format) {
+        return Err(TapError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
     // Version 1 is the only one so far; an upgrade from older versions would go here.
     let problems = app.envelope_problems();
     if !problems.is_empty() {
@@ -291,11 +300,30 @@ fn with_field(field: &serde_path_to_error::Path, message: String) -> String {
     }
 }
 
+/// Where a value the decoder refused starts, found by its path: the decoder's own position is
+/// where it stopped reading, after the value.
+fn value_position(
+    text: &str,
+    format: Format,
+    field: &serde_path_to_error::Path,
+) -> Option<(usize, usize)> {
+    match locate::path_position(text, format, &field.to_string()) {
+        (at, true) => Some(at),
+        (_, false) => None,
+    }
+}
+
 fn parse_json(text: &str, path: &Path) -> Result<Application, TapError> {
     let syntax = |e: &serde_json::Error, field: Option<&serde_path_to_error::Path>| {
-        let (line, column) = (e.line(), e.column());
+        let (mut line, mut column) = (e.line(), e.column());
+        if let Some(at) = field
+            .filter(|_| e.classify() == serde_json::error::Category::Data)
+            .and_then(|field| value_position(text, Format::Json, field))
+        {
+            (line, column) = at;
+        }
         let full = e.to_string();
-        let suffix = format!(" at line {line} column {column}");
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
         let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
         TapError::Syntax {
             path: path.to_path_buf(),
@@ -316,11 +344,23 @@ fn parse_json(text: &str, path: &Path) -> Result<Application, TapError> {
 
 fn parse_ron(text: &str, path: &Path) -> Result<Application, TapError> {
     let syntax = |e: ron::error::SpannedError, field: Option<&serde_path_to_error::Path>| {
+        use ron::error::Error as E;
         let message = e.code.to_string();
+        let refused_value = matches!(
+            e.code,
+            E::Message(_)
+                | E::InvalidValueForType { .. }
+                | E::ExpectedDifferentLength { .. }
+                | E::NoSuchEnumVariant { .. }
+        );
+        let (line, column) = field
+            .filter(|_| refused_value)
+            .and_then(|field| value_position(text, Format::Ron, field))
+            .unwrap_or((e.span.start.line, e.span.start.col));
         TapError::Syntax {
             path: path.to_path_buf(),
-            line: e.span.start.line,
-            column: e.span.start.col,
+            line,
+            column,
             message: match field {
                 Some(field) => with_field(field, message),
                 None => message,
