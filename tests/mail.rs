@@ -143,6 +143,12 @@ fn bad_options_are_refused_naming_the_option() {
             "passwords are never echoed"
         );
     }
+    let out = sb.mktap(&["mail", "-d", "e.com=md", "--no-smtp", "--no-pop3"]);
+    assert!(
+        !stderr(&out).contains("pair up"),
+        "said once: {}",
+        stderr(&out)
+    );
     assert!(!sb.join("mail.tap").exists());
 }
 

@@ -404,7 +404,7 @@ fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
     assert_eq!(
         stopped,
         format!(
-            "stopped web; {low} stay open (this process could not bind them again): \
+            "stopped web; {low} stays open (this process could not bind it again): \
              connections wait until start"
         )
     );
@@ -468,8 +468,14 @@ fn mail_endpoints_change_with_their_protocols() {
         assert!(out.starts_with(expected), "{command}: {out}");
     }
 
+    // Both are tcp:0: `services` shows where each listens, and that address names one.
+    let services = shell.run("services");
+    assert!(
+        services.contains(&format!("tcp:0:interface=127.0.0.1 ({pop3})")),
+        "{services}"
+    );
     // POP3 off: its port closes, SMTP goes on, and the config says so.
-    let off = shell.run("unlisten mail tcp:0:interface=127.0.0.1");
+    let off = shell.run(&format!("unlisten mail {pop3}"));
     assert!(off.starts_with("mail no longer listens on"), "{off}");
     assert!(TcpStream::connect(pop3).is_err(), "POP3's port is closed");
     assert!(greeting(smtp).starts_with("220"));
@@ -480,6 +486,13 @@ fn mail_endpoints_change_with_their_protocols() {
         .map(|(list, _)| list.split_whitespace().collect())
         .unwrap_or_else(|| panic!("{show}"));
     assert_eq!(protocols, r#""smtp","#);
+    // The last endpoint stays: closing it is stopping the service.
+    let last = shell.run(&format!("unlisten mail {smtp}"));
+    assert_eq!(
+        last,
+        format!("error: {smtp} is mail's only endpoint; to close it, stop or remove mail")
+    );
+    assert!(greeting(smtp).starts_with("220"));
 
     // And back, on a new port.
     let on = shell.run(&format!("listen mail {LOOPBACK0} pop3"));

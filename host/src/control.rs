@@ -87,6 +87,8 @@ pub struct ServiceInfo {
     pub listen: Vec<Endpoint>,
     pub running: bool,
     pub connections: usize,
+    /// Where a running service listens, one per endpoint (the kernel's port for `tcp:0`).
+    pub addresses: Vec<String>,
 }
 
 /// What `status` shows.
@@ -396,6 +398,10 @@ impl Control {
             listen: spec.listen.clone(),
             running: slot.running.is_some(),
             connections: slot.running.as_ref().map_or(0, |r| r.ctx.connections()),
+            addresses: match slot.running {
+                Some(_) => local_addrs(&slot.listeners),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -604,23 +610,37 @@ impl Control {
         self.relisten(&mut state, i, spec).await
     }
 
-    /// Removes an endpoint from a service (the admin shell's `unlisten`): the last one written
-    /// that way (several `tcp:0` endpoints are several sockets). As [`Control::listen`].
-    pub async fn unlisten(
-        &self,
-        name: &str,
-        endpoint: &Endpoint,
-    ) -> Result<Vec<String>, ControlError> {
+    /// Removes an endpoint from a service (the admin shell's `unlisten`), named as written
+    /// (the last one written that way: several `tcp:0` endpoints are several sockets) or by
+    /// the address a running service listens on (`127.0.0.1:38255`, which tells those apart).
+    /// A service's only endpoint stays: stopping it is `stop`. As [`Control::listen`].
+    pub async fn unlisten(&self, name: &str, target: &str) -> Result<Vec<String>, ControlError> {
         let mut state = self.inner.state.lock().await;
         let i = Self::position(&state, name)?;
         let mut spec = state.app.services[i].clone();
-        let position = spec
-            .listen
-            .iter()
-            .rposition(|e| e == endpoint)
-            .ok_or_else(|| {
-                ControlError::Invalid(format!("{name} does not listen on {endpoint}"))
-            })?;
+        let written = target.parse::<Endpoint>();
+        let position = match &written {
+            Ok(endpoint) => spec.listen.iter().rposition(|e| e == endpoint),
+            Err(_) => None,
+        }
+        .or_else(|| {
+            let slot = &state.slots[i];
+            slot.running.as_ref()?;
+            local_addrs(&slot.listeners)
+                .iter()
+                .position(|a| a == target)
+        })
+        .ok_or_else(|| {
+            ControlError::Invalid(match written {
+                Ok(_) => format!("{name} does not listen on {target}"),
+                Err(e) => format!("{e}, nor an address {name} listens on"),
+            })
+        })?;
+        if spec.listen.len() == 1 {
+            return Err(ControlError::Invalid(format!(
+                "{target} is {name}'s only endpoint; to close it, stop or remove {name}"
+            )));
+        }
         spec.config = self.relisten_config(&spec, ListenChange::Removed { position })?;
         spec.listen.remove(position);
         self.relisten(&mut state, i, spec).await

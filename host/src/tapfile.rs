@@ -245,6 +245,8 @@ pub fn read_text(
             reason: format!("line {line} is not UTF-8 text"),
         }
     })?;
+    // A byte order mark, as some Windows editors write one, is not part of the text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     Ok((Zeroizing::new(text.to_string()), key))
 }
 
@@ -544,6 +546,18 @@ mod tests {
             parse(zero, Format::Ron, Path::new("z.tas")),
             Err(TapError::UnknownVersion { found: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for format in [Format::Json, Format::Ron] {
+            let path = dir.path().join(format!("bom.{}", format.extension()));
+            let text = to_string(&sample(), format).expect("encode");
+            fs::write(&path, format!("\u{feff}{text}")).expect("write");
+            let (app, found) = load(&path).expect("loads");
+            assert_eq!((app, found), (sample(), format));
+        }
     }
 
     #[test]

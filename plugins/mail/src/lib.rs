@@ -704,7 +704,8 @@ impl Plugin for MailPlugin {
         if config.protocols.is_empty() {
             problems.push("nothing to serve: both --no-smtp and --no-pop3".to_string());
         }
-        if config.protocols.len() != listen.len() {
+        // With nothing to serve, the endpoints left over are the same problem, said once.
+        if !config.protocols.is_empty() && config.protocols.len() != listen.len() {
             problems.push(format!(
                 "listen: {} endpoints for {} protocols ({}); they pair up in order",
                 listen.len(),

@@ -156,9 +156,13 @@ pub enum Flush {
     /// ([`OTHERS_DIRTY_LIMIT`]) a group's files are fsynced each, several at once. Needs Linux
     /// 5.8 or later (syncfs reports write-back errors since); older kernels get `per-file`.
     #[default]
+    #[value(
+        help = "one syncfs(2) flushes a group of deliveries (Linux 5.8 or later, else per-file)"
+    )]
     Filesystem,
     /// fsync(2) of every message file, then of `new/`, as Postfix and Dovecot do; concurrent
     /// deliveries into one directory share its fsync.
+    #[value(help = "fsync(2) of each message file, then of new/, as Postfix and Dovecot")]
     PerFile,
 }
 

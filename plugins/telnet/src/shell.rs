@@ -29,7 +29,7 @@ commands:
   stop NAME | start NAME        stop (draining) or start a service; it stays in the application
   set NAME FIELD VALUE          change one config field; live when the service can, else it restarts
   listen NAME ENDPOINT [KIND]   add an endpoint to a service (mail: KIND is smtp, pop3 or pop3s)
-  unlisten NAME ENDPOINT        remove an endpoint from a service
+  unlisten NAME ENDPOINT        remove an endpoint (or the ADDR:PORT it listens on) from a service
   save [TAG]                    write the running application to <name>.tap or <name>-<TAG>.tap
   log level LEVEL               change the log filter (error, warn, info, debug, trace, or a filter)
   shutdown                      stop every service gracefully, save the shutdown tap, exit
@@ -85,7 +85,16 @@ fn services_table(services: &[ServiceInfo]) -> String {
         "NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"
     );
     for s in services {
-        let endpoints: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+        // Where the kernel chose the port, the address too: `unlisten` takes either.
+        let endpoints: Vec<String> = s
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(k, endpoint)| match s.addresses.get(k) {
+                Some(addr) if endpoint.port() == Some(0) => format!("{endpoint} ({addr})"),
+                _ => endpoint.to_string(),
+            })
+            .collect();
         let _ = writeln!(
             out,
             "{:<16} {:<8} {:<8} {:>5}  {}",
@@ -193,12 +202,14 @@ impl Shell {
                 None => match self.control.stop(name).await {
                     Ok(kept) if kept.is_empty() => Outcome::Reply(format!("stopped {name}\n")),
                     Ok(kept) => Outcome::Reply(format!(
-                        "stopped {name}; {} stay open (this process could not bind them \
-                         again): connections wait until start\n",
+                        "stopped {name}; {} {} open (this process could not bind {} again): \
+                         connections wait until start\n",
                         kept.iter()
                             .map(ToString::to_string)
                             .collect::<Vec<_>>()
-                            .join(", ")
+                            .join(", "),
+                        if kept.len() == 1 { "stays" } else { "stay" },
+                        if kept.len() == 1 { "it" } else { "them" },
                     )),
                     Err(e) => error(e),
                 },
@@ -355,17 +366,13 @@ impl Shell {
         if let Some(refusal) = self.refuse_own(name, "restarting") {
             return refusal;
         }
-        let endpoint: Endpoint = match endpoint.parse() {
-            Ok(e) => e,
-            Err(e) => return error(e),
-        };
         let (done, verb) = match edit {
-            Edit::Add(kind) => (
-                self.control.listen(name, endpoint.clone(), kind).await,
-                "listens on",
-            ),
+            Edit::Add(kind) => match endpoint.parse::<Endpoint>() {
+                Ok(parsed) => (self.control.listen(name, parsed, kind).await, "listens on"),
+                Err(e) => return error(e),
+            },
             Edit::Remove => (
-                self.control.unlisten(name, &endpoint).await,
+                self.control.unlisten(name, endpoint).await,
                 "no longer listens on",
             ),
         };

@@ -378,12 +378,24 @@ impl Plugin for WebPlugin {
                 ..
             } = endpoint
             {
+                let missing: Vec<&str> = [("--privkey", private_key), ("--certificate", cert_key)]
+                    .iter()
+                    .filter(|(_, file)| file.as_os_str().is_empty())
+                    .map(|(option, _)| *option)
+                    .collect();
+                // Only --https makes an ssl: endpoint without files (the parser refuses them).
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "--https {}: needs {}",
+                        endpoint.port().unwrap_or_default(),
+                        missing.join(" and ")
+                    ));
+                }
                 for (what, file) in [("private key", private_key), ("certificate", cert_key)] {
                     if file.as_os_str().is_empty() {
-                        problems.push(format!(
-                            "{endpoint}: no {what} (--https needs --certificate and --privkey)"
-                        ));
-                    } else if let Err(e) = std::fs::metadata(file) {
+                        continue;
+                    }
+                    if let Err(e) = std::fs::metadata(file) {
                         problems.push(format!("{endpoint}: {what} {}: {e}", file.display()));
                     }
                 }
