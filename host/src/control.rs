@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Application, ServiceSpec};
 use crate::endpoint::{BindError, Endpoint};
 use crate::net::BoundListener;
-use crate::plugin::{ListenChange, PluginError, Registry};
+use crate::plugin::{ListenChange, Maker, PluginError, Registry};
 use crate::service::{Service, ServiceContext};
 use crate::tapfile::{self, Format};
 
@@ -464,12 +464,7 @@ impl Control {
         replacing: Option<usize>,
         spec: &ServiceSpec,
     ) -> Result<(), ControlError> {
-        let maker = self
-            .inner
-            .registry
-            .get(&spec.plugin)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
-        maker.check(spec).map_err(|problems| {
+        self.maker(spec)?.check(spec).map_err(|problems| {
             ControlError::Invalid(format!("{}: {}", spec.name, problems.join("; ")))
         })?;
         let mut candidate = app.clone();
@@ -553,6 +548,10 @@ impl Control {
         let mut spec = state.app.services[i].clone();
         spec.config = config;
         self.check(&state.app, Some(i), &spec)?;
+        spec.config = self
+            .maker(&spec)?
+            .normalize(&spec)
+            .map_err(|e| ControlError::Invalid(format!("{}: {e}", spec.name)))?;
         let applied = match &state.slots[i].running {
             None => Applied::AtStart,
             Some(running) => {
@@ -646,15 +645,20 @@ impl Control {
         self.relisten(&mut state, i, spec).await
     }
 
+    /// The plugin of `spec`.
+    fn maker(&self, spec: &ServiceSpec) -> Result<&Arc<dyn Maker>, ControlError> {
+        self.inner
+            .registry
+            .get(&spec.plugin)
+            .map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+
     fn relisten_config(
         &self,
         spec: &ServiceSpec,
         change: ListenChange<'_>,
     ) -> Result<serde_json::Value, ControlError> {
-        self.inner
-            .registry
-            .get(&spec.plugin)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?
+        self.maker(spec)?
             .relisten(spec, change)
             .map_err(|e| ControlError::Invalid(format!("{}: {e}", spec.name)))
     }
@@ -702,10 +706,7 @@ impl Control {
         i: usize,
         spec: &ServiceSpec,
     ) -> Result<(), ControlError> {
-        self.inner
-            .registry
-            .get(&spec.plugin)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?
+        self.maker(spec)?
             .build(spec)
             .map_err(|message| ControlError::Invalid(format!("{}: {message}", spec.name)))?;
         let mut spec = spec.clone();

@@ -99,6 +99,12 @@ pub trait Maker: Send + Sync {
     fn check(&self, spec: &ServiceSpec) -> Result<(), Vec<String>>;
     fn build(&self, spec: &ServiceSpec) -> Result<Arc<dyn Service>, String>;
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool;
+    /// The config as the plugin writes it (as mktap would have, and the shutdown save will):
+    /// `set` shows what is kept, not what was typed. Plugins without a typed config keep theirs.
+    fn normalize(&self, spec: &ServiceSpec) -> Result<serde_json::Value, String> {
+        Ok(spec.config.clone())
+    }
+
     /// The config that goes with a change to the listen list ([`Plugin::endpoint_added`],
     /// [`Plugin::endpoint_removed`]); plugins without kinds of listener keep theirs.
     fn relisten(
@@ -190,6 +196,11 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool {
         Self::decode(spec).is_ok_and(|c| P::holds_secrets(&c))
+    }
+
+    fn normalize(&self, spec: &ServiceSpec) -> Result<serde_json::Value, String> {
+        serde_json::to_value(Self::decode(spec)?)
+            .map_err(|e| format!("cannot encode the config: {e}"))
     }
 
     fn relisten(

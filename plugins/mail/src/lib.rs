@@ -756,5 +756,17 @@ mod tests {
             bad.to_string().contains("'dns.example': expected IP"),
             "{bad}"
         );
+
+        // What the shell's `set` keeps (and `show` prints) is the config as the plugin writes it.
+        let spec = host::ServiceSpec {
+            name: "mail".into(),
+            plugin: "mail".into(),
+            listen: Vec::new(),
+            config: serde_json::json!({"relay_resolver": ["127.0.0.1"]}),
+            state: None,
+        };
+        let maker = host::plugin::PluginMaker::<MailPlugin>::default();
+        let kept = host::Maker::normalize(&maker, &spec).expect("normalizes");
+        assert_eq!(kept["relay_resolver"], serde_json::json!(["127.0.0.1:53"]));
     }
 }
