@@ -197,6 +197,17 @@ fn bad_input_writes_nothing() {
             &["--listen", "interface 'nowhere'"],
         ),
         (&["web", "--path", "www", "--colour"], 64, &["--colour"]),
+        // A CGI interpreter that cannot be run is told now, not as a 500 per request.
+        (
+            &["web", "--path", "www", "--processor", ".pl=no-such-perl"],
+            78,
+            &["--processor .pl=no-such-perl: no-such-perl is not on $PATH"],
+        ),
+        (
+            &["web", "--path", "www", "--processor", ".pl=./broken.tap"],
+            78,
+            &["--processor .pl=./broken.tap: ./broken.tap is not an executable file"],
+        ),
         (
             &["gopher", "--path", "www"],
             64,

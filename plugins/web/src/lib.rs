@@ -308,7 +308,9 @@ impl Plugin for WebPlugin {
             report(options::mime(v).map(drop));
         }
         for v in &config.processor {
-            report(options::processor(v).map(drop));
+            report(options::processor(v).and_then(|(_, program)| {
+                options::find_program(&program).map_err(|e| format!("--processor {v}: {e}"))
+            }));
         }
         for v in &config.add_header {
             report(options::header(v).map(drop));

@@ -2,7 +2,7 @@
 //! `--processor`, `--add-header`, `--sni`). The tap stores them as the user typed them, so
 //! `validate` and `build` both parse them here and a hand-edited tap gets the same messages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hyper::header::{HeaderName, HeaderValue};
 
@@ -67,6 +67,30 @@ pub fn mime(value: &str) -> Result<(String, HeaderValue), String> {
 pub fn processor(value: &str) -> Result<(String, PathBuf), String> {
     let (ext, program) = extension_pair("--processor", value)?;
     Ok((ext, PathBuf::from(program)))
+}
+
+/// That `program` can be run: a path to an executable file, or a name found on `$PATH` (as
+/// the CGI runner looks for it), so a typo is told at start, not as a 500 per request.
+pub fn find_program(program: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return match std::fs::metadata(program) {
+            Err(e) => Err(format!("{}: {e}", program.display())),
+            Ok(_) if !runnable(program) => {
+                Err(format!("{} is not an executable file", program.display()))
+            }
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| runnable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err(format!("{} is not on $PATH", program.display()))
+    }
 }
 
 /// `--add-header "Name: value"`.
