@@ -577,7 +577,7 @@ fn aliases_expand_include_and_reload_when_changed() {
     let out = sb.mktap(&["mail", "-d", "example.com=maildir", "-A", "bad"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("--aliases bad line 2"),
+        stderr(&out).contains("--aliases bad:2:"),
         "{}",
         stderr(&out)
     );

@@ -45,7 +45,7 @@ pub enum AliasError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--aliases {path} line {line}: {reason}")]
+    #[error("--aliases {}:{line}: {reason}", path.display())]
     Syntax {
         path: PathBuf,
         line: usize,
@@ -242,7 +242,7 @@ fn parse_file(path: &Path) -> Result<Table, AliasError> {
         }
         if table.entries.contains_key(&name) {
             tracing::warn!(
-                "--aliases {} line {line}: '{name}' is given again; the first entry is kept",
+                "--aliases {}:{line}: '{name}' is given again; the first entry is kept",
                 path.display()
             );
             continue;
@@ -296,11 +296,31 @@ fn parse_targets(
                 .parent()
                 .unwrap_or(Path::new("."))
                 .join(included.trim());
-            let text = read(&included, stamps)?;
+            // Errors in an included file name the line that includes it too.
+            let from = |e: AliasError| match e {
+                AliasError::Read { path, source } if path == included => AliasError::Syntax {
+                    path: file.to_path_buf(),
+                    line,
+                    reason: format!(":include:{}: {source}", path.display()),
+                },
+                AliasError::Syntax {
+                    path,
+                    line: at,
+                    reason,
+                } => AliasError::Syntax {
+                    path,
+                    line: at,
+                    reason: format!("{reason} (included from {}:{line})", file.display()),
+                },
+                other => other,
+            };
+            let text = read(&included, stamps).map_err(from)?;
             let mut inner = Vec::new();
             for (i, text) in text.lines().enumerate() {
                 if !text.trim_start().starts_with('#') {
-                    inner.extend(parse_targets(&included, i + 1, text, stamps, depth + 1)?);
+                    inner.extend(
+                        parse_targets(&included, i + 1, text, stamps, depth + 1).map_err(from)?,
+                    );
                 }
             }
             targets.push(Target::Include(inner));
@@ -368,7 +388,7 @@ mod tests {
         let path = dir.path().join("aliases");
         std::fs::write(&path, b"# list\nstaff: al\nj\xfcrgen: bo\n").expect("write");
         let e = Aliases::load(&path).expect_err("latin-1").to_string();
-        assert!(e.contains("aliases line 3: not UTF-8 text"), "{e}");
+        assert!(e.contains("aliases:3: not UTF-8 text"), "{e}");
     }
 
     #[test]
@@ -422,19 +442,17 @@ mod tests {
         let path = dir.path().join("aliases");
         std::fs::write(dir.path().join("list"), "bo\nx y\n").expect("write");
         for (text, expected) in [
-            (
-                "a: |/bin/sh\n",
-                "line 1: '|/bin/sh': program and file targets",
-            ),
+            ("a: |/bin/sh\n", ":1: '|/bin/sh': program and file targets"),
             ("a: /tmp/x\n", "program and file targets"),
-            ("  b\n", "line 1: a continuation line"),
+            ("  b\n", ":1: a continuation line"),
             ("a b: c\n", "not an alias name"),
             ("a:\n", "has no target"),
-            ("ok: x\nbad\n", "line 2: expected"),
-            ("a: :include:missing\n", "missing"),
+            ("ok: x\nbad\n", ":2: expected"),
+            // An included file's errors name the line that includes it.
+            ("a: :include:missing\n", "aliases:1: :include:"),
             (
                 "a: b,\n  :include:list\n",
-                "list line 2: 'x y' is not an address",
+                "list:2: 'x y' is not an address (included from ",
             ),
         ] {
             std::fs::write(&path, text).expect("write");

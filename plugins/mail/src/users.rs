@@ -20,13 +20,13 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 pub enum UsersError {
     #[error("{0}")]
     Hash(String),
-    #[error("--passwordfile {path}: {source}")]
+    #[error("--passwordfile {}: {source}", path.display())]
     ReadFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("--passwordfile {path} line {line}: {reason}")]
+    #[error("--passwordfile {}:{line}: {reason}", path.display())]
     BadLine {
         path: PathBuf,
         line: usize,
@@ -333,16 +333,13 @@ mod tests {
         config.users.insert("al@a.test".into(), "h".into());
         config.password_file = Some(path.clone());
         for (text, expected) in [
-            ("bo@a.test:\n", "line 1: empty password"),
+            ("bo@a.test:\n", ":1: empty password"),
             (
                 "bo@a.test:x\n# c\nBO@a.test:y\n",
-                "line 3: bo@a.test is given again (first on line 1)",
+                ":3: bo@a.test is given again (first on line 1)",
             ),
-            (
-                "\nal@a.test:x\n",
-                "line 2: al@a.test is also given by --user",
-            ),
-            ("bo@c.test:x\n", "line 1: not one of the --maildirdbmdomain"),
+            ("\nal@a.test:x\n", ":2: al@a.test is also given by --user"),
+            ("bo@c.test:x\n", ":1: not one of the --maildirdbmdomain"),
         ] {
             std::fs::write(&path, text).expect("write");
             let e = Directory::load(&config).expect_err(text).to_string();
@@ -350,7 +347,7 @@ mod tests {
         }
         std::fs::write(&path, b"bo@a.test:x\n\ncy@a.test:p\xe9\n").expect("write");
         let e = Directory::load(&config).expect_err("latin-1").to_string();
-        assert!(e.contains("line 3: not UTF-8 text"), "{e}");
+        assert!(e.contains("passwords:3: not UTF-8 text"), "{e}");
     }
 
     #[test]
