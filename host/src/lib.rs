@@ -36,6 +36,7 @@ pub mod docs;
 pub mod endpoint;
 pub mod exit;
 pub mod external;
+pub mod files;
 pub mod locate;
 pub mod memory;
 pub mod net;

@@ -21,10 +21,11 @@ use zeroize::Zeroizing;
 
 use crate::app::{Application, TAP_VERSION};
 use crate::crypt::{self, CryptError, Key};
+use crate::files;
 use crate::locate;
 
 /// Taps are small; anything larger is not one, and is refused before it is read whole.
-pub const MAX_TAP_SIZE: u64 = 16 * 1024 * 1024;
+pub const MAX_TAP_SIZE: u64 = files::MAX_SMALL_FILE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -215,7 +216,15 @@ pub fn read_text(
             reason: format!("it is larger than {} MiB", MAX_TAP_SIZE >> 20),
         });
     }
-    let bytes = Zeroizing::new(fs::read(path).map_err(read_err)?);
+    let bytes = Zeroizing::new(files::read_limited(path, MAX_TAP_SIZE).map_err(
+        |e| match e.kind() {
+            io::ErrorKind::InvalidData => TapError::NotATap {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+            _ => read_err(e),
+        },
+    )?);
     let (plain, key) = match (crypt::is_sealed(&bytes), passphrase) {
         (false, None) => (bytes, None),
         (true, None) => {
@@ -546,6 +555,14 @@ mod tests {
             parse(zero, Format::Ron, Path::new("z.tas")),
             Err(TapError::UnknownVersion { found: 0, .. })
         ));
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_without_reading_it_all() {
+        match load(Path::new("/dev/zero")) {
+            Err(TapError::NotATap { reason, .. }) => assert!(reason.contains("larger"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn resolvers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, 
 /// A text file read whole, or the line of its first byte that is not UTF-8 (read_to_string's
 /// error names no line, and these files are edited by hand).
 pub(crate) fn read_text_file(path: &Path) -> std::io::Result<Result<String, usize>> {
-    let bytes = std::fs::read(path)?;
+    let bytes = host::files::read_small(path)?;
     Ok(String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         e.as_bytes()[..valid]

@@ -57,7 +57,7 @@ pub enum TlsError {
 /// also sit in the certificate file, as Twisted's single-PEM convention has it).
 pub fn acceptor(certificate: &Path, key: Option<&Path>) -> Result<TlsAcceptor, TlsError> {
     let read = |option: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
+        host::files::read_small(path).map_err(|source| TlsError::Read {
             option,
             path: path.to_path_buf(),
             source,
@@ -103,7 +103,7 @@ fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     };
     let option = "--relay-ca";
     let path = path.to_path_buf();
-    let pem = std::fs::read(&path).map_err(|source| TlsError::Read {
+    let pem = host::files::read_small(&path).map_err(|source| TlsError::Read {
         option,
         path: path.clone(),
         source,

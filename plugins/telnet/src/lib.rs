@@ -138,8 +138,9 @@ fn ask_password() -> Result<String, String> {
     Ok(first)
 }
 
-fn read_passwd(path: &PathBuf) -> Result<Vec<User>, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+fn read_passwd(path: &std::path::Path) -> Result<Vec<User>, Vec<String>> {
+    let text = host::files::read_small(path)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
         .map_err(|e| vec![format!("--passwd {}: {e}", path.display())])?;
     let mut users = Vec::new();
     let mut problems = Vec::new();

@@ -16,7 +16,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::options::host_name;
 
 fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let read =
+        |path: &Path| host::files::read_small(path).map_err(|e| format!("{}: {e}", path.display()));
     let cert_pem = read(cert)?;
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
