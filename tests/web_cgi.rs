@@ -452,6 +452,38 @@ fn cgi_paths_cannot_leave_the_script_directory() {
     }
 }
 
+/// A script still running when twistd exits (the drain deadline passed) goes with it, and so
+/// does what it started: nothing is left to init.
+#[test]
+fn scripts_still_running_at_exit_are_killed_with_their_children() {
+    let sb = sandbox();
+    let script = std::fs::read_to_string(sb.join("cgi-bin/slow.sh")).expect("read");
+    std::fs::write(
+        sb.join("cgi-bin/slow.sh"),
+        script.replace("$PIDFILE_DIR", &sb.path().display().to_string()),
+    )
+    .expect("write");
+    let args = args(&sb, &[]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.splice(0..0, ["--shutdown-timeout", "1"]);
+    let mut twistd = sb.twistd(&args);
+    let url = twistd.url(0, "/cgis/slow.sh");
+    let request = std::thread::spawn(move || curl(&url, &[]));
+    let (script_pid, grandchild_pid) = (sb.join("script.pid"), sb.join("grandchild.pid"));
+    wait_until("the script started", || {
+        script_pid.exists() && grandchild_pid.exists()
+    });
+    let read_pid = |name: &str| -> i32 { sb.read(name).trim().parse().expect("a pid") };
+    let (script, grandchild) = (read_pid("script.pid"), read_pid("grandchild.pid"));
+    twistd.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, log) = twistd.stop_waiting();
+    assert!(status.success(), "{log:?}");
+    let _ = request.join();
+    wait_until("the script and its background child are gone", || {
+        !alive(script) && !alive(grandchild)
+    });
+}
+
 #[test]
 fn a_stop_lets_a_request_in_flight_finish() {
     let sb = sandbox();

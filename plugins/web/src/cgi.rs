@@ -275,6 +275,9 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             }
         };
+        // Should this task be dropped first (the runtime ending as twistd exits), the group
+        // goes with it: kill_on_drop reaches only the script, not what it started.
+        let mut on_drop = GroupKill(pgid);
         let status = tokio::select! {
             status = child.wait() => status,
             () = tokio::time::sleep(timeout) => {
@@ -289,6 +292,7 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
         // remains, and Linux hands out no PID still in use as a group ID, so this reaches
         // only the script's own processes; with none left it finds no group.
         kill();
+        on_drop.0 = None;
         match status {
             Ok(s) if !s.success() && !reaper_killed.load(Ordering::SeqCst) => {
                 tracing::warn!("cgi {reaper_name}: exited with {s}")
@@ -497,6 +501,17 @@ fn trim(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
+}
+
+/// Kills a script's process group when dropped, unless emptied first.
+struct GroupKill(Option<nix::unistd::Pid>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// The rest of the script's stdout. If the script was killed at the timeout, the body ends
