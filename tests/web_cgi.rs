@@ -466,7 +466,7 @@ fn scripts_still_running_at_exit_are_killed_with_their_children() {
     let args = args(&sb, &[]);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.splice(0..0, ["--shutdown-timeout", "1"]);
-    let mut twistd = sb.twistd(&args);
+    let twistd = sb.twistd(&args);
     let url = twistd.url(0, "/cgis/slow.sh");
     let request = std::thread::spawn(move || curl(&url, &[]));
     let (script_pid, grandchild_pid) = (sb.join("script.pid"), sb.join("grandchild.pid"));
