@@ -178,7 +178,7 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
         key.as_ref(),
         registry.holds_secrets(&app),
     )
-    .map_err(Failure::internal)?;
+    .map_err(Failure::saving)?;
     Ok(format!("wrote {} with {summary}", path.display()))
 }
 

@@ -219,6 +219,44 @@ fn start_up_failures_reach_the_parent_with_their_code() {
     let out = sb.twistd_output(&["-l", "-", "-f", "web.tap"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("needs -n"), "{}", stderr(&out));
+
+    // A run directory or chroot that is not there is named as such, not as the pidfile's
+    // problem; a pidfile that cannot be made is 73, as other files twistd cannot create.
+    for (args, code, needle) in [
+        (&["-d", "no-such-dir"][..], 78, "--rundir "),
+        (
+            &["--chroot", "no-such-dir"][..],
+            78,
+            "--chroot no-such-dir: not a directory",
+        ),
+        (&["--pidfile", "no-such-dir/x.pid"][..], 73, "pidfile "),
+    ] {
+        let tap = sb.join("web.tap");
+        let mut all = args.to_vec();
+        all.extend(["-f", tap.to_str().expect("utf-8")]);
+        let out = sb.twistd_output(&all);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    // A user the tap names is the tap's, not an option's.
+    sb.mktap_ok(&[
+        "-n",
+        "who",
+        "-u",
+        "no-such-user-here",
+        "web",
+        "--path",
+        "www",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+    ]);
+    let out = sb.twistd_output(&["-f", "who.tap"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("the tap's uid no-such-user-here: no such user"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -197,6 +197,20 @@ impl Paths {
             Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
             None => p.to_path_buf(),
         };
+        // The directories first: a missing one would otherwise be told as a pidfile error.
+        if let Some(root) = chroot.filter(|root| !root.is_dir()) {
+            return Err(Failure::config(format!(
+                "--chroot {}: not a directory (or none there)",
+                root.display()
+            )));
+        }
+        let rundir_now = outside(&rundir);
+        if !rundir_now.is_dir() {
+            return Err(Failure::config(format!(
+                "--rundir {}: not a directory (or none there)",
+                rundir_now.display()
+            )));
+        }
         Ok(Paths {
             pid_now: pid_later.as_deref().map(outside),
             pid_later,
@@ -326,12 +340,19 @@ fn run_logged(
     let (app, format, save, key) = load(registry, matches)?;
     // Flags override the tap, each on its own.
     let target = privileges::resolve(
-        matches.get_one::<Principal>("uid").or(app.uid.as_ref()),
-        matches.get_one::<Principal>("gid").or(app.gid.as_ref()),
+        privileges::either(matches.get_one::<Principal>("uid"), app.uid.as_ref()),
+        privileges::either(matches.get_one::<Principal>("gid"), app.gid.as_ref()),
     )?;
     let paths = Paths::new(matches)?;
     let mut pidfile = match &paths.pid_now {
-        Some(path) => Some(PidFile::lock(path).map_err(|e| Failure::new(exit::UNAVAILABLE, e))?),
+        Some(path) => Some(PidFile::lock(path).map_err(|e| {
+            // Another twistd holds it: unavailable; a file that cannot be made: cantcreat.
+            let code = match e {
+                pidfile::PidFileError::Running { .. } => exit::UNAVAILABLE,
+                pidfile::PidFileError::Io { .. } => exit::CANTCREAT,
+            };
+            Failure::new(code, e)
+        })?),
         None => None,
     };
     let mut notifier = Notifier::foreground();
@@ -457,7 +478,9 @@ fn start_failure(e: StartError) -> Failure {
         StartError::Bind { source, .. } if source.is_permission() => exit::NOPERM,
         StartError::Bind { .. } => exit::UNAVAILABLE,
         StartError::Plugin(_) => exit::CONFIG,
-        StartError::Start { .. } => exit::INTERNAL,
+        // A service that cannot start (a Maildir that cannot be made, a certificate that
+        // cannot be read) is a matter of its configuration and surroundings, not a bug.
+        StartError::Start { .. } => exit::CONFIG,
     };
     Failure::new(code, e)
 }
@@ -561,7 +584,7 @@ fn serve(
                 settings.key.as_ref(),
                 registry.holds_secrets(&snapshot),
             )
-            .map_err(Failure::internal)?;
+            .map_err(Failure::saving)?;
             tracing::info!("saved {}", path.display());
         }
         tracing::info!("stopped");

@@ -25,11 +25,37 @@ impl Target {
     }
 }
 
+/// Where a user or group came from, for messages: the option, or the tap.
+#[derive(Debug, Clone, Copy)]
+pub enum From {
+    Flag,
+    Tap,
+}
+
+/// The flag when given (flags override the tap, each on its own), else the tap's.
+pub fn either<'a>(
+    flag: Option<&'a Principal>,
+    tap: Option<&'a Principal>,
+) -> Option<(&'a Principal, From)> {
+    flag.map(|p| (p, From::Flag))
+        .or(tap.map(|p| (p, From::Tap)))
+}
+
+fn label(from: From, option: &str) -> String {
+    match from {
+        From::Flag => format!("--{option}"),
+        From::Tap => format!("the tap's {option}"),
+    }
+}
+
 /// `--uid` alone takes that user's primary group; `--gid` alone changes only the group.
 pub fn resolve(
-    uid: Option<&Principal>,
-    gid: Option<&Principal>,
+    uid: Option<(&Principal, From)>,
+    gid: Option<(&Principal, From)>,
 ) -> Result<Option<Target>, Failure> {
+    let uid_label = uid.map(|(_, from)| label(from, "uid")).unwrap_or_default();
+    let gid_label = gid.map(|(_, from)| label(from, "gid")).unwrap_or_default();
+    let (uid, gid) = (uid.map(|(p, _)| p), gid.map(|(p, _)| p));
     if uid.is_none() && gid.is_none() {
         return Ok(None);
     }
@@ -37,17 +63,17 @@ pub fn resolve(
         None => None,
         Some(Principal::Name(name)) => Some(
             User::from_name(name)
-                .map_err(|e| Failure::config(format!("--uid {name}: {e}")))?
-                .ok_or_else(|| Failure::config(format!("--uid {name}: no such user")))?,
+                .map_err(|e| Failure::config(format!("{uid_label} {name}: {e}")))?
+                .ok_or_else(|| Failure::config(format!("{uid_label} {name}: no such user")))?,
         ),
         Some(Principal::Id(id)) => User::from_uid(Uid::from_raw(*id))
-            .map_err(|e| Failure::config(format!("--uid {id}: {e}")))?,
+            .map_err(|e| Failure::config(format!("{uid_label} {id}: {e}")))?,
     };
     let gid = match gid {
         Some(Principal::Name(name)) => {
             Group::from_name(name)
-                .map_err(|e| Failure::config(format!("--gid {name}: {e}")))?
-                .ok_or_else(|| Failure::config(format!("--gid {name}: no such group")))?
+                .map_err(|e| Failure::config(format!("{gid_label} {name}: {e}")))?
+                .ok_or_else(|| Failure::config(format!("{gid_label} {name}: no such group")))?
                 .gid
         }
         Some(Principal::Id(id)) => Gid::from_raw(*id),
@@ -55,7 +81,7 @@ pub fn resolve(
             Some(user) => user.gid,
             None => {
                 return Err(Failure::config(format!(
-                    "--uid {}: no passwd entry to take a group from; give --gid too",
+                    "{uid_label} {}: no passwd entry to take a group from; give --gid too",
                     uid.expect("uid given when gid is not")
                 )))
             }

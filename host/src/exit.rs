@@ -40,6 +40,15 @@ impl Failure {
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Failure::new(INTERNAL, message)
     }
+
+    /// A tap that could not be written: [`CANTCREAT`] when the file could not be, else (it
+    /// could not be encoded) [`INTERNAL`].
+    pub fn saving(e: crate::tapfile::TapError) -> Self {
+        match e {
+            crate::tapfile::TapError::Write { .. } => Failure::new(CANTCREAT, e),
+            other => Failure::internal(other),
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
