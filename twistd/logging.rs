@@ -329,6 +329,12 @@ impl RotatingFile {
 
     /// `path.N-1` becomes `path.N` (the oldest is dropped), ..., `path` becomes `path.1`.
     fn rotate(&mut self) -> io::Result<()> {
+        // Deleted or moved away since it was opened: there is nothing to shift (doing so
+        // would push the old files towards deletion with nothing new in front), only a new
+        // file to open, as Twisted's rotate does nothing then.
+        if matches!(fs::metadata(&self.path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            return self.reopen();
+        }
         if self.max_files == 0 {
             self.file.set_len(0)?;
             self.size = 0;
