@@ -573,6 +573,35 @@ fn notify_socket_hears_ready_and_stopping() {
     assert!(twistd.stop().0.success());
     let n = socket.recv(&mut buf).expect("a notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+
+    // An abstract socket (`@name`, as sd_notify(3) reads it), and a daemon: it says which
+    // process is the main one, since systemd started another.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("taphost-test-notify-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .expect("an abstract address");
+    let socket = UnixDatagram::bind_addr(&address).expect("bind the abstract socket");
+    socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    let out = Command::new(TWISTD)
+        .args(["-o", "-f", "web.tap"])
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let daemon = Daemon {
+        pid: sb.read("twistd.pid").trim().parse().expect("a pid"),
+        dir: sb.path().to_path_buf(),
+    };
+    let n = socket.recv(&mut buf).expect("a notification");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        ready.contains("READY=1") && ready.contains(&format!("MAINPID={}\n", daemon.pid)),
+        "{ready}"
+    );
+    daemon.stop();
 }
 
 #[test]

@@ -22,12 +22,18 @@ impl Notifier {
         Notifier { pipe: None }
     }
 
-    /// Every service runs: release the waiting parent, tell systemd.
+    /// Every service runs: release the waiting parent, tell systemd (and, as a daemon, which
+    /// process is the main one now: not the one systemd started).
     pub fn ready(&mut self, status: &str) {
-        let _ = sd_notify::notify(&[
+        let pid = std::process::id();
+        let mut states = vec![
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(status),
-        ]);
+        ];
+        if self.pipe.is_some() {
+            states.push(sd_notify::NotifyState::MainPid(pid));
+        }
+        notify(&states);
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"0\n");
         }
@@ -37,6 +43,26 @@ impl Notifier {
     pub fn failed(&mut self, failure: &Failure) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = write!(pipe, "{} {}", failure.code, failure.message);
+        }
+    }
+}
+
+/// Tells the service manager, if `NOTIFY_SOCKET` names one. sd-notify connects by path only;
+/// a name starting with `@` is an abstract socket, as sd_notify(3) reads it, sent to here.
+pub fn notify(states: &[sd_notify::NotifyState]) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(name) if name.as_bytes().starts_with(b"@") => {
+            let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+            let socket = std::os::unix::net::UnixDatagram::unbound();
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]);
+            if let (Ok(socket), Ok(address)) = (socket, address) {
+                let _ = socket.send_to_addr(message.as_bytes(), &address);
+            }
+        }
+        _ => {
+            let _ = sd_notify::notify(states);
         }
     }
 }

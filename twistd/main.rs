@@ -552,7 +552,7 @@ fn serve(
                 }
             }
         };
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        daemon::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!(
             "{cause}: stopping; open requests have {:?} to finish",
             settings.drain
