@@ -204,6 +204,10 @@ pub struct Spec {
     pub private: bool,
     /// The application's name: twistd saves `<app>-shutdown.tap` in the state directory.
     pub app: String,
+    /// The tap's user and group as chown(1) takes them (`nobody:nogroup`, `nobody:`,
+    /// `:nogroup`), when it names either: twistd drops to them, and must still write its
+    /// state and runtime directories then.
+    pub owner: Option<String>,
     pub protocol: String,
     pub package: String,
     pub maintainer: String,
@@ -296,9 +300,19 @@ impl Spec {
                 return Err(Failure::config(lines.join(&format!("\n{tool}: "))));
             }
         }
+        // `user:` is the user and its login group, as twistd takes a uid alone.
+        let owner = match (&app.uid, &app.gid) {
+            (None, None) => None,
+            (uid, gid) => Some(format!(
+                "{}:{}",
+                uid.as_ref().map(ToString::to_string).unwrap_or_default(),
+                gid.as_ref().map(ToString::to_string).unwrap_or_default()
+            )),
+        };
         Ok(Spec {
             tap: text.as_bytes().to_vec(),
             private: registry.holds_secrets(&app),
+            owner,
             app: app.name,
             tap_path,
             format,
@@ -337,7 +351,7 @@ impl Spec {
              RuntimeDirectory={p}\n\
              StateDirectory={p}\n\
              WorkingDirectory=/var/lib/{p}\n\
-             ExecStart=/usr/bin/twistd -n --logfile - --pidfile /run/{p}/twistd.pid --rundir /var/lib/{p} --file {tap} $TWISTD_OPTS\n\
+             {chown}ExecStart=/usr/bin/twistd -n --logfile - --pidfile /run/{p}/twistd.pid --rundir /var/lib/{p} --file {tap} $TWISTD_OPTS\n\
              ExecReload=/bin/kill -HUP $MAINPID\n\
              TimeoutStopSec=30\n\
              Restart=on-failure\n\
@@ -350,6 +364,12 @@ impl Spec {
              [Install]\n\
              WantedBy=multi-user.target\n",
             tap = self.installed_tap(),
+            // systemd makes both directories root's at each start (the unit has no User=:
+            // twistd binds as root); the user twistd drops to saves and removes files there.
+            chown = match &self.owner {
+                Some(owner) => format!("ExecStartPre=/bin/chown {owner} /var/lib/{p} /run/{p}\n"),
+                None => String::new(),
+            },
         )
     }
 

@@ -5,6 +5,7 @@
 
 mod util;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -190,6 +191,7 @@ fn tap2deb_builds_a_package_whose_unit_serves_the_tap() {
         unit.contains("EnvironmentFile=-/etc/default/taphost-web"),
         "{unit}"
     );
+    assert!(!unit.contains("ExecStartPre"), "no user, no chown: {unit}");
     for dir in ["run/taphost-web", "var/lib/taphost-web"] {
         std::fs::create_dir_all(root.join(dir)).expect("systemd's directories");
     }
@@ -342,6 +344,76 @@ fn tap2deb_refuses_bad_input_and_leaves_no_package() {
 #[test]
 fn tap2rpm_refuses_bad_input_and_leaves_no_package() {
     bad_inputs(TAP2RPM);
+}
+
+/// A tap that names a user: twistd binds as root and drops to it, so the unit gives that user
+/// the state and runtime directories systemd made root's, and the shutdown save works.
+#[test]
+fn tap2deb_gives_the_taps_user_its_directories() {
+    if !have("dpkg-deb") {
+        eprintln!("dpkg-deb is not installed: tap2deb not tested");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "packaged site");
+    let www = sb.join("www");
+    #[rustfmt::skip]
+    let out = sb.mktap(&[
+        "-u", "nobody", "-g", "nogroup", "web", "--path", www.to_str().expect("utf-8"),
+        "--listen", "tcp:0:interface=127.0.0.1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(TAP2DEB, &["-t", "web.tap", "-m", MAINTAINER]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = sb.join("root");
+    let deb = sb.join("taphost-web_1.0_all.deb");
+    tool(
+        "dpkg-deb",
+        &[
+            "-x",
+            deb.to_str().expect("utf-8"),
+            root.to_str().expect("utf-8"),
+        ],
+    );
+    let unit =
+        std::fs::read_to_string(root.join("lib/systemd/system/taphost-web.service")).expect("unit");
+    let chown = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre="))
+        .unwrap_or_else(|| panic!("no ExecStartPre in {unit}"));
+    assert_eq!(
+        chown,
+        "/bin/chown nobody:nogroup /var/lib/taphost-web /run/taphost-web"
+    );
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the unit's commands are not run");
+        return;
+    }
+    // What systemd would do: make the directories (root's), run ExecStartPre, then ExecStart.
+    for dir in [sb.path().to_path_buf(), www.clone(), root.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(
+        www.join("index.html"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let mut chown_cmd = Command::new("chown");
+    chown_cmd.arg("nobody:nogroup");
+    for dir in ["var/lib/taphost-web", "run/taphost-web"] {
+        std::fs::create_dir_all(root.join(dir)).expect("systemd's directories");
+        chown_cmd.arg(root.join(dir));
+    }
+    assert!(chown_cmd.status().expect("chown").success());
+    let twistd = Twistd::from_command(exec_start(&unit, &root));
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "packaged site");
+    let (status, log) = twistd.stop();
+    assert!(status.success(), "{}", log.join("\n"));
+    assert!(root.join("var/lib/taphost-web/web-shutdown.tap").exists());
+    assert!(
+        !root.join("run/taphost-web/twistd.pid").exists(),
+        "the pidfile is removed by the user twistd became"
+    );
 }
 
 #[test]
