@@ -177,6 +177,23 @@ fn build(spec: &Spec, dest: &Path) -> Result<(), Failure> {
         spec.unit(&env_file).as_bytes(),
         0o644,
     )?;
+    if spec.private {
+        // The mode is the point: the tap holds password hashes. Said to lintian, which would
+        // otherwise warn non-standard-file-perm.
+        let tap = spec.installed_tap();
+        stage(
+            &root,
+            &format!("/usr/share/lintian/overrides/{p}"),
+            format!(
+                "# {} holds password hashes: only root may read it.\n\
+                 {p}: non-standard-file-perm 0600 != 0644 [{}]\n",
+                tap,
+                tap.trim_start_matches('/')
+            )
+            .as_bytes(),
+            0o644,
+        )?;
+    }
     let doc = format!("/usr/share/doc/{p}");
     stage(
         &root,

@@ -346,6 +346,43 @@ fn tap2rpm_refuses_bad_input_and_leaves_no_package() {
     bad_inputs(TAP2RPM);
 }
 
+/// A tap holding password hashes is installed 0600, and lintian is told that is meant.
+#[test]
+fn tap2deb_keeps_a_tap_with_secrets_private() {
+    if !have("dpkg-deb") {
+        eprintln!("dpkg-deb is not installed: tap2deb not tested");
+        return;
+    }
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("md")).expect("mkdir");
+    let md = format!("example.com={}", sb.join("md").display());
+    #[rustfmt::skip]
+    let out = sb.mktap(&[
+        "mail", "-d", &md, "-u", "alice=wonderland",
+        "-s", "tcp:0:interface=127.0.0.1", "-p", "tcp:0:interface=127.0.0.1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(TAP2DEB, &["-t", "mail.tap", "-m", MAINTAINER]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deb = sb.join("taphost-mail_1.0_all.deb");
+    let contents = tool("dpkg-deb", &["-c", deb.to_str().expect("utf-8")]);
+    assert!(
+        contents
+            .lines()
+            .any(|l| l.starts_with("-rw------- root/root") && l.ends_with("./etc/taphost/mail.tap")),
+        "{contents}"
+    );
+    assert!(
+        contents.contains("./usr/share/lintian/overrides/taphost-mail"),
+        "{contents}"
+    );
+    if have("lintian") {
+        let out = Command::new("lintian").arg(&deb).output().expect("lintian");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("non-standard-file-perm"), "{text}");
+    }
+}
+
 /// A tap that names a user: twistd binds as root and drops to it, so the unit gives that user
 /// the state and runtime directories systemd made root's, and the shutdown save works.
 #[test]
