@@ -148,6 +148,7 @@ fn refused_libraries_are_named_and_never_called() {
             "wrong_abi",
             "no_entry",
             "bad_descriptor",
+            "bad_default",
             "web_clash",
             "portforward",
         ],
@@ -164,6 +165,10 @@ fn refused_libraries_are_named_and_never_called() {
         ),
         ("no_entry.so", "it exports no taphost_abi_version"),
         ("bad_descriptor.so", "its descriptor does not parse"),
+        (
+            "bad_default.so",
+            "its option 'n' has a default its type cannot hold: \"abc\"",
+        ),
         ("text.so", "cannot load it"),
         (
             "web_clash.so",

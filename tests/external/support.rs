@@ -67,6 +67,7 @@ pub fn built() -> &'static Path {
                 "wrong_abi",
                 "no_entry",
                 "bad_descriptor",
+                "bad_default",
                 "web_clash",
             ] {
                 let source = util::repo().join(format!("tests/plugins/{name}.c"));

@@ -228,6 +228,33 @@ fn check_descriptor(d: &Descriptor, table: &PluginTable) -> Result<(), String> {
                 option.name
             ));
         }
+        // A default the option's own parser would refuse would fail every use of the plugin
+        // as if the user had typed it.
+        if let Some(default) = &option.default {
+            let usable = match option.kind {
+                OptionType::String => true,
+                OptionType::Integer => default.parse::<i64>().is_ok(),
+                // A flag is off unless given; a default says nothing clap could use.
+                OptionType::Boolean => false,
+                OptionType::Endpoint => default.parse::<crate::Endpoint>().is_ok(),
+            };
+            if !usable {
+                return Err(format!(
+                    "its option '{}' has a default its type cannot hold: {default:?}",
+                    option.name
+                ));
+            }
+        }
+    }
+    // Shown one per line in --help: no line breaks or other control characters.
+    for (what, text) in std::iter::once(("description", &d.description))
+        .chain(d.options.iter().map(|o| ("help of an option", &o.help)))
+    {
+        if text.chars().any(char::is_control) {
+            return Err(format!(
+                "its {what} holds a line break or control character"
+            ));
+        }
     }
     Ok(())
 }
