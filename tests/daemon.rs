@@ -536,6 +536,30 @@ fn socket_activation_uses_the_passed_descriptor() {
     ]);
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr(&out).contains("systemd:index=0"), "{}", stderr(&out));
+    // Variables meant for another process are named as the reason there are none.
+    let out = Command::new(TWISTD)
+        .args([
+            "-n",
+            "--pidfile",
+            "",
+            "web",
+            "--path",
+            "www",
+            "--listen",
+            "systemd:index=0",
+        ])
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        stderr(&out).contains("LISTEN_PID is 1, not this process"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

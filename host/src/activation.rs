@@ -53,10 +53,20 @@ pub fn take(index: usize, domain: Option<&str>) -> io::Result<Listener> {
                 )
             })?,
             None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no such passed descriptor (LISTEN_FDS gave {count})"),
-                ))
+                // sd_listen_fds(3) ignores LISTEN_FDS meant for another process: say so, or
+                // the count of 0 would read as if the manager had passed none.
+                let pid = std::env::var("LISTEN_PID").ok();
+                let reason = match pid {
+                    Some(pid) if pid != std::process::id().to_string() => format!(
+                        "no passed descriptors: LISTEN_PID is {pid}, not this process ({})",
+                        std::process::id()
+                    ),
+                    None if std::env::var_os("LISTEN_FDS").is_some() => {
+                        "no passed descriptors: LISTEN_FDS is set without LISTEN_PID".to_string()
+                    }
+                    _ => format!("no such passed descriptor (LISTEN_FDS gave {count})"),
+                };
+                return Err(io::Error::new(io::ErrorKind::NotFound, reason));
             }
         }
     };
