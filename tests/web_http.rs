@@ -106,6 +106,40 @@ fn an_idle_keep_alive_connection_is_closed() {
     assert!(answer.ends_with("aaa\n"), "the answer came whole first");
 }
 
+/// A client that asks for a large file and stops reading holds no connection for ever: with
+/// no byte moved for the keep-alive timeout, it is dropped (nginx's send_timeout).
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    let sb = Sandbox::new();
+    let root = sb.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    const SIZE: u64 = 256 << 20;
+    std::fs::File::create(root.join("big.bin"))
+        .and_then(|f| f.set_len(SIZE))
+        .expect("a big (sparse) file");
+    #[rustfmt::skip]
+    let mut twistd = sb.twistd(&[
+        "web", "--path", root.to_str().expect("utf-8"), "--port", "tcp:0:interface=127.0.0.1",
+        "--keepalive-timeout", "1",
+    ]);
+    let mut stream = connect(twistd.addr(0));
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::RcvBuf, &4096)
+        .expect("a small receive buffer");
+    stream
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    // Nothing is read until the server has given up. (Reading what the kernel still holds
+    // would take minutes through a 4 KiB window, so the log is the witness.)
+    let closed = twistd.wait_for("no byte moved for 1s; connection closed");
+    assert!(closed.contains("127.0.0.1"), "{closed}");
+    drop(stream);
+    std::fs::write(root.join("small.txt"), "still serving\n").expect("write");
+    assert_eq!(
+        curl(&twistd.url(0, "/small.txt"), &[]).text(),
+        "still serving\n"
+    );
+}
+
 #[test]
 fn a_head_past_the_limit_gets_431() {
     let (_sb, twistd) = serve(&["--max-head-size", "8192"]);

@@ -247,6 +247,10 @@ async fn connection(
     }
 }
 
+/// How long a connection that moved no byte for the keep-alive timeout may still take to
+/// finish after being asked to close: an idle one closes at once, a stuck one is dropped.
+const STALL_GRACE: Duration = Duration::from_secs(1);
+
 /// A stream that notes when it last moved a byte, for the keep-alive timeout.
 struct Watched<S> {
     inner: S,
@@ -362,8 +366,22 @@ async fn serve_http<S>(
                     () = tokio::time::sleep_until(idle_until) => {
                         let moved = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
                         if moved + limits.keepalive_timeout <= Instant::now() {
+                            // Idle between requests, it closes at once. Stuck in a response
+                            // (a client that stopped reading), graceful_shutdown would wait
+                            // for ever: it gets a moment to finish, then goes, as nginx's
+                            // send_timeout ends such a connection.
                             conn.as_mut().graceful_shutdown();
-                            break conn.await;
+                            match tokio::time::timeout(STALL_GRACE, conn.as_mut()).await {
+                                Ok(result) => break result,
+                                Err(_) => {
+                                    tracing::info!(
+                                        peer = %peer,
+                                        "no byte moved for {:?}; connection closed",
+                                        limits.keepalive_timeout
+                                    );
+                                    break Ok(());
+                                }
+                            }
                         }
                     }
                 }
