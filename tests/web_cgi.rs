@@ -230,7 +230,8 @@ fn request_bodies_reach_stdin_with_their_type_and_length() {
         Some("application/x-www-form-urlencoded")
     );
     assert_eq!(get(&env, "BODY"), Some("a=1&b=two"));
-    // Chunked: streamed without a length; 100-continue answered first.
+    // Chunked: read whole first, so the script gets its length (RFC 3875 §4.1.2), as
+    // nginx buffers such bodies; 100-continue answered first.
     let r = curl(
         &twistd.url(0, "/cgis/env.pl"),
         &[
@@ -244,7 +245,7 @@ fn request_bodies_reach_stdin_with_their_type_and_length() {
     );
     let env = env_of(&r.text());
     assert_eq!(get(&env, "BODY"), Some("chunked body"), "{}", r.text());
-    assert_eq!(get(&env, "CONTENT_LENGTH"), None);
+    assert_eq!(get(&env, "CONTENT_LENGTH"), Some("12"));
 }
 
 #[test]
@@ -292,6 +293,30 @@ fn large_uploads_past_the_limit_are_413() {
         &["--data-binary", &body, "-H", "Transfer-Encoding: chunked"],
     );
     assert_eq!(r.status, 413);
+    // A script that answers as soon as its input ends never gets its 200 for a chunked body
+    // cut at the limit: the body is refused before the script runs.
+    let (sb, twistd) = serve(&["--max-body-size", "100000"]);
+    let count = sb.write(
+        "cgi-bin/count.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nwc -c\n",
+    );
+    executable(&count);
+    let big = sb.write("big.txt", "z".repeat(300_000));
+    let big = format!("@{}", big.display());
+    for _ in 0..5 {
+        let r = curl(
+            &twistd.url(0, "/cgis/count.sh"),
+            &["--data-binary", &big, "-H", "Transfer-Encoding: chunked"],
+        );
+        assert_eq!(r.status, 413, "{}", r.text());
+    }
+    let small = sb.write("small.txt", "z".repeat(90_000));
+    let small = format!("@{}", small.display());
+    let r = curl(
+        &twistd.url(0, "/cgis/count.sh"),
+        &["--data-binary", &small, "-H", "Transfer-Encoding: chunked"],
+    );
+    assert_eq!((r.status, r.text().trim()), (200, "90000"));
 }
 
 #[test]

@@ -110,7 +110,45 @@ fn locate(dir: &Path, rest: &[Vec<u8>]) -> Result<(PathBuf, usize), StatusCode> 
 
 /// The meta-variables of RFC 3875 §4.1, and the common extras (REQUEST_URI, DOCUMENT_ROOT,
 /// SCRIPT_FILENAME, HTTPS).
-fn environment(req: &Request<'_>, script: &Path, script_end: usize) -> Vec<(String, Vec<u8>)> {
+/// A request body that came without a length (chunked, or HTTP/2 without content-length),
+/// read whole before the script starts: RFC 3875 gives a script its body's length in
+/// CONTENT_LENGTH, and a body over the limit is refused (413) before anything runs. It waits
+/// in an unnamed temporary file, as nginx buffers such bodies, not in memory.
+struct Spooled {
+    file: std::fs::File,
+    len: u64,
+}
+
+async fn spool(body: &mut Incoming, max_body: u64) -> Result<Spooled, StatusCode> {
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(|e| {
+        tracing::warn!("cgi: no temporary file for a request body: {e}");
+        StatusCode::INTERNAL_SERVER_ERROR
+    })?);
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| StatusCode::BAD_REQUEST)?.into_data() else {
+            continue;
+        };
+        len += data.len() as u64;
+        if len > max_body {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        file.write_all(&data).await.map_err(|e| {
+            tracing::warn!("cgi: cannot keep a request body: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        })?;
+    }
+    let mut file = file.into_std().await;
+    io::Seek::rewind(&mut file).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Spooled { file, len })
+}
+
+fn environment(
+    req: &Request<'_>,
+    script: &Path,
+    script_end: usize,
+    spooled: Option<u64>,
+) -> Vec<(String, Vec<u8>)> {
     let parts = req.parts;
     let mut env: Vec<(String, Vec<u8>)> = Vec::with_capacity(32);
     let mut set = |k: &str, v: &[u8]| env.push((k.to_string(), v.to_vec()));
@@ -168,7 +206,9 @@ fn environment(req: &Request<'_>, script: &Path, script_end: usize) -> Vec<(Stri
     if let Some(v) = parts.headers.get(CONTENT_TYPE) {
         set("CONTENT_TYPE", v.as_bytes());
     }
-    if let Some(v) = parts.headers.get(CONTENT_LENGTH) {
+    if let Some(len) = spooled {
+        set("CONTENT_LENGTH", len.to_string().as_bytes());
+    } else if let Some(v) = parts.headers.get(CONTENT_LENGTH) {
         set("CONTENT_LENGTH", v.as_bytes());
     }
     // Request headers as HTTP_*; repeated ones joined with ", ". Never Proxy (httpoxy: it
@@ -225,10 +265,21 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
             Command::new(&script)
         }
     };
+    let mut req = req;
+    let spooled = if req.parts.headers.contains_key(CONTENT_LENGTH)
+        || hyper::body::Body::is_end_stream(&req.body)
+    {
+        None
+    } else {
+        match spool(&mut req.body, opts.max_body).await {
+            Ok(spooled) => Some(spooled),
+            Err(status) => return Outcome::Response(crate::site::closing(status)),
+        }
+    };
     command
         .env_clear()
         .envs(
-            environment(&req, &script, script_end)
+            environment(&req, &script, script_end, spooled.as_ref().map(|s| s.len))
                 .into_iter()
                 .map(|(k, v)| (k, std::ffi::OsString::from_vec(v))),
         )
@@ -308,6 +359,13 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
     let mut body = req.body;
     tokio::spawn(async move {
         let mut stdin = stdin;
+        if let Some(spooled) = spooled {
+            // Read whole and checked already; a script that stops reading just gets less.
+            let mut file = tokio::fs::File::from_std(spooled.file);
+            let _ = tokio::io::copy(&mut file, &mut stdin).await;
+            drop(body_error_tx);
+            return;
+        }
         let mut total = 0u64;
         let mut open = true;
         while let Some(frame) = body.frame().await {
@@ -351,7 +409,9 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
             return fail(StatusCode::BAD_GATEWAY);
         }
         let read = tokio::select! {
-            read = stdout.read_buf(&mut buf) => read,
+            // A refusal of the body first: the script, whose input just ended, may be
+            // answering already, and a truncated body must not get its 200.
+            biased;
             status = &mut body_error, if !body_done => match status {
                 Ok(status) => {
                     kill_now();
@@ -363,6 +423,7 @@ pub async fn run(req: Request<'_>, opts: &CgiOptions) -> Outcome {
                     continue;
                 }
             },
+            read = stdout.read_buf(&mut buf) => read,
         };
         match read {
             Ok(0) | Err(_) => {
