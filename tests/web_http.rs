@@ -318,6 +318,27 @@ fn request_smuggling_shapes_are_refused() {
             "Transfer-Encoding in HTTP/1.0",
             format!("GET /a.txt HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"),
         ),
+        // RFC 9112 §3.2: exactly one Host, and a host in it.
+        ("no Host in HTTP/1.1", format!("GET /a.txt HTTP/1.1\r\n\r\n{hidden}")),
+        (
+            "two Hosts",
+            format!("GET /a.txt HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n{hidden}"),
+        ),
+        (
+            "a Host that is no host",
+            format!("GET /a.txt HTTP/1.1\r\nHost: a b/c\r\n\r\n{hidden}"),
+        ),
+        (
+            "chunked twice",
+            format!("POST /a.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"),
+        ),
+        // What the server cannot make sense of ends the connection: a tunnel's bytes are
+        // never read as a request.
+        (
+            "CONNECT",
+            format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n{hidden}"),
+        ),
+        ("a path without its slash", format!("GET a.txt HTTP/1.1\r\nHost: t\r\n\r\n{hidden}")),
     ];
     for (what, request) in &shapes {
         let answer = raw_request(twistd.addr(0), request.as_bytes());
@@ -328,6 +349,21 @@ fn request_smuggling_shapes_are_refused() {
             "{what}: more than one answer: {answer}"
         );
         assert!(!answer.contains("SMUGGLED"), "{what}: {answer}");
+    }
+    // A coding this server does not decode is 501 (RFC 9112 §6.1), and the connection ends.
+    let answer = raw_request(
+        twistd.addr(0),
+        format!("POST /a.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{hidden}").as_bytes(),
+    );
+    assert_eq!(raw_status(&answer), 501, "{answer}");
+    assert!(!answer.contains("SMUGGLED"), "{answer}");
+    // HTTP/1.0 needs no Host; an IPv6 literal with a port is a host.
+    for request in [
+        "GET /a.txt HTTP/1.0\r\n\r\n",
+        "GET /a.txt HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_request(twistd.addr(0), request.as_bytes());
+        assert_eq!(raw_status(&answer), 200, "{request:?}: {answer}");
     }
 }
 

@@ -20,10 +20,13 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, REFERER, SERVER, USER_AGENT};
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, REFERER, SERVER, TRANSFER_ENCODING, USER_AGENT,
+};
+use hyper::http::uri::Authority;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
@@ -421,6 +424,44 @@ pub fn error_response(status: StatusCode) -> Response<Body> {
     response
 }
 
+/// What hyper lets through and RFC 9112 refuses: an HTTP/1.1 request without exactly one
+/// Host, or with one that is no host (§3.2: 400); a transfer coding other than one `chunked`
+/// (§6.1: 501 for a coding this server does not decode, 400 for chunked given twice).
+fn malformed(req: &Request<Incoming>) -> Option<StatusCode> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(HOST).iter().collect();
+    match hosts.as_slice() {
+        [] if req.version() == Version::HTTP_11 => return Some(StatusCode::BAD_REQUEST),
+        [] => {}
+        [host] => {
+            // uri-host [":" port], without userinfo: what an authority is, less the `@`.
+            let valid = host.to_str().ok().is_some_and(|h| {
+                !h.contains('@') && (h.is_empty() || h.parse::<Authority>().is_ok())
+            });
+            if !valid {
+                return Some(StatusCode::BAD_REQUEST);
+            }
+        }
+        _ => return Some(StatusCode::BAD_REQUEST),
+    }
+    let codings: Vec<String> = req
+        .headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    match codings
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] | ["chunked"] => None,
+        all if all.iter().all(|c| *c == "chunked") => Some(StatusCode::BAD_REQUEST),
+        _ => Some(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
 /// The frame around routing: what every response gets, and what is recorded about it.
 async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
@@ -452,13 +493,21 @@ async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|len| len > site.max_body);
-    let mut response = if too_large {
+    let mut response = if let Some(status) = malformed(&req) {
+        closing(status)
+    } else if too_large {
         closing(StatusCode::PAYLOAD_TOO_LARGE)
     } else {
         site.route(req, &info).await
     };
 
+    let bad_request = response.status() == StatusCode::BAD_REQUEST;
     let headers = response.headers_mut();
+    // After a request this server could not make sense of, nothing more on the connection
+    // is taken as a request (the bytes of a CONNECT tunnel, say), as nginx closes after 400.
+    if bad_request {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     headers.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
     for (name, value) in &site.add_headers {
         headers.insert(name.clone(), value.clone());
