@@ -197,6 +197,12 @@ fn bad_input_writes_nothing() {
             &["--listen", "interface 'nowhere'"],
         ),
         (&["web", "--path", "www", "--colour"], 64, &["--colour"]),
+        // Framing is the server's: a fixed Content-Length would contradict every body.
+        (
+            &["web", "--path", "www", "--add-header", "Content-Length: 5"],
+            78,
+            &["--add-header 'Content-Length: 5': content-length is set by the server"],
+        ),
         // A CGI interpreter that cannot be run is told now, not as a 500 per request.
         (
             &["web", "--path", "www", "--processor", ".pl=no-such-perl"],

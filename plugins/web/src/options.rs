@@ -99,6 +99,23 @@ pub fn header(value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, v) = value.split_once(':').ok_or_else(bad)?;
     let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
     let v = HeaderValue::from_str(v.trim()).map_err(|_| bad())?;
+    // How a message is framed and what a connection does are the server's to say: a fixed
+    // Content-Length on every response would contradict each body (hyper refuses to send it).
+    if matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "proxy-connection"
+    ) {
+        return Err(format!(
+            "--add-header '{value}': {name} is set by the server for each response"
+        ));
+    }
     Ok((name, v))
 }
 
