@@ -522,6 +522,17 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
         }
         headers.append(name, value);
     }
+    // hyper frames the answer by it: one, and a number, or the script's answer is no answer.
+    let lengths: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();
+    if !lengths.is_empty() {
+        let valid = lengths.len() == 1
+            && lengths[0]
+                .to_str()
+                .is_ok_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+        if !valid {
+            return Err("a bad or repeated Content-Length".into());
+        }
+    }
     let location = headers
         .get(LOCATION)
         .and_then(|v| v.to_str().ok())
@@ -627,6 +638,9 @@ mod tests {
         let h = parse_head(b"Location: http://example.org/\n").expect("ok");
         assert_eq!((h.status, h.local_redirect), (StatusCode::FOUND, None));
         assert!(parse_head(b"garbage\n").is_err());
+        assert!(parse_head(b"Content-Length: 3\nContent-Length: 4\n").is_err());
+        assert!(parse_head(b"Content-Length: abc\n").is_err());
+        assert!(parse_head(b"Content-Length: 3\nContent-Type: text/plain\n").is_ok());
         assert!(parse_head(b"Status: abc\n").is_err());
         assert!(parse_head(b"X-Only: 1\n").is_err());
     }
