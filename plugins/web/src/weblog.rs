@@ -68,9 +68,21 @@ impl Weblog {
              <h1>Latest referred hits</h1>\n<table>\n<tr><th>Referrer</th><th>Resource</th></tr>\n",
         );
         for (referrer, resource) in hits.iter().rev() {
-            let referrer = escape_html(referrer);
+            // Clients write the Referer: only a web address becomes a link (a `javascript:`
+            // one would run in the reader's browser); anything else is shown as text.
+            let web = ["http://", "https://"].iter().any(|scheme| {
+                referrer
+                    .get(..scheme.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+            });
+            let text = escape_html(referrer);
+            let cell = if web {
+                format!("<a href=\"{text}\">{text}</a>")
+            } else {
+                text
+            };
             html.push_str(&format!(
-                "<tr><td><a href=\"{referrer}\">{referrer}</a></td><td>{}</td></tr>\n",
+                "<tr><td>{cell}</td><td>{}</td></tr>\n",
                 escape_html(resource)
             ));
         }
@@ -95,6 +107,16 @@ mod tests {
         let page = again.page();
         assert!(page.contains("http://r/39") && !page.contains(">/p4<"));
         assert!(page.find("/p39").expect("newest") < page.find("/p5<").expect("oldest"));
+        let log = Weblog::default();
+        log.record("javascript:alert(document.cookie)", "/x");
+        log.record("HTTPS://ok.test/", "/y");
+        let page = log.page();
+        assert!(!page.contains("href=\"javascript:"), "{page}");
+        assert!(
+            page.contains("<td>javascript:alert(document.cookie)</td>"),
+            "{page}"
+        );
+        assert!(page.contains("<a href=\"HTTPS://ok.test/\">"), "{page}");
         assert!(Weblog::from_state(Some(&json!("junk")))
             .page()
             .contains("<table>"));
