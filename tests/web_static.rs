@@ -85,6 +85,20 @@ fn listings_show_the_modified_column() {
     assert!(html.contains("sub/") && html.contains("doc.txt"));
 }
 
+/// A file is no directory: `/about.html/` is 404 (twice, so the second may come from the
+/// cache), as the OS and nginx say; a `%` that is no escape is 400.
+#[test]
+fn a_file_with_a_trailing_slash_and_bad_escapes_are_refused() {
+    let (_sb, twistd) = serve(&[]);
+    assert_eq!(curl(&twistd.url(0, "/about.html"), &[]).status, 200);
+    for _ in 0..2 {
+        assert_eq!(curl(&twistd.url(0, "/about.html/"), &[]).status, 404);
+    }
+    for path in ["/%zz", "/about.html%", "/a%4"] {
+        assert_eq!(curl(&twistd.url(0, path), &[]).status, 400, "{path}");
+    }
+}
+
 #[test]
 fn dotfiles_are_404_except_well_known() {
     let (_sb, twistd) = serve(&[]);

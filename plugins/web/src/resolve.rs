@@ -41,7 +41,18 @@ impl UrlPath {
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut trailing_slash = true;
         for raw_segment in rest.split('/') {
-            let segment: Vec<u8> = percent_decode(raw_segment.as_bytes()).collect();
+            // A `%` not followed by two hex digits is no URL (RFC 3986 §2.1): nginx says 400.
+            let bytes = raw_segment.as_bytes();
+            let malformed = bytes.iter().enumerate().any(|(i, &b)| {
+                b == b'%'
+                    && !bytes
+                        .get(i + 1..i + 3)
+                        .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            });
+            if malformed {
+                return Err(Refusal::BadRequest);
+            }
+            let segment: Vec<u8> = percent_decode(bytes).collect();
             if segment.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
                 return Err(Refusal::BadRequest);
             }
@@ -280,6 +291,10 @@ mod tests {
             "etc/passwd",
             "",
             "*",
+            // Not percent-encoding at all (RFC 3986 §2.1).
+            "/%zz",
+            "/a%",
+            "/a%4",
         ] {
             assert!(UrlPath::parse(raw).is_err(), "{raw} should be refused");
         }

@@ -297,7 +297,9 @@ impl Site {
         // A small file: from the cache when one stat shows it unchanged and, if the client
         // accepts a coding, one more per accepted coding shows no precompressed sibling.
         let held = self.root_dirs.get(root.as_os_str());
-        let cacheable = held.filter(|_| files::cacheable_request(&parts.headers));
+        // `/file.txt/` names a directory: a file there is 404, as the OS (and nginx) say.
+        let wants_dir = url.trailing_slash && !url.segments.is_empty();
+        let cacheable = held.filter(|_| !wants_dir && files::cacheable_request(&parts.headers));
         let candidate = rest.under(root);
         // Whether the cache has no current entry (so one may be made below).
         let mut missed = true;
@@ -324,7 +326,7 @@ impl Site {
             }
             return self.directory(root, opened, url, parts, conn).await;
         }
-        if !opened.meta.is_file() {
+        if !opened.meta.is_file() || wants_dir {
             return error_response(StatusCode::NOT_FOUND);
         }
         if let Some(held) = cacheable.filter(|_| missed && opened.path == candidate) {
