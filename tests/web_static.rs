@@ -99,6 +99,25 @@ fn a_file_with_a_trailing_slash_and_bad_escapes_are_refused() {
     }
 }
 
+/// A file dated in the future (a clock set wrong) is stated as modified now: never later than
+/// the response's Date (RFC 9110 §8.8.2.1).
+#[test]
+fn a_future_modification_time_is_stated_as_now() {
+    let (sb, twistd) = serve(&[]);
+    let future = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7_258_118_400);
+    std::fs::File::options()
+        .write(true)
+        .open(sb.join("root/about.html"))
+        .and_then(|f| f.set_modified(future))
+        .expect("set the time");
+    let r = curl(&twistd.url(0, "/about.html"), &[]);
+    let date = |name: &str| {
+        httpdate::parse_http_date(r.header(name).unwrap_or_else(|| panic!("no {name}")))
+            .expect("an HTTP date")
+    };
+    assert!(date("last-modified") <= date("date"), "{:?}", r.headers);
+}
+
 #[test]
 fn dotfiles_are_404_except_well_known() {
     let (_sb, twistd) = serve(&[]);

@@ -18,10 +18,13 @@ pub enum Outcome {
 /// The file's modification time as HTTP can state it (`Last-Modified`, If-Modified-Since):
 /// `None` for a time before 1970 or after 9999, which an HTTP-date cannot hold (`httpdate`
 /// would panic formatting it); such a file is served without date validators.
+/// A time in the future (a clock set wrong when the file was written) is stated as now: an
+/// origin server must never send a Last-Modified later than its Date (RFC 9110 §8.8.2.1).
 pub fn modified(meta: &std::fs::Metadata) -> Option<SystemTime> {
     // 253402300799 is 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
     const LAST: Duration = Duration::from_secs(253_402_300_799);
     let t = meta.modified().ok()?;
+    let t = t.min(SystemTime::now());
     (t >= UNIX_EPOCH && t.duration_since(UNIX_EPOCH).ok()? <= LAST).then_some(t)
 }
 
