@@ -2,12 +2,14 @@
 //! each sorted by name, with sizes and modification times; dotfiles are not listed. Every name
 //! is escaped for HTML and percent-encoded in its link.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-use nix::dir::Dir;
+use nix::dir::{Dir, Type};
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstatat, SFlag};
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
@@ -90,7 +92,9 @@ const LAST_HTTP_DATE: i64 = 253_402_300_799;
 /// and each is stat'ed relative to it with `fstatat`, so the kernel walks one component per
 /// entry instead of the whole path. The names share one buffer; the page is written straight
 /// into the response's bytes.
-pub fn render(dir: File, url: &UrlPath) -> io::Result<Vec<u8>> {
+/// `path` is where `dir` is (canonical), under the canonical `root`: a symlink that leads out
+/// of the root is not listed, as following it is 404 (its target's size and time stay unsaid).
+pub fn render(dir: File, path: &Path, root: &Path, url: &UrlPath) -> io::Result<Vec<u8>> {
     let mut dir = Dir::from_fd(OwnedFd::from(dir))?;
     let mut names: Vec<u8> = Vec::with_capacity(4096);
     let mut entries: Vec<Entry> = Vec::new();
@@ -99,6 +103,17 @@ pub fn render(dir: File, url: &UrlPath) -> io::Result<Vec<u8>> {
         let name = entry.file_name().to_bytes_with_nul();
         if name.starts_with(b".") {
             continue;
+        }
+        // d_type says symlink, or nothing (some file systems): then ask where it leads.
+        if matches!(entry.file_type(), Some(Type::Symlink) | None) {
+            let target = path.join(OsStr::from_bytes(entry.file_name().to_bytes()));
+            if target.is_symlink()
+                && !target
+                    .canonicalize()
+                    .is_ok_and(|real| real.starts_with(root))
+            {
+                continue;
+            }
         }
         let start = names.len();
         names.extend_from_slice(name);
@@ -116,8 +131,8 @@ pub fn render(dir: File, url: &UrlPath) -> io::Result<Vec<u8>> {
         });
     }
     for entry in &mut entries {
-        // Follow symlinks for type and size, as a browser user expects; one that dangles is
-        // listed as a file of size 0.
+        // Follow symlinks for type and size, as a browser user expects (those that dangle or
+        // lead out of the root were left out above).
         let Ok(name) = CStr::from_bytes_with_nul(&names[entry.start..=entry.end]) else {
             continue;
         };
@@ -295,8 +310,14 @@ mod tests {
         fs::write(dir.path().join("a & b"), "").expect("write");
         fs::write(dir.path().join(".hidden"), "").expect("write");
         fs::create_dir(dir.path().join("zdir")).expect("mkdir");
+        // Links: within the root listed (as what they lead to), out of it not at all.
+        std::os::unix::fs::symlink("zdir", dir.path().join("inside")).expect("link");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("outside")).expect("link");
+        std::os::unix::fs::symlink("nowhere", dir.path().join("dangling")).expect("link");
         let url = UrlPath::parse("/x/").expect("url");
-        let html = render(File::open(dir.path()).expect("open"), &url).expect("render");
+        let root = dir.path().canonicalize().expect("canonical");
+        let html =
+            render(File::open(dir.path()).expect("open"), &root, &root, &url).expect("render");
         let html = String::from_utf8(html).expect("UTF-8");
         assert!(html.contains("<a href=\"b%3Cscript%3E.txt\">b&lt;script&gt;.txt</a></td><td class=\"size\">5</td>"), "{html}");
         assert!(
@@ -308,6 +329,11 @@ mod tests {
         let a = html.find("a &amp; b").expect("file listed");
         assert!(zdir < a, "directories come first");
         assert!(html.contains("href=\"../\""));
+        assert!(html.contains("href=\"inside/\""), "{html}");
+        assert!(
+            !html.contains("outside") && !html.contains("dangling"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -359,7 +385,9 @@ mod tests {
             .expect("set mtime before 1970");
         fs::write(dir.path().join("ok.txt"), "").expect("write");
         let url = UrlPath::parse("/").expect("url");
-        let html = render(File::open(dir.path()).expect("open"), &url).expect("render");
+        let root = dir.path().canonicalize().expect("canonical");
+        let html =
+            render(File::open(dir.path()).expect("open"), &root, &root, &url).expect("render");
         let html = String::from_utf8(html).expect("UTF-8");
         assert!(
             html.contains(

@@ -437,7 +437,7 @@ impl Site {
             }
         }
         // Listed from the descriptor that was checked, not by its path again.
-        match listing::render(dir.file, url) {
+        match listing::render(dir.file, &dir.path, root, url) {
             Ok(html) => html_response(html),
             Err(e) => files::io_error_response(&e),
         }
