@@ -75,8 +75,9 @@ impl AccessLog {
 pub struct Entry {
     pub remote_addr: String,
     pub request: String,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
+    /// Header values as sent: bytes outside ASCII are logged as `\xHH`, never replaced.
+    pub referer: Option<Vec<u8>>,
+    pub user_agent: Option<Vec<u8>>,
 }
 
 /// Appends `s` with nginx's default escaping of log variables.
@@ -122,9 +123,9 @@ impl Entry {
         out.push_str("] \"");
         escaped(&mut out, Some(self.request.as_bytes()));
         out.push_str(&format!("\" {status} {bytes} \""));
-        escaped(&mut out, self.referer.as_deref().map(str::as_bytes));
+        escaped(&mut out, self.referer.as_deref());
         out.push_str("\" \"");
-        escaped(&mut out, self.user_agent.as_deref().map(str::as_bytes));
+        escaped(&mut out, self.user_agent.as_deref());
         out.push('"');
         out
     }
@@ -140,12 +141,13 @@ mod tests {
             remote_addr: "127.0.0.1".into(),
             request: "GET /a?b=\"c\" HTTP/1.1".into(),
             referer: None,
-            user_agent: Some("curl/8 \\ é".into()),
+            // A Latin-1 byte (not UTF-8) is logged as itself, not as a replacement character.
+            user_agent: Some(b"curl/8 \\ \xc3\xa9 \xff".to_vec()),
         };
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_681_707);
         assert_eq!(
             entry.line(200, 12, at),
-            "127.0.0.1 - - [20/Nov/2025:23:35:07 +0000] \"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\x5C \\xC3\\xA9\""
+            "127.0.0.1 - - [20/Nov/2025:23:35:07 +0000] \"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\x5C \\xC3\\xA9 \\xFF\""
         );
     }
 

@@ -478,8 +478,8 @@ async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Resp
                 .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
             req.version()
         ),
-        referer: header_string(&req, REFERER),
-        user_agent: header_string(&req, USER_AGENT),
+        referer: req.headers().get(REFERER).map(|v| v.as_bytes().to_vec()),
+        user_agent: req.headers().get(USER_AGENT).map(|v| v.as_bytes().to_vec()),
     });
     let weblog_hit = site
         .weblog_path
