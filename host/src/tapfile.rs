@@ -304,6 +304,9 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, Tap
 
 fn with_field(field: &serde_path_to_error::Path, message: String) -> String {
     let field = field.to_string();
+    // `?` is serde_path_to_error's word for a place it could not name (a map key that is no
+    // string): the path stops before it.
+    let field = field.trim_end_matches('?').trim_end_matches('.');
     if field == "." || field.is_empty() {
         message
     } else {
@@ -356,7 +359,11 @@ fn parse_json(text: &str, path: &Path) -> Result<Application, TapError> {
 fn parse_ron(text: &str, path: &Path) -> Result<Application, TapError> {
     let syntax = |e: ron::error::SpannedError, field: Option<&serde_path_to_error::Path>| {
         use ron::error::Error as E;
-        let message = e.code.to_string();
+        // ron's own wording suggests changing its options, which a user of taphost cannot.
+        let message = match e.code {
+            ron::error::Error::ExceededRecursionLimit => "nested too deeply".to_string(),
+            ref code => code.to_string(),
+        };
         let refused_value = matches!(
             e.code,
             E::Message(_)
@@ -541,6 +548,23 @@ mod tests {
             .to_string();
         assert!(msg.contains("colour"), "{msg}");
         assert!(msg.starts_with("a.tas:1:"), "{msg}");
+    }
+
+    #[test]
+    fn unnamed_places_and_deep_nesting_read_plainly() {
+        let text = "(version: 1, name: \"web\", services: [(name: \"w\", plugin: \"web\", config: {5: \"x\"})])";
+        let msg = parse(text, Format::Ron, Path::new("k.tas"))
+            .expect_err("a key that is no string")
+            .to_string();
+        assert!(!msg.contains('?'), "{msg}");
+        let deep = format!("(version: 1, name: \"web\", services: [(name: \"w\", plugin: \"web\", config: {}1{})])", "[".repeat(200), "]".repeat(200));
+        let msg = parse(&deep, Format::Ron, Path::new("d.tas"))
+            .expect_err("too deep")
+            .to_string();
+        assert!(
+            msg.contains("nested too deeply") && !msg.contains("ron::"),
+            "{msg}"
+        );
     }
 
     #[test]
