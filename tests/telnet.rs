@@ -127,13 +127,9 @@ fn find_raw_end(raw: &[u8], needle: &str) -> Option<usize> {
 }
 
 /// A web service and a shell in one application; returns (sandbox, twistd) with addrs
-/// [web, telnet].
-fn app() -> (Sandbox, Twistd) {
-    let sb = Sandbox::new();
-    sb.write("www/index.html", "<h1>one</h1>\n");
-    sb.write("www2/index.html", "<h1>two</h1>\n");
+/// Adds the admin shell to `web.tap` (loopback, port 0), its password `PASSWORD` in pw.txt.
+fn append_shell(sb: &Sandbox) {
     sb.write("pw.txt", format!("{PASSWORD}\n"));
-    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
     sb.mktap_ok(&[
         "--append",
         "web.tap",
@@ -143,6 +139,15 @@ fn app() -> (Sandbox, Twistd) {
         "--password-file",
         "pw.txt",
     ]);
+}
+
+/// [web, telnet].
+fn app() -> (Sandbox, Twistd) {
+    let sb = Sandbox::new();
+    sb.write("www/index.html", "<h1>one</h1>\n");
+    sb.write("www2/index.html", "<h1>two</h1>\n");
+    sb.mktap_ok(&["web", "--path", "www", "--port", LOOPBACK0]);
+    append_shell(&sb);
     let twistd = sb.twistd(&["-f", "web.tap"]);
     assert_eq!(twistd.addrs.len(), 2);
     (sb, twistd)
@@ -375,7 +380,6 @@ fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
     }
     let sb = Sandbox::new();
     sb.write("www/index.html", "<h1>low</h1>\n");
-    sb.write("pw.txt", format!("{PASSWORD}\n"));
     for dir in [sb.path().to_path_buf(), sb.join("www")] {
         std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).expect("chmod");
     }
@@ -386,15 +390,7 @@ fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
         .expect("a free port below 1024");
     let low = format!("tcp:{port}:interface=127.0.0.1");
     sb.mktap_ok(&["-u", "nobody", "web", "--path", "www", "--port", &low]);
-    sb.mktap_ok(&[
-        "--append",
-        "web.tap",
-        "telnet",
-        "--port",
-        LOOPBACK0,
-        "--password-file",
-        "pw.txt",
-    ]);
+    append_shell(&sb);
     let twistd = sb.twistd(&["-f", "web.tap"]);
     let mut shell = Client::login(twistd.addr(1));
     let url = format!("http://127.0.0.1:{port}/");
@@ -423,21 +419,12 @@ fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
 #[test]
 fn mail_endpoints_change_with_their_protocols() {
     let sb = Sandbox::new();
-    sb.write("pw.txt", format!("{PASSWORD}\n"));
     #[rustfmt::skip]
     sb.mktap_ok(&[
         "-n", "web", "mail", "-d", "example.com=md", "-u", "alice=wonderland",
         "-s", LOOPBACK0, "-p", LOOPBACK0,
     ]);
-    sb.mktap_ok(&[
-        "--append",
-        "web.tap",
-        "telnet",
-        "--port",
-        LOOPBACK0,
-        "--password-file",
-        "pw.txt",
-    ]);
+    append_shell(&sb);
     let twistd = sb.twistd(&["-f", "web.tap"]);
     let (smtp, pop3) = (twistd.addr(0), twistd.addr(1));
     let mut shell = Client::login(twistd.addr(2));
