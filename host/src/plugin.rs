@@ -65,16 +65,16 @@ pub trait Plugin: Send + Sync + 'static {
     /// admin shell's `listen NAME ENDPOINT [KIND]`). `kind` is the shell's optional word, for
     /// plugins whose listeners speak different protocols; the default takes none.
     fn endpoint_added(_config: &mut Self::Config, kind: Option<&str>) -> Result<(), String> {
-        match kind {
-            None => Ok(()),
-            Some(kind) => Err(format!(
-                "'{kind}': this plugin's endpoints take no kind; give the endpoint alone"
-            )),
-        }
+        kind.map_or(Ok(()), |kind| Err(no_kinds(kind)))
     }
 
     /// Keeps the config in step with the endpoint at `position` of the listen list removed.
     fn endpoint_removed(_config: &mut Self::Config, _position: usize) {}
+}
+
+/// The refusal of a kind of listener by a plugin that has none.
+fn no_kinds(kind: &str) -> String {
+    format!("'{kind}': this plugin's endpoints take no kind; give the endpoint alone")
 }
 
 /// A change to a service's listen list, as the admin shell makes it.
@@ -113,9 +113,7 @@ pub trait Maker: Send + Sync {
         change: ListenChange<'_>,
     ) -> Result<serde_json::Value, String> {
         match change {
-            ListenChange::Added { kind: Some(kind) } => Err(format!(
-                "'{kind}': this plugin's endpoints take no kind; give the endpoint alone"
-            )),
+            ListenChange::Added { kind: Some(kind) } => Err(no_kinds(kind)),
             _ => Ok(spec.config.clone()),
         }
     }
