@@ -524,7 +524,7 @@ fn socket_activation_uses_the_passed_descriptor() {
     assert!(twistd.stop().0.success());
 
     // Without the variables, a systemd endpoint is a clear start-up error.
-    let out: Output = sb.twistd_output(&[
+    let activated = [
         "-n",
         "--pidfile",
         "",
@@ -533,21 +533,13 @@ fn socket_activation_uses_the_passed_descriptor() {
         "www",
         "--listen",
         "systemd:index=0",
-    ]);
+    ];
+    let out: Output = sb.twistd_output(&activated);
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr(&out).contains("systemd:index=0"), "{}", stderr(&out));
     // Variables meant for another process are named as the reason there are none.
     let out = Command::new(TWISTD)
-        .args([
-            "-n",
-            "--pidfile",
-            "",
-            "web",
-            "--path",
-            "www",
-            "--listen",
-            "systemd:index=0",
-        ])
+        .args(activated)
         .env("LISTEN_PID", "1")
         .env("LISTEN_FDS", "1")
         .current_dir(sb.path())
