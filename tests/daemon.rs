@@ -434,6 +434,46 @@ fn uid_nobody_still_serves_a_port_below_1024() {
     assert!(!sb.join("web-shutdown.tap").exists());
 }
 
+/// What the starting shell had open (`exec 7>file`) is not kept by the daemon (daemon(7)).
+#[test]
+fn the_daemon_keeps_no_inherited_descriptor() {
+    let sb = Sandbox::new();
+    site(&sb);
+    let held = std::fs::File::create(sb.join("held-open")).expect("create");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    let mut cmd = Command::new(TWISTD);
+    cmd.args(["-f", "web.tap"])
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec only dup2, which is async-signal-safe: the file goes to
+    // descriptor 7 without close-on-exec, as a shell's `exec 7>file` leaves it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if nix::libc::dup2(fd, 7) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run twistd");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let daemon = Daemon {
+        pid: sb.read("twistd.pid").trim().parse().expect("a pid"),
+        dir: sb.path().to_path_buf(),
+    };
+    let held_path = sb.join("held-open").canonicalize().expect("canonical");
+    let open: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid))
+        .expect("the daemon's descriptors")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    assert!(!open.contains(&held_path), "{open:?}");
+    daemon.stop();
+}
+
 #[test]
 fn umask_is_applied() {
     let sb = Sandbox::new();

@@ -67,6 +67,55 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
+/// Notes the descriptors twistd was started with beyond 0, 1 and 2, less those systemd passed
+/// for socket activation: a daemon closes them (daemon(7)), so it keeps no file, pipe or
+/// terminal of whoever started it. Called first thing in `main`, before twistd opens anything
+/// of its own; they stay open until the daemon closes them, so none of twistd's own
+/// descriptors can have one of their numbers.
+pub fn note_inherited_descriptors() {
+    let _ = INHERITED.set(inherited_descriptors());
+}
+
+static INHERITED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+
+fn inherited_descriptors() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let passed = match (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) {
+        (Ok(pid), Ok(n)) if pid == me => n.parse::<i32>().unwrap_or(0),
+        _ => 0,
+    };
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let listed: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2 && !(3..3 + passed).contains(&fd))
+        .collect();
+    // The listing's own descriptor was among them, and is closed now.
+    listed
+        .into_iter()
+        .filter(|&fd| nix::fcntl::fcntl(borrowed(fd), nix::fcntl::F_GETFD).is_ok())
+        .collect()
+}
+
+/// A descriptor number as a borrowed descriptor, for fcntl.
+fn borrowed(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only passed to fcntl(F_GETFD), which reports EBADF for a number that is not
+    // open; the borrow never outlives that call.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Closes what [`note_inherited_descriptors`] found, in the daemon.
+fn close_inherited() {
+    for &fd in INHERITED.get().map_or(&[][..], Vec::as_slice) {
+        // SAFETY: these numbers were open when twistd started and are nothing twistd opened
+        // (see inherited_descriptors); nothing else owns them, so taking and dropping them
+        // closes them once.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+}
+
 /// Opens /dev/null for the daemon's standard streams: before any chroot, which hides it.
 pub fn open_dev_null() -> Result<File, Failure> {
     OpenOptions::new()
@@ -115,6 +164,7 @@ pub fn daemonize(null: File) -> Result<Notifier, Failure> {
     ] {
         dup(&null).map_err(|e| Failure::internal(format!("cannot redirect to /dev/null: {e}")))?;
     }
+    close_inherited();
     Ok(Notifier {
         pipe: Some(File::from(write_end)),
     })

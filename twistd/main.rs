@@ -593,6 +593,8 @@ fn serve(
 }
 
 fn main() -> ExitCode {
+    // Before anything of twistd's own is open.
+    daemon::note_inherited_descriptors();
     host::memory::fix_mmap_threshold();
     let (registry, refused) = builtin::registry_with_external();
     for message in refused {
