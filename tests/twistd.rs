@@ -208,7 +208,10 @@ fn bad_taps_are_refused_with_a_clear_line() {
     // Config errors name the line and column of the value, found in the text after the plugin
     // refused the decoded value.
     let field = service("web", LOOPBACK0, r#"{"path": "www", "colour": "blue"}"#);
-    let field_at = format!("field.tap:1:{}: ", field.find(r#""blue""#).expect("in") + 1);
+    let field_at = format!(
+        "field.tap:1:{}: ",
+        field.find(r#""colour""#).expect("in") + 1
+    );
     let typed = service(
         "web",
         LOOPBACK0,

@@ -186,8 +186,18 @@ pub fn config_field(
         return None;
     }
     let (field, _) = problem.split_once(": ")?;
+    let unknown = problem
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name);
     let mut at = match field.strip_prefix("config") {
-        Some(path) => walk(config, format, path).0,
+        // The path of an unknown field may end in its name: its map is where to look.
+        Some(path) => {
+            let path = unknown
+                .and_then(|name| path.strip_suffix(name))
+                .map_or(path, |parent| parent.strip_suffix('.').unwrap_or(parent));
+            walk(config, format, path).0
+        }
         None => {
             // `--name`, `--name VALUE`, `--name/-x`: the field `name`, when the config has it.
             let option = field.strip_prefix("--")?;
@@ -198,14 +208,19 @@ pub fn config_field(
             }
         }
     };
-    // A field the config does not know: point at that field's value when it is there.
-    if let Some(name) = problem
-        .split_once("unknown field `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(name, _)| name)
-    {
+    // A field the config does not know: point at its name, written last before its value
+    // (quoted in a map, bare in a RON struct).
+    if let Some(name) = unknown {
         if let Some((member, "")) = step(&node(at, format), name) {
-            at = member;
+            let offset = (member.as_ptr() as usize).saturating_sub(at.as_ptr() as usize);
+            let before = at.get(..offset).unwrap_or_default();
+            let key = before
+                .rfind(&format!("\"{name}\""))
+                .or_else(|| before.rfind(name));
+            at = match key {
+                Some(start) => &at[start..],
+                None => member,
+            };
         }
     }
     Some(position(text, at, format))
@@ -375,8 +390,10 @@ mod tests {
         assert_eq!(at(1, "config.nothing.here: x"), Some((9, 17)));
         assert_eq!(
             at(1, "config: unknown field `fsync`, expected one of"),
-            Some((11, 18))
+            Some((11, 9)),
+            "the name, not its value"
         );
+        assert_eq!(at(1, "config.fsync: unknown field `fsync`"), Some((11, 9)));
         // Problems that are not about a config field, or a service the text does not hold.
         assert_eq!(at(1, "--user: no password"), None);
         assert_eq!(at(5, "config.fsync: x"), None);
@@ -461,5 +478,6 @@ mod tests {
         assert_eq!(at(0, "config.users[1]: invalid type"), Some((15, 32)));
         // A struct written in RON's own form, and an option around the value.
         assert_eq!(at(1, "config.path: invalid type"), Some((20, 24)));
+        assert_eq!(at(1, "config: unknown field `path`"), Some((20, 18)));
     }
 }
