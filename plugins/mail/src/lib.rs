@@ -117,10 +117,20 @@ fn parse_resolver(value: &str) -> Result<SocketAddr, String> {
 }
 
 fn resolvers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|v| parse_resolver(v).map_err(|e| serde::de::Error::custom(format!("'{v}': {e}"))))
-        .collect()
+    // Each element decoded by itself, so an error's path names it (`relay_resolver[1]`).
+    struct Resolver(SocketAddr);
+    impl<'de> Deserialize<'de> for Resolver {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = String::deserialize(d)?;
+            parse_resolver(&v)
+                .map(Resolver)
+                .map_err(|e| serde::de::Error::custom(format!("'{v}': {e}")))
+        }
+    }
+    Ok(Vec::<Resolver>::deserialize(d)?
+        .into_iter()
+        .map(|r| r.0)
+        .collect())
 }
 
 /// A text file read whole, or the line of its first byte that is not UTF-8 (read_to_string's
