@@ -133,6 +133,23 @@ fn resolvers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, 
         .collect())
 }
 
+/// An exclusive flock(2) on a directory, or `None` when someone else holds it: one POP3
+/// session per Maildir, one relay worker per queue, across services and processes alike.
+/// Held while the descriptor lives.
+pub(crate) fn lock_dir(dir: &Path) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A text file read whole, or the line of its first byte that is not UTF-8 (read_to_string's
 /// error names no line, and these files are edited by hand).
 pub(crate) fn read_text_file(path: &Path) -> std::io::Result<Result<String, usize>> {

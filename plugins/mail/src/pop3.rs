@@ -72,17 +72,7 @@ struct MailboxLock {
 impl MailboxLock {
     /// The lock, or `None` when another session holds it.
     fn take(maildir: &Path) -> std::io::Result<Option<MailboxLock>> {
-        use rustix::fs::{FlockOperation, Mode, OFlags};
-        let dir = rustix::fs::open(
-            maildir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(MailboxLock { _held: dir })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(crate::lock_dir(maildir)?.map(|held| MailboxLock { _held: held }))
     }
 }
 

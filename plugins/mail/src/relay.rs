@@ -247,11 +247,49 @@ impl Relay {
         let task_ctx = ctx.clone();
         ctx.spawn(async move {
             let ctx = task_ctx;
+            let Some(_worker) = relay.lock_queue(&ctx).await else {
+                return;
+            };
             tokio::select! {
                 () = relay.run(&ctx, &deliverer, &directory) => {}
                 () = ctx.aborted() => {}
             }
         });
+    }
+
+    /// The queue's worker lock ([`crate::lock_dir`] on the queue directory): one worker
+    /// delivers from a queue at a time, so a file is never sent twice by two of them, whether
+    /// a restarted service's old instance is still finishing a delivery or two processes share
+    /// the queue. Waits for it (the other worker ends with its delivery in progress); `None`
+    /// when the service stops first. A lock that cannot be taken at all (the file system has
+    /// none) is not waited for.
+    async fn lock_queue(&self, ctx: &ServiceContext) -> Option<Option<std::os::fd::OwnedFd>> {
+        let mut told = false;
+        loop {
+            let queue = self.settings.queue.clone();
+            match crate::blocking(move || crate::lock_dir(&queue)).await {
+                Ok(Some(held)) => return Some(Some(held)),
+                Ok(None) if !told => {
+                    tracing::info!(
+                        queue = %self.settings.queue.display(),
+                        "another worker delivers from the relay queue; waiting for it to finish"
+                    );
+                    told = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        queue = %self.settings.queue.display(),
+                        "cannot lock the relay queue ({e}); delivering without the lock"
+                    );
+                    return Some(None);
+                }
+            }
+            tokio::select! {
+                () = ctx.stopping() => return None,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
     }
 
     /// When a file not seen before is due, from the schedule recorded in its envelope. A file
