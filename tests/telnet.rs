@@ -425,7 +425,7 @@ fn mail_endpoints_change_with_their_protocols() {
         "-s", LOOPBACK0, "-p", LOOPBACK0,
     ]);
     append_shell(&sb);
-    let twistd = sb.twistd(&["-f", "web.tap"]);
+    let twistd = sb.twistd(&["--shutdown-timeout", "60", "-f", "web.tap"]);
     let (smtp, pop3) = (twistd.addr(0), twistd.addr(1));
     let mut shell = Client::login(twistd.addr(2));
     let greeting = |addr: SocketAddr| {
@@ -481,6 +481,38 @@ fn mail_endpoints_change_with_their_protocols() {
     );
     assert!(greeting(smtp).starts_with("220"));
 
+    // A change that restarts mail cuts no session: one in the middle of a message finishes
+    // on the old instance while the new one already serves (nginx's reload), even with a
+    // long drain deadline that would otherwise hold the shell's answer.
+    let mut session = TcpStream::connect(smtp).expect("connect");
+    session.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut replies = std::io::BufReader::new(session.try_clone().expect("clone"));
+    let mut reply = |expect: &str| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            std::io::BufRead::read_line(&mut replies, &mut line).expect("a reply");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        assert!(line.starts_with(expect), "{line:?}, expected {expect}");
+    };
+    reply("220");
+    for (command, expect) in [
+        ("EHLO client.test", "250"),
+        ("MAIL FROM:<a@remote.test>", "250"),
+        ("RCPT TO:<alice@example.com>", "250"),
+        ("DATA", "354"),
+    ] {
+        session
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("send");
+        reply(expect);
+    }
+    session
+        .write_all(b"Subject: across a restart\r\n\r\nfirst half\r\n")
+        .expect("send");
     // And back, on a new port.
     let on = shell.run(&format!("listen mail {LOOPBACK0} pop3"));
     let addrs = on
@@ -494,6 +526,23 @@ fn mail_endpoints_change_with_their_protocols() {
         .parse()
         .expect("an address");
     assert!(greeting(pop3).starts_with("+OK"));
+    assert!(
+        greeting(smtp).starts_with("220"),
+        "the new instance serves SMTP"
+    );
+    session.write_all(b"second half\r\n.\r\n").expect("send");
+    reply("250 2.0.0");
+    let new = sb.join("md/alice/new");
+    let delivered: Vec<String> = std::fs::read_dir(&new)
+        .expect("alice's new/")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        delivered[0].ends_with("first half\nsecond half\n"),
+        "{delivered:?}"
+    );
 }
 
 #[test]
@@ -559,7 +608,7 @@ fn set_web_path_is_live_and_drops_no_keep_alive_connection() {
     // A field that shapes connections restarts the service (drained) on the same port.
     assert_eq!(
         shell.run("set web max_connections 50"),
-        "web.max_connections changed; web restarted (drained)"
+        "web.max_connections changed; web restarted (open connections finish on the old instance)"
     );
     assert_eq!(
         curl(&twistd.url(0, "/"), &[]).text(),

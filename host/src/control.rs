@@ -123,6 +123,8 @@ struct Inner {
     registry: Registry,
     state: Mutex<State>,
     abort_all: CancellationToken,
+    /// Instances a restart replaced, finishing their connections ([`ServiceContext::retire`]).
+    retiring: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
     started: Instant,
     drain: Duration,
@@ -277,6 +279,7 @@ impl Control {
                     slots: Vec::new(),
                 }),
                 abort_all: CancellationToken::new(),
+                retiring: tokio_util::task::TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 started: Instant::now(),
                 drain,
@@ -706,22 +709,32 @@ impl Control {
         i: usize,
         spec: &ServiceSpec,
     ) -> Result<(), ControlError> {
-        self.maker(spec)?
-            .build(spec)
-            .map_err(|message| ControlError::Invalid(format!("{}: {message}", spec.name)))?;
         let mut spec = spec.clone();
-        if let Some(running) = state.slots[i].running.take() {
-            spec.state = self.halt(running).await;
+        let old = state.slots[i].running.take();
+        // The new instance starts first, on the same sockets, with the state the old one has
+        // now; if it cannot, the old one goes on as if nothing happened. Then the old one
+        // takes no new connection and finishes those it has, in the background, as nginx's
+        // old workers do at a reload: no client is cut by a configuration change.
+        if let Some(old) = &old {
+            spec.state = old.service.state().or(spec.state);
         }
         match self.launch(&spec, &state.slots[i].listeners) {
             Ok(running) => {
                 state.slots[i].running = Some(running);
                 state.app.services[i].state = spec.state;
+                if let Some(old) = old {
+                    // Its accept loops end first: a port that went with the change is closed
+                    // when the change is said done.
+                    old.ctx.stop_accepting().await;
+                    self.inner.retiring.spawn(async move {
+                        old.ctx.retire().await;
+                        tracing::info!(parent: old.ctx.span(), "the replaced instance finished");
+                    });
+                }
                 Ok(())
             }
             Err(e) => {
-                let old = state.app.services[i].clone();
-                state.slots[i].running = self.launch(&old, &state.slots[i].listeners).ok();
+                state.slots[i].running = old;
                 Err(e.into())
             }
         }
@@ -800,6 +813,15 @@ impl Control {
                 state.app.services[i].state = running.service.state();
             }
             state.slots[i].listeners.clear();
+        }
+        // Instances replaced by restarts get the same deadline.
+        self.inner.retiring.close();
+        if tokio::time::timeout_at(deadline, self.inner.retiring.wait())
+            .await
+            .is_err()
+        {
+            self.inner.abort_all.cancel();
+            self.inner.retiring.wait().await;
         }
     }
 

@@ -53,6 +53,9 @@ pub struct ServiceContext {
     stopping: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
+    /// The accept loops alone ([`serve`]): a retired instance's are waited for, so its ports
+    /// close before a restart is said done.
+    accepting: TaskTracker,
     span: tracing::Span,
     connections: Arc<AtomicUsize>,
     control: Option<crate::control::ControlRef>,
@@ -71,6 +74,7 @@ impl ServiceContext {
             stopping: CancellationToken::new(),
             abort: abort_all.child_token(),
             tracker: TaskTracker::new(),
+            accepting: TaskTracker::new(),
             // A root span: a service started from the admin shell is not part of its session.
             span: tracing::info_span!(parent: None, "service", name = %name, plugin = %plugin),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -128,6 +132,23 @@ impl ServiceContext {
         self.abort.cancelled().await
     }
 
+    /// Retires an instance that a restart replaced: it takes no new connection and finishes
+    /// those it has, with no deadline of its own (each protocol's timeouts bound them), as
+    /// nginx's old workers do after a reload. Only an abort (the process stopping) cuts it.
+    pub async fn retire(&self) {
+        self.stop_accepting().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Asks the service to stop and waits until its accept loops have ended: no connection
+    /// reaches it any more, through ports it no longer has or ones its successor now serves.
+    pub async fn stop_accepting(&self) {
+        self.stopping.cancel();
+        self.accepting.close();
+        self.accepting.wait().await;
+    }
+
     /// Stops gracefully: signals, waits for the tracked tasks until `deadline`, then aborts
     /// what is left and waits for it to go. Idempotent.
     pub async fn stop(&self, deadline: Instant) {
@@ -180,7 +201,9 @@ fn accept_loop<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let conn_ctx = ctx.clone();
-    ctx.spawn(async move {
+    // Tracked apart too, so a retiring instance's ports can be known closed (the listener goes
+    // with this loop).
+    ctx.spawn(ctx.accepting.track_future(async move {
         let ctx = conn_ctx;
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -237,7 +260,7 @@ fn accept_loop<H, F>(
                 }
             }
         }
-    });
+    }));
 }
 
 /// Counts a connection as open for as long as it lives, in its service and in the process

@@ -352,7 +352,7 @@ impl Shell {
         match self.control.reconfigure(name, config).await {
             Ok(Applied::Live) => Outcome::Reply(format!("{name}.{field} changed, live\n")),
             Ok(Applied::Restarted) => Outcome::Reply(format!(
-                "{name}.{field} changed; {name} restarted (drained)\n"
+                "{name}.{field} changed; {name} restarted (open connections finish on the old instance)\n"
             )),
             Ok(Applied::AtStart) => Outcome::Reply(format!(
                 "{name}.{field} changed; {name} is stopped and starts with it\n"
