@@ -292,6 +292,26 @@ fn aliases_forward_through_the_relay_and_a_recipient_is_queued_once() {
 }
 
 /// Sends one message from alice to carol@remote.test through the relay at `addr`.
+/// Two servers on one relay queue (two processes here; a restarted service's old and new
+/// instances alike): one worker delivers from it at a time, the other waits, then takes over.
+#[test]
+fn one_worker_at_a_time_delivers_from_a_relay_queue() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let port = free_port();
+    let smarthost_addr = format!("127.0.0.1:{port}");
+    let first = relay_via(&a, &smarthost_addr, &[], &[]);
+    let mut second = relay_via(&a, &smarthost_addr, &[], &[]);
+    second.wait_for("another worker delivers from the relay queue; waiting");
+    let (status, _) = first.stop();
+    assert!(status.success());
+    let _remote = smarthost(&b, port);
+    submit(a.path(), second.addr(0), "after the hand-over");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    second.wait_for("relayed");
+}
+
 fn submit(dir: &Path, addr: SocketAddr, subject: &str) {
     send_from_alice(
         dir,
