@@ -130,6 +130,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Makes `fd` descriptor `onto` in the started process, open across exec.
+fn pass_descriptor(cmd: &mut Command, fd: i32, onto: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec only dup2 or fcntl runs, both async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            // dup2 onto itself would keep close-on-exec; clear the flag instead.
+            let done = if fd == onto {
+                nix::libc::fcntl(onto, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, onto)
+            };
+            if done == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -447,17 +467,8 @@ fn the_daemon_keeps_no_inherited_descriptor() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    #[allow(unsafe_code)]
-    // SAFETY: between fork and exec only dup2, which is async-signal-safe: the file goes to
-    // descriptor 7 without close-on-exec, as a shell's `exec 7>file` leaves it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if nix::libc::dup2(fd, 7) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // As a shell's `exec 7>file` leaves it.
+    pass_descriptor(&mut cmd, fd, 7);
     let out = cmd.output().expect("run twistd");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let daemon = Daemon {
@@ -539,23 +550,8 @@ fn socket_activation_uses_the_passed_descriptor() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    #[allow(unsafe_code)]
-    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts the
-    // listener on descriptor 3 (without close-on-exec), where socket activation expects it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            // dup2 onto itself would keep close-on-exec; clear the flag instead.
-            let done = if fd == 3 {
-                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
-            } else {
-                nix::libc::dup2(fd, 3)
-            };
-            if done == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Descriptor 3 is where socket activation expects it.
+    pass_descriptor(&mut cmd, fd, 3);
     let twistd = Twistd::from_command(cmd);
     assert_eq!(twistd.addrs, vec![addr], "it listens on the passed socket");
     drop(listener);
