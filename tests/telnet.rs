@@ -543,6 +543,46 @@ fn mail_endpoints_change_with_their_protocols() {
         delivered[0].ends_with("first half\nsecond half\n"),
         "{delivered:?}"
     );
+
+    // A POP3 session goes on across a restart too, and its deletions happen at its QUIT.
+    let mut pop = TcpStream::connect(pop3).expect("connect");
+    pop.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut pop_replies = std::io::BufReader::new(pop.try_clone().expect("clone"));
+    let mut pop_line = |send: Option<&str>| {
+        if let Some(command) = send {
+            pop.write_all(format!("{command}\r\n").as_bytes())
+                .expect("send");
+        }
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut pop_replies, &mut line).expect("a reply");
+        line
+    };
+    assert!(pop_line(None).starts_with("+OK"));
+    for command in ["USER alice", "PASS wonderland", "DELE 1"] {
+        let line = pop_line(Some(command));
+        assert!(line.starts_with("+OK"), "{command}: {line}");
+    }
+    let changed = shell.run("set mail max_message_size 5000000");
+    assert!(changed.contains("restarted"), "{changed}");
+    let quit = pop_line(Some("QUIT"));
+    assert!(quit.starts_with("+OK"), "{quit}");
+    assert_eq!(std::fs::read_dir(&new).expect("new/").count(), 0);
+
+    // Two endpoints written alike (`tcp:0`): the address names the one that goes.
+    let added = shell.run(&format!("listen mail {LOOPBACK0} smtp"));
+    let second: SocketAddr = added
+        .rsplit(", ")
+        .next()
+        .expect("the new address")
+        .parse()
+        .expect("an address");
+    let gone = shell.run(&format!("unlisten mail {smtp}"));
+    assert!(gone.starts_with("mail no longer listens on"), "{gone}");
+    assert!(
+        TcpStream::connect(smtp).is_err(),
+        "the first SMTP port is closed"
+    );
+    assert!(greeting(second).starts_with("220"), "the second stays");
 }
 
 #[test]

@@ -123,8 +123,10 @@ struct Inner {
     registry: Registry,
     state: Mutex<State>,
     abort_all: CancellationToken,
-    /// Instances a restart replaced, finishing their connections ([`ServiceContext::retire`]).
+    /// Instances a restart replaced, finishing their connections ([`ServiceContext::retire`]),
+    /// and their contexts, for `stop_all` to ask them to stop.
     retiring: tokio_util::task::TaskTracker,
+    retired: std::sync::Mutex<Vec<ServiceContext>>,
     shutdown: CancellationToken,
     started: Instant,
     drain: Duration,
@@ -280,6 +282,7 @@ impl Control {
                 }),
                 abort_all: CancellationToken::new(),
                 retiring: tokio_util::task::TaskTracker::new(),
+                retired: std::sync::Mutex::new(Vec::new()),
                 shutdown: CancellationToken::new(),
                 started: Instant::now(),
                 drain,
@@ -645,7 +648,16 @@ impl Control {
         }
         spec.config = self.relisten_config(&spec, ListenChange::Removed { position })?;
         spec.listen.remove(position);
-        self.relisten(&mut state, i, spec).await
+        // The socket at that position goes, not another written the same way (`tcp:0`): it
+        // leaves the slot first, so the matching of what stays cannot pick it. (A running
+        // service holds one socket per endpoint, in order; a stopped one only those kept.)
+        let removed = (state.slots[i].listeners.len() == state.app.services[i].listen.len())
+            .then(|| state.slots[i].listeners.remove(position));
+        let result = self.relisten(&mut state, i, spec).await;
+        if let (Err(_), Some(listener)) = (&result, removed) {
+            state.slots[i].listeners.insert(position, listener);
+        }
+        result
     }
 
     /// The plugin of `spec`.
@@ -726,6 +738,12 @@ impl Control {
                     // Its accept loops end first: a port that went with the change is closed
                     // when the change is said done.
                     old.ctx.stop_accepting().await;
+                    {
+                        let mut retired =
+                            self.inner.retired.lock().unwrap_or_else(|p| p.into_inner());
+                        retired.retain(|ctx| !ctx.is_finished());
+                        retired.push(old.ctx.clone());
+                    }
                     self.inner.retiring.spawn(async move {
                         old.ctx.retire().await;
                         tracing::info!(parent: old.ctx.span(), "the replaced instance finished");
@@ -814,7 +832,17 @@ impl Control {
             }
             state.slots[i].listeners.clear();
         }
-        // Instances replaced by restarts get the same deadline.
+        // Instances replaced by restarts: their sessions are asked to end too, with the same
+        // deadline.
+        for ctx in self
+            .inner
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            ctx.ask_to_stop();
+        }
         self.inner.retiring.close();
         if tokio::time::timeout_at(deadline, self.inner.retiring.wait())
             .await

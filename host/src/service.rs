@@ -51,6 +51,9 @@ pub struct ServiceContext {
     name: Arc<str>,
     plugin: Arc<str>,
     stopping: CancellationToken,
+    /// Take no new connection (a restart replaced this instance, or it stops): cancelled
+    /// with `stopping`, and alone by [`ServiceContext::retire`].
+    replaced: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
     /// The accept loops alone ([`serve`]): a retired instance's are waited for, so its ports
@@ -72,6 +75,7 @@ impl ServiceContext {
             name: name.into(),
             plugin: plugin.into(),
             stopping: CancellationToken::new(),
+            replaced: CancellationToken::new(),
             abort: abort_all.child_token(),
             tracker: TaskTracker::new(),
             accepting: TaskTracker::new(),
@@ -118,9 +122,33 @@ impl ServiceContext {
         self.tracker.spawn(task.instrument(self.span.clone()));
     }
 
-    /// Resolves when the service is asked to stop gracefully.
+    /// Resolves when the service is asked to stop gracefully: work in flight is finished,
+    /// idle sessions are closed.
     pub async fn stopping(&self) {
         self.stopping.cancelled().await
+    }
+
+    /// Resolves when the service is to take no new connection: it stops, or a restart
+    /// replaced it ([`ServiceContext::retire`]). Accept loops and background work end here;
+    /// sessions go on until they end by themselves or [`ServiceContext::stopping`] resolves.
+    /// Request-response connections (HTTP keep-alive) close once idle.
+    pub async fn replaced(&self) {
+        self.replaced.cancelled().await
+    }
+
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.is_cancelled()
+    }
+
+    /// Asks a retiring instance to stop as a stopping one would (the process is stopping).
+    pub fn ask_to_stop(&self) {
+        self.replaced.cancel();
+        self.stopping.cancel();
+    }
+
+    /// Whether every task of a stopped or retired instance has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tracker.is_closed() && self.tracker.is_empty()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -133,8 +161,9 @@ impl ServiceContext {
     }
 
     /// Retires an instance that a restart replaced: it takes no new connection and finishes
-    /// those it has, with no deadline of its own (each protocol's timeouts bound them), as
-    /// nginx's old workers do after a reload. Only an abort (the process stopping) cuts it.
+    /// those it has, sessions included, with no deadline of its own (each protocol's timeouts
+    /// bound them), as nginx's old workers and Postfix's smtpd do after a reload. Only the
+    /// process stopping ([`ServiceContext::ask_to_stop`], then the abort) cuts it short.
     pub async fn retire(&self) {
         self.stop_accepting().await;
         self.tracker.close();
@@ -144,7 +173,7 @@ impl ServiceContext {
     /// Asks the service to stop and waits until its accept loops have ended: no connection
     /// reaches it any more, through ports it no longer has or ones its successor now serves.
     pub async fn stop_accepting(&self) {
-        self.stopping.cancel();
+        self.replaced.cancel();
         self.accepting.close();
         self.accepting.wait().await;
     }
@@ -152,7 +181,7 @@ impl ServiceContext {
     /// Stops gracefully: signals, waits for the tracked tasks until `deadline`, then aborts
     /// what is left and waits for it to go. Idempotent.
     pub async fn stop(&self, deadline: Instant) {
-        self.stopping.cancel();
+        self.ask_to_stop();
         self.tracker.close();
         if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
@@ -211,7 +240,7 @@ fn accept_loop<H, F>(
                 None => None,
                 Some(permits) => tokio::select! {
                     biased;
-                    () = ctx.stopping() => break,
+                    () = ctx.replaced() => break,
                     permit = permits.clone().acquire_owned() => match permit {
                         Ok(permit) => Some(permit),
                         Err(_) => break,
@@ -220,7 +249,7 @@ fn accept_loop<H, F>(
             };
             let accepted = tokio::select! {
                 biased;
-                () = ctx.stopping() => break,
+                () = ctx.replaced() => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -253,7 +282,7 @@ fn accept_loop<H, F>(
                     tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
                     drop(permit);
                     tokio::select! {
-                        () = ctx.stopping() => break,
+                        () = ctx.replaced() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));

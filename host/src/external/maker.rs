@@ -215,7 +215,8 @@ impl Service for ExternalService {
         // and holds the host's stop until the plugin's `stop` returns.
         let signals = ctx.clone();
         ctx.spawn(async move {
-            signals.stopping().await;
+            // A replaced instance stops too: its connections are the plugin's to finish.
+            signals.replaced().await;
             let draining = instance.clone();
             let mut stop = tokio::task::spawn_blocking(move || draining.stop());
             tokio::select! {

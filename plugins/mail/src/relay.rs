@@ -286,7 +286,7 @@ impl Relay {
                 }
             }
             tokio::select! {
-                () = ctx.stopping() => return None,
+                () = ctx.replaced() => return None,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
@@ -342,7 +342,7 @@ impl Relay {
             // Files first seen in this pass that wait for a recorded time: how many, how long.
             let mut waiting = (0usize, u64::MAX);
             for name in names {
-                if ctx.is_stopping() {
+                if ctx.is_replaced() {
                     return;
                 }
                 let due = match schedule.get(&name) {
@@ -396,7 +396,7 @@ impl Relay {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = sleep => {}
-                () = ctx.stopping() => return,
+                () = ctx.replaced() => return,
             }
         }
     }

@@ -149,7 +149,7 @@ impl Service for WebService {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => log.flush(),
-                        () = ctx2.stopping() => break,
+                        () = ctx2.replaced() => break,
                     }
                 }
                 log.flush();
@@ -249,6 +249,10 @@ async fn connection(
         }
     }
 }
+
+/// How long a connection of a replaced instance may idle before it closes: long enough for a
+/// request already on its way to arrive and be answered.
+const REPLACED_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a connection that moved no byte for the keep-alive timeout may still take to
 /// finish after being asked to close: an idle one closes at once, a stuck one is dropped.
@@ -356,34 +360,48 @@ async fn serve_http<S>(
         ($conn:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
+            // Replaced by a restart, a connection serves on until it idles a moment (a
+            // request already sent is answered), then closes; asked to close, it finishes the
+            // request in flight.
+            let (mut replaced, mut closing) = (false, false);
             let result = loop {
-                let idle_until = epoch
-                    + Duration::from_millis(last.load(Ordering::Relaxed))
-                    + limits.keepalive_timeout;
+                let limit = if replaced && !closing {
+                    REPLACED_IDLE.min(limits.keepalive_timeout)
+                } else {
+                    limits.keepalive_timeout
+                };
+                let idle_until =
+                    epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + limit;
                 tokio::select! {
                     result = conn.as_mut() => break result,
-                    () = ctx.stopping() => {
+                    () = ctx.stopping(), if !closing => {
                         conn.as_mut().graceful_shutdown();
-                        break conn.await;
+                        closing = true;
                     }
+                    () = ctx.replaced(), if !replaced => replaced = true,
                     () = tokio::time::sleep_until(idle_until) => {
                         let moved = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
-                        if moved + limits.keepalive_timeout <= Instant::now() {
-                            // Idle between requests, it closes at once. Stuck in a response
-                            // (a client that stopped reading), graceful_shutdown would wait
-                            // for ever: it gets a moment to finish, then goes, as nginx's
-                            // send_timeout ends such a connection.
-                            conn.as_mut().graceful_shutdown();
-                            match tokio::time::timeout(STALL_GRACE, conn.as_mut()).await {
-                                Ok(result) => break result,
-                                Err(_) => {
-                                    tracing::info!(
-                                        peer = %peer,
-                                        "no byte moved for {:?}; connection closed",
-                                        limits.keepalive_timeout
-                                    );
-                                    break Ok(());
-                                }
+                        if moved + limit > Instant::now() {
+                            continue;
+                        }
+                        conn.as_mut().graceful_shutdown();
+                        if replaced && !closing {
+                            closing = true;
+                            continue;
+                        }
+                        // Idle between requests, it closes at once. Stuck in a response
+                        // (a client that stopped reading), graceful_shutdown would wait
+                        // for ever: it gets a moment to finish, then goes, as nginx's
+                        // send_timeout ends such a connection.
+                        match tokio::time::timeout(STALL_GRACE, conn.as_mut()).await {
+                            Ok(result) => break result,
+                            Err(_) => {
+                                tracing::info!(
+                                    peer = %peer,
+                                    "no byte moved for {:?}; connection closed",
+                                    limits.keepalive_timeout
+                                );
+                                break Ok(());
                             }
                         }
                     }
