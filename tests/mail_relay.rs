@@ -304,6 +304,7 @@ fn one_worker_at_a_time_delivers_from_a_relay_queue() {
     second.wait_for("another worker delivers from the relay queue; waiting");
     let (status, _) = first.stop();
     assert!(status.success());
+    second.wait_for("the other worker is done; delivering from the relay queue");
     let _remote = smarthost(&b, port);
     submit(a.path(), second.addr(0), "after the hand-over");
     wait_until("carol has the message", || {

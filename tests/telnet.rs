@@ -564,6 +564,11 @@ fn mail_endpoints_change_with_their_protocols() {
     }
     let changed = shell.run("set mail max_message_size 5000000");
     assert!(changed.contains("restarted"), "{changed}");
+    let status = shell.run("status");
+    assert!(
+        status.contains("finishing on instances replaced by restarts"),
+        "{status}"
+    );
     let quit = pop_line(Some("QUIT"));
     assert!(quit.starts_with("+OK"), "{quit}");
     assert_eq!(std::fs::read_dir(&new).expect("new/").count(), 0);

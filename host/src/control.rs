@@ -97,6 +97,8 @@ pub struct Status {
     pub name: String,
     pub uptime: Duration,
     pub services: Vec<ServiceInfo>,
+    /// Connections that instances replaced by restarts are still finishing.
+    pub finishing: usize,
 }
 
 /// A function the binary provides to change the log filter (`log level debug`).
@@ -425,10 +427,20 @@ impl Control {
     pub async fn status(&self) -> Status {
         let services = self.list().await;
         let name = self.inner.state.lock().await.app.name.clone();
+        let finishing = self
+            .inner
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|ctx| !ctx.is_finished())
+            .map(ServiceContext::connections)
+            .sum();
         Status {
             name,
             uptime: self.inner.started.elapsed(),
             services,
+            finishing,
         }
     }
 

@@ -268,7 +268,15 @@ impl Relay {
         loop {
             let queue = self.settings.queue.clone();
             match crate::blocking(move || crate::lock_dir(&queue)).await {
-                Ok(Some(held)) => return Some(Some(held)),
+                Ok(Some(held)) => {
+                    if told {
+                        tracing::info!(
+                            queue = %self.settings.queue.display(),
+                            "the other worker is done; delivering from the relay queue"
+                        );
+                    }
+                    return Some(Some(held));
+                }
                 Ok(None) if !told => {
                     tracing::info!(
                         queue = %self.settings.queue.display(),

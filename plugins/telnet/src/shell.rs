@@ -258,8 +258,12 @@ impl Shell {
         let status = self.control.status().await;
         let running = status.services.iter().filter(|s| s.running).count();
         let connections: usize = status.services.iter().map(|s| s.connections).sum();
+        let finishing = match status.finishing {
+            0 => String::new(),
+            n => format!(" (and {n} finishing on instances replaced by restarts)"),
+        };
         Outcome::Reply(format!(
-            "application {}, up {}, {} service(s) ({running} running), {connections} open connection(s), memory {}\n",
+            "application {}, up {}, {} service(s) ({running} running), {connections} open connection(s){finishing}, memory {}\n",
             status.name,
             format_duration(status.uptime),
             status.services.len(),
