@@ -374,18 +374,17 @@ fn sigusr1_and_size_rotate_sighup_reopens() {
     daemon.wait_log("SIGHUP: log reopened");
 
     // A rotation after the file was deleted opens a new one and shifts nothing.
-    let before: Vec<String> = ["twistd.log.1", "twistd.log.2"]
-        .iter()
-        .map(|name| sb.read(name))
-        .collect();
+    let rotated = || -> Vec<String> {
+        ["twistd.log.1", "twistd.log.2"]
+            .iter()
+            .map(|name| sb.read(name))
+            .collect()
+    };
+    let before = rotated();
     std::fs::remove_file(sb.join("twistd.log")).expect("delete");
     daemon.signal(Signal::SIGUSR1);
     daemon.wait_log("SIGUSR1: log rotated");
-    let after: Vec<String> = ["twistd.log.1", "twistd.log.2"]
-        .iter()
-        .map(|name| sb.read(name))
-        .collect();
-    assert_eq!(before, after, "the old files stay where they were");
+    assert_eq!(before, rotated(), "the old files stay where they were");
     daemon.stop();
 }
 

@@ -140,7 +140,8 @@ impl ServiceContext {
         self.replaced.is_cancelled()
     }
 
-    /// Asks a retiring instance to stop as a stopping one would (the process is stopping).
+    /// Both signals at once: what a stop sends, and what `stop_all` sends a retiring instance
+    /// when the process stops.
     pub fn ask_to_stop(&self) {
         self.replaced.cancel();
         self.stopping.cancel();
@@ -149,10 +150,6 @@ impl ServiceContext {
     /// Whether every task of a stopped or retired instance has ended.
     pub fn is_finished(&self) -> bool {
         self.tracker.is_closed() && self.tracker.is_empty()
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.is_cancelled()
     }
 
     /// Resolves when the drain deadline has passed and open work must be dropped.
@@ -170,8 +167,9 @@ impl ServiceContext {
         self.tracker.wait().await;
     }
 
-    /// Asks the service to stop and waits until its accept loops have ended: no connection
-    /// reaches it any more, through ports it no longer has or ones its successor now serves.
+    /// Tells the service to take no new connection and waits until its accept loops have
+    /// ended: no connection reaches it any more, through ports it no longer has or ones its
+    /// successor now serves.
     pub async fn stop_accepting(&self) {
         self.replaced.cancel();
         self.accepting.close();

@@ -293,6 +293,8 @@ impl Relay {
                     return Some(None);
                 }
             }
+            // Polled: flock(2) says nothing when it frees, and a blocking wait on the blocking
+            // pool could not be called off at a stop (the runtime would wait for it at exit).
             tokio::select! {
                 () = ctx.replaced() => return None,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
