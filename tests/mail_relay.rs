@@ -302,7 +302,10 @@ fn one_worker_at_a_time_delivers_from_a_relay_queue() {
     let first = relay_via(&a, &smarthost_addr, &[], &[]);
     let mut second = relay_via(&a, &smarthost_addr, &[], &[]);
     // Its worker may say so before "ready:", which `relay_via` has already read past.
-    logged(&mut second, "another worker delivers from the relay queue; waiting");
+    logged(
+        &mut second,
+        "another worker delivers from the relay queue; waiting",
+    );
     let (status, _) = first.stop();
     assert!(status.success());
     second.wait_for("the other worker is done; delivering from the relay queue");
