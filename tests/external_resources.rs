@@ -29,7 +29,7 @@ fn a_c_resource_serves_pages_and_keeps_its_state_in_the_tap() {
         ],
     );
     let mut server = twistd(&sb, &plugins, &["-f", "web.tap"]);
-    logged(&mut server, "counter opened at 0 hits");
+    server.logged("counter opened at 0 hits");
     let page = curl(&server.url(0, "/count/page?a=1&b=2"), &["--data", "hello"]);
     assert_eq!(page.status, 200);
     assert_eq!(
@@ -46,7 +46,7 @@ fn a_c_resource_serves_pages_and_keeps_its_state_in_the_tap() {
     assert_eq!(curl(&server.url(0, "/index.html"), &[]).text(), "static\n");
     // A failure inside the plugin is a 500 and a log line, never a crash.
     assert_eq!(curl(&server.url(0, "/count/fail"), &[]).status, 500);
-    logged(&mut server, "asked to fail");
+    server.logged("asked to fail");
     let (status, _) = server.stop();
     assert!(status.success());
     let saved = json(&sb, "web-shutdown.tap");
@@ -56,7 +56,7 @@ fn a_c_resource_serves_pages_and_keeps_its_state_in_the_tap() {
     );
 
     let mut server = twistd(&sb, &plugins, &["-f", "web-shutdown.tap"]);
-    logged(&mut server, "counter opened at 2 hits");
+    server.logged("counter opened at 2 hits");
     assert_eq!(
         curl(&server.url(0, "/count"), &[]).text().split(' ').next(),
         Some("hits=3")
@@ -157,7 +157,7 @@ fn a_rust_resource_built_with_the_sdk_keeps_its_entries_in_the_tap() {
     );
 
     let mut server = twistd(&sb, &plugins, &["-f", "web-shutdown.tap"]);
-    logged(&mut server, "guestbook opened with 2 entries");
+    server.logged("guestbook opened with 2 entries");
     assert!(curl(&server.url(0, "/book"), &[])
         .text()
         .ends_with("2. second\n"));

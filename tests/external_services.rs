@@ -30,10 +30,7 @@ fn portforward_relays_to_the_web_service_and_keeps_its_count_across_restarts() {
     );
     let mut forwarder = twistd(&sb, &plugins, &["-f", "portforward.tap"]);
     // The plugin's own log line lands in the host's log.
-    logged(
-        &mut forwarder,
-        "forwarding tcp:0:interface=127.0.0.1 to 127.0.0.1:",
-    );
+    forwarder.logged("forwarding tcp:0:interface=127.0.0.1 to 127.0.0.1:");
     let page = curl(&forwarder.url(0, "/"), &[]);
     assert_eq!(page.status, 200);
     assert_eq!(page.text(), "<h1>through the forwarder</h1>\n");

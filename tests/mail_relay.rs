@@ -119,19 +119,19 @@ fn relay_bounces_failed_and_expired_recipients_to_the_sender() {
     });
     wait_until("the queue is empty", || count(&a.join("queue/new")) == 0);
     // The log tells who refused what, and links the session's queue id to the bounce.
-    let delivered = logged(&mut twistd, "delivered");
+    let delivered = twistd.logged("delivered");
     let id = delivered
         .split_whitespace()
         .find_map(|f| f.strip_prefix("id="))
         .expect("an id");
-    let failed = logged(&mut twistd, "relay failed");
+    let failed = twistd.logged("relay failed");
     assert!(
         failed.contains(&format!("id={id}"))
             && failed.contains(&format!("host 127.0.0.1:{port} said: 550 5.1.1"))
             && failed.contains("(in reply to RCPT TO command)"),
         "{failed}"
     );
-    let notified = logged(&mut twistd, "sender non-delivery notification");
+    let notified = twistd.logged("sender non-delivery notification");
     assert!(
         notified.contains(&format!("id={id}")) && notified.contains("nobody@remote.test"),
         "{notified}"
@@ -302,10 +302,7 @@ fn one_worker_at_a_time_delivers_from_a_relay_queue() {
     let first = relay_via(&a, &smarthost_addr, &[], &[]);
     let mut second = relay_via(&a, &smarthost_addr, &[], &[]);
     // Its worker may say so before "ready:", which `relay_via` has already read past.
-    logged(
-        &mut second,
-        "another worker delivers from the relay queue; waiting",
-    );
+    second.logged("another worker delivers from the relay queue; waiting");
     let (status, _) = first.stop();
     assert!(status.success());
     second.wait_for("the other worker is done; delivering from the relay queue");
@@ -338,14 +335,6 @@ with smtplib.SMTP(host, int(port)) as s:
 "#,
         &[&addr.to_string(), &rcpts.join(","), message],
     );
-}
-
-/// The first log line with `needle`, logged already (maybe before "ready:") or to come.
-fn logged(twistd: &mut util::Twistd, needle: &str) -> String {
-    match twistd.log.iter().find(|l| l.contains(needle)) {
-        Some(line) => line.clone(),
-        None => twistd.wait_for(needle),
-    }
 }
 
 /// The queue's only file, as text.
@@ -417,7 +406,7 @@ fn the_retry_schedule_survives_a_restart() {
     // after the restart goes out, the first one stays as it was.
     let remote = smarthost(&b, port);
     let mut twistd = relay("3600", "7200");
-    let waits = logged(&mut twistd, "wait for their recorded next attempt");
+    let waits = twistd.logged("wait for their recorded next attempt");
     assert!(waits.contains("1 deferred relay queue file(s)"), "{waits}");
     submit(a.path(), twistd.addr(0), "second");
     wait_until("carol has the second message", || {
@@ -436,7 +425,7 @@ fn the_retry_schedule_survives_a_restart() {
     drop(remote);
     let mut twistd = relay("1", "2");
     // The attempt is due at once, so it may be logged before "ready:".
-    let line = logged(&mut twistd, "relay deferred");
+    let line = twistd.logged("relay deferred");
     assert!(line.contains("attempt=2"), "{line}");
     wait_until("the file records the second attempt", || {
         std::fs::read_dir(a.join("queue/new"))

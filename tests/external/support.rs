@@ -129,13 +129,6 @@ pub fn twistd(sb: &Sandbox, plugins: &Path, args: &[&str]) -> Twistd {
     Twistd::from_command(cmd)
 }
 
-/// Waits for a log line, which may have come before "ready:".
-pub fn logged(twistd: &mut Twistd, needle: &str) {
-    if !twistd.log.iter().any(|l| l.contains(needle)) {
-        twistd.wait_for(needle);
-    }
-}
-
 pub fn json(sb: &Sandbox, name: &str) -> Value {
     serde_json::from_str(&sb.read(name)).expect("a JSON tap")
 }

@@ -209,6 +209,14 @@ impl Twistd {
         }
     }
 
+    /// The first log line with `needle`, read already (maybe before "ready:") or to come.
+    pub fn logged(&mut self, needle: &str) -> String {
+        match self.log.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.addrs[i]
     }
