@@ -126,7 +126,6 @@ fn find_raw_end(raw: &[u8], needle: &str) -> Option<usize> {
         .map(|p| p + needle.len())
 }
 
-/// A web service and a shell in one application; returns (sandbox, twistd) with addrs
 /// Adds the admin shell to `web.tap` (loopback, port 0), its password `PASSWORD` in pw.txt.
 fn append_shell(sb: &Sandbox) {
     sb.write("pw.txt", format!("{PASSWORD}\n"));
@@ -141,6 +140,7 @@ fn append_shell(sb: &Sandbox) {
     ]);
 }
 
+/// A web service and a shell in one application; returns (sandbox, twistd) with addrs
 /// [web, telnet].
 fn app() -> (Sandbox, Twistd) {
     let sb = Sandbox::new();
@@ -372,6 +372,28 @@ fn add_stop_start_remove_a_web_service_live() {
 
 /// After root is given up, a port below 1024 could not be bound again: `stop` keeps its
 /// socket open (connections wait in the kernel's queue) and `start` serves it again.
+/// A service the shell restarts logs under its own name, not the shell's, from the start: its
+/// aliases file is read again while the new instance is built.
+#[test]
+fn what_a_service_logs_while_the_shell_restarts_it_is_its_own() {
+    let sb = Sandbox::new();
+    sb.write("aliases", "postmaster: alice\npostmaster: alice\n");
+    #[rustfmt::skip]
+    sb.mktap_ok(&[
+        "-n", "web", "mail", "-d", "example.com=md", "-u", "alice=wonderland",
+        "-A", "aliases", "-s", LOOPBACK0, "--no-pop3",
+    ]);
+    append_shell(&sb);
+    let mut twistd = sb.twistd(&["-f", "web.tap"]);
+    let first = twistd.logged("is given again");
+    assert!(first.contains("[mail] warning: --aliases"), "{first}");
+    let mut shell = Client::login(twistd.addr(1));
+    let added = shell.run(&format!("listen mail {LOOPBACK0} pop3"));
+    assert!(added.starts_with("mail listens on"), "{added}");
+    let again = twistd.wait_for("is given again");
+    assert!(again.contains("[mail] warning: --aliases"), "{again}");
+}
+
 #[test]
 fn stop_and_start_keep_a_port_below_1024_after_dropping_root() {
     if !nix::unistd::geteuid().is_root() {

@@ -326,17 +326,18 @@ impl Control {
             service: spec.name.clone(),
             message,
         };
-        let service = self
-            .inner
-            .registry
-            .get(&spec.plugin)?
-            .build(spec)
-            .map_err(fail)?;
+        let maker = self.inner.registry.get(&spec.plugin)?;
         let ctx = ServiceContext::under(&spec.name, &spec.plugin, &self.inner.abort_all)
             .with_control(ControlRef(Arc::downgrade(&self.inner)));
-        service
-            .start(&ctx, clones(listeners, &spec.name)?)
-            .map_err(fail)?;
+        // What the plugin logs while it is built and started is the service's, also when the
+        // shell asked for it (the shell's connection span would otherwise tag it).
+        let service = ctx.span().in_scope(|| -> Result<_, StartError> {
+            let service = maker.build(spec).map_err(fail)?;
+            service
+                .start(&ctx, clones(listeners, &spec.name)?)
+                .map_err(fail)?;
+            Ok(service)
+        })?;
         tracing::info!(parent: ctx.span(), "started");
         Ok(Running { ctx, service })
     }

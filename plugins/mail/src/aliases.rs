@@ -78,6 +78,18 @@ struct Table {
     entries: BTreeMap<String, Vec<Target>>,
     /// The aliases file and every file it includes.
     stamps: Vec<Stamp>,
+    /// What the file has that is no error but worth a warning (a name given again), logged
+    /// by whoever loads it for use: a check of the config stays quiet, so a warning comes once
+    /// and under the service's name.
+    warnings: Vec<String>,
+}
+
+impl Table {
+    fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
 }
 
 /// The aliases of a service, reloaded when their files change.
@@ -90,10 +102,17 @@ pub struct Aliases {
 impl Aliases {
     /// Loads the file now; its problems are errors naming the file and line.
     pub fn load(path: &Path) -> Result<Aliases, AliasError> {
+        let table = parse_file(path)?;
+        table.log_warnings();
         Ok(Aliases {
             path: path.to_path_buf(),
-            table: Mutex::new(parse_file(path)?),
+            table: Mutex::new(table),
         })
+    }
+
+    /// Whether the file loads, without logging what `load` would warn of.
+    pub fn check(path: &Path) -> Result<(), AliasError> {
+        parse_file(path).map(drop)
     }
 
     /// Re-reads the files if one changed since the last load. A file that no longer parses
@@ -106,6 +125,7 @@ impl Aliases {
         match parse_file(&self.path) {
             Ok(fresh) => {
                 tracing::info!(path = %self.path.display(), "aliases reloaded");
+                fresh.log_warnings();
                 *table = fresh;
             }
             Err(e) => {
@@ -241,10 +261,10 @@ fn parse_file(path: &Path) -> Result<Table, AliasError> {
             return Err(syntax(format!("alias '{name}' has no target")));
         }
         if table.entries.contains_key(&name) {
-            tracing::warn!(
+            table.warnings.push(format!(
                 "--aliases {}:{line}: '{name}' is given again; the first entry is kept",
                 path.display()
-            );
+            ));
             continue;
         }
         table.entries.insert(name, targets);

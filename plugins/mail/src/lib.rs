@@ -647,7 +647,7 @@ impl Plugin for MailPlugin {
             }
         }
         if let Some(path) = config.aliases.as_deref().filter(|p| p.is_file()) {
-            if let Err(e) = aliases::Aliases::load(path) {
+            if let Err(e) = aliases::Aliases::check(path) {
                 problems.push(e.to_string());
             }
         }
