@@ -235,3 +235,24 @@ fn the_admin_shell_adds_an_external_service() {
     assert!(status.success());
     drop(web);
 }
+
+/// A plugin that kills the process while it starts (a crash, the OOM killer): the daemon dies
+/// before it can say anything, and the parent twistd, still waiting, says how.
+#[test]
+fn a_daemon_killed_during_start_up_is_reported_with_its_signal() {
+    let sb = Sandbox::new();
+    let plugins = plugin_dir(&sb, &["dies_at_start"]);
+    mktap_ok(&sb, &plugins, &["dies"]);
+    let out = std::process::Command::new(util::TWISTD)
+        .args(["-f", "dies.tap"])
+        .current_dir(sb.path())
+        .env("TAPHOST_PLUGIN_PATH", &plugins)
+        .output()
+        .expect("run twistd");
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "twistd: the daemon was killed by SIGKILL during start-up; see its log"
+    );
+}

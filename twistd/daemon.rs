@@ -130,6 +130,10 @@ pub fn open_dev_null() -> Result<File, Failure> {
 pub fn daemonize(null: File) -> Result<Notifier, Failure> {
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         pipe().map_err(|e| Failure::internal(format!("cannot create the status pipe: {e}")))?;
+    // The daemon, orphaned when the middle process exits, becomes this process's child rather
+    // than init's, so a daemon that dies before its word can be asked how (the flag is not
+    // inherited by the children). If it cannot be set, that is all that is lost.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     // SAFETY: twistd has a single thread here: the runtime is built after this point and
     // nothing before it spawns threads (see ARCHITECTURE.md), so the child may run any code.
     match unsafe { fork() }.map_err(|e| Failure::internal(format!("cannot fork: {e}")))? {
@@ -139,7 +143,7 @@ pub fn daemonize(null: File) -> Result<Notifier, Failure> {
             let _ = waitpid(child, None);
             let mut word = String::new();
             let _ = File::from(read_end).read_to_string(&mut word);
-            std::process::exit(match parse_word(&word) {
+            std::process::exit(match parse_word(&word, how_the_daemon_ended) {
                 Ok(()) => 0,
                 Err(failure) => {
                     eprintln!("twistd: {failure}");
@@ -170,8 +174,29 @@ pub fn daemonize(null: File) -> Result<Notifier, Failure> {
     })
 }
 
-/// `0` is success; `CODE MESSAGE` a failure; nothing at all means the daemon died.
-fn parse_word(word: &str) -> Result<(), Failure> {
+/// How the daemon, now this process's child, ended: "was killed by SIGKILL", "exited with
+/// status 1", or `None` if that cannot be learned within a second.
+fn how_the_daemon_ended() -> Option<String> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    // The pipe closes as the daemon's descriptors are torn down, a moment before it can be
+    // waited for; a daemon that closed the pipe and lives on is not waited for long.
+    for _ in 0..100 {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Some(format!("was killed by {signal}"))
+            }
+            Ok(WaitStatus::Exited(_, code)) => return Some(format!("exited with status {code}")),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// `0` is success; `CODE MESSAGE` a failure; nothing at all means the daemon died, and
+/// `how_it_ended` may say how.
+fn parse_word(word: &str, how_it_ended: impl FnOnce() -> Option<String>) -> Result<(), Failure> {
     let word = word.trim_end();
     if word == "0" {
         return Ok(());
@@ -182,7 +207,10 @@ fn parse_word(word: &str) -> Result<(), Failure> {
         }
         _ => Err(Failure::new(
             exit::INTERNAL,
-            "the daemon exited during start-up without saying why; see its log",
+            match how_it_ended() {
+                Some(how) => format!("the daemon {how} during start-up; see its log"),
+                None => "the daemon exited during start-up without saying why; see its log".into(),
+            },
         )),
     }
 }
@@ -193,12 +221,21 @@ mod tests {
 
     #[test]
     fn status_words() {
-        assert!(parse_word("0\n").is_ok());
-        let failure = parse_word("69 cannot listen on tcp:80: in use").expect_err("failure");
+        let untold = || None;
+        assert!(parse_word("0\n", untold).is_ok());
+        let failure =
+            parse_word("69 cannot listen on tcp:80: in use", untold).expect_err("failure");
         assert_eq!(
             (failure.code, failure.message.as_str()),
             (69, "cannot listen on tcp:80: in use")
         );
-        assert_eq!(parse_word("").expect_err("silence").code, exit::INTERNAL);
+        let silence = parse_word("", untold).expect_err("silence");
+        assert_eq!(silence.code, exit::INTERNAL);
+        assert!(silence.message.contains("without saying why"));
+        let killed = parse_word("", || Some("was killed by SIGKILL".into())).expect_err("killed");
+        assert_eq!(
+            killed.message,
+            "the daemon was killed by SIGKILL during start-up; see its log"
+        );
     }
 }

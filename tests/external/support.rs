@@ -69,6 +69,7 @@ pub fn built() -> &'static Path {
                 "bad_descriptor",
                 "bad_default",
                 "web_clash",
+                "dies_at_start",
             ] {
                 let source = util::repo().join(format!("tests/plugins/{name}.c"));
                 let out = Command::new("cc")
