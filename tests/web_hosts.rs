@@ -378,6 +378,59 @@ fn the_access_log_is_nginx_combined_flushed_and_reopened() {
     assert!(!old.contains("after=rotation"));
 }
 
+/// Requests hyper refuses while parsing (and answers itself) are logged as nginx logs them: the
+/// request line as sent, the status, no body; one pipelined behind an answered request, whose
+/// bytes came in the same read, as `-`.
+#[test]
+fn requests_refused_while_parsing_are_access_logged() {
+    let sb = sandbox();
+    let log = sb.join("access.log");
+    let twistd = start(&sb, &["--logfile".into(), log.display().to_string()]);
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET /\xff\x01 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET /nocolon HTTP/1.1\r\nHost t\r\n\r\n", 400),
+        (big.as_bytes(), 431),
+    ];
+    for (request, status) in cases {
+        let answer = raw_request(twistd.addr(0), request);
+        assert_eq!(raw_status(&answer), status, "{answer}");
+    }
+    let answer = raw_request(
+        twistd.addr(0),
+        b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\nGET /x y z HTTP/1.1\r\n\r\n",
+    );
+    assert!(answer.contains(" 400 Bad Request"), "{answer}");
+    let text = wait_for_file(&log, "six log lines", |t| t.lines().count() >= 6);
+    // Lines come as connections end, which is not the order they were opened in.
+    let mut logged: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let (_, after) = l.split_once("] ").expect("a time");
+            after
+        })
+        .collect();
+    logged.sort_unstable();
+    let mut expected = [
+        "\"GET /a b HTTP/1.1\" 400 0 \"-\" \"-\"",
+        "\"GET /\\xFF\\x01 HTTP/1.1\" 400 0 \"-\" \"-\"",
+        "\"GET /nocolon HTTP/1.1\" 400 0 \"-\" \"-\"",
+        "\"GET /big HTTP/1.1\" 431 0 \"-\" \"-\"",
+        "\"GET /a.txt HTTP/1.1\" 200 4 \"-\" \"-\"",
+        "\"-\" 400 0 \"-\" \"-\"",
+    ];
+    expected.sort_unstable();
+    assert_eq!(logged, expected, "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("127.0.0.1 - - [")),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_weblog_shows_referred_hits_and_keeps_them_across_a_restart() {
     let sb = sandbox();

@@ -74,7 +74,8 @@ impl AccessLog {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub remote_addr: String,
-    pub request: String,
+    /// The request line as sent (also what hyper refused to parse, see `server::RequestStart`).
+    pub request: Vec<u8>,
     /// Header values as sent: bytes outside ASCII are logged as `\xHH`, never replaced.
     pub referer: Option<Vec<u8>>,
     pub user_agent: Option<Vec<u8>>,
@@ -121,7 +122,7 @@ impl Entry {
         out.push_str(" - - [");
         out.push_str(&time_local(at));
         out.push_str("] \"");
-        escaped(&mut out, Some(self.request.as_bytes()));
+        escaped(&mut out, Some(&self.request));
         out.push_str(&format!("\" {status} {bytes} \""));
         escaped(&mut out, self.referer.as_deref());
         out.push_str("\" \"");
@@ -139,7 +140,7 @@ mod tests {
     fn lines_are_nginx_combined() {
         let entry = Entry {
             remote_addr: "127.0.0.1".into(),
-            request: "GET /a?b=\"c\" HTTP/1.1".into(),
+            request: b"GET /a?b=\"c\" HTTP/1.1".to_vec(),
             referer: None,
             // A Latin-1 byte (not UTF-8) is logged as itself, not as a replacement character.
             user_agent: Some(b"curl/8 \\ \xc3\xa9 \xff".to_vec()),

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -264,12 +264,97 @@ struct Watched<S> {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last byte read or written.
     last: Arc<AtomicU64>,
+    /// With an access log, on HTTP/1: the start of the request being read.
+    start: Option<Arc<RequestStart>>,
+}
+
+/// The first bytes of the request being read on an HTTP/1 connection. A request hyper refuses
+/// while parsing (it answers 400, 414 or 431 itself) never reaches the service, and hyper
+/// gives back none of its bytes; these let it be access-logged with its request line, as
+/// nginx logs such requests. Reads lock only until the line is complete; writes only set a flag.
+#[derive(Debug, Default)]
+struct RequestStart {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    /// `bytes` hold a whole line (or all that is kept): later reads leave them alone.
+    complete: AtomicBool,
+    /// A response was written since the last read: the next read begins another request.
+    answered: AtomicBool,
+    /// A request was parsed from `bytes`: one refused after it came in the same read, pipelined
+    /// behind it, and `bytes` are not its own.
+    parsed: AtomicBool,
+}
+
+/// How much of a refused request's first line is kept for the log.
+const REQUEST_LINE_KEPT: usize = 2048;
+
+impl RequestStart {
+    fn read(&self, new: &[u8]) {
+        let fresh = self.answered.swap(false, Ordering::Relaxed);
+        if !fresh && self.complete.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh {
+            bytes.clear();
+            self.parsed.store(false, Ordering::Relaxed);
+        }
+        let room = REQUEST_LINE_KEPT - bytes.len();
+        bytes.extend_from_slice(&new[..new.len().min(room)]);
+        let complete = bytes.len() == REQUEST_LINE_KEPT || bytes.contains(&b'\n');
+        self.complete.store(complete, Ordering::Relaxed);
+    }
+
+    fn wrote(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+    }
+
+    fn parsed(&self) {
+        self.parsed.store(true, Ordering::Relaxed);
+    }
+
+    /// The refused request's line, without its line end; `-` when it is not known.
+    fn line(&self) -> Vec<u8> {
+        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if self.parsed.load(Ordering::Relaxed) || bytes.is_empty() {
+            return b"-".to_vec();
+        }
+        let end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(bytes.len());
+        let line = &bytes[..end];
+        line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+    }
+}
+
+/// The status hyper answered a request it could not parse with (see its `on_error`), or `None`
+/// when it answered nothing (an HTTP/2 preface, a connection error).
+fn refused_status(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() {
+        None
+    } else if e.is_parse_too_large() {
+        // hyper tells the two apart only in its message.
+        Some(if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else {
+        Some(400)
+    }
 }
 
 impl<S> Watched<S> {
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn wrote(&self) {
+        self.touch();
+        if let Some(start) = &self.start {
+            start.wrote();
+        }
     }
 }
 
@@ -284,6 +369,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.touch();
+            if let Some(start) = &this.start {
+                start.read(&buf.filled()[before..]);
+            }
         }
         poll
     }
@@ -298,7 +386,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
+            this.wrote();
         }
         poll
     }
@@ -311,7 +399,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
+            this.wrote();
         }
         poll
     }
@@ -344,13 +432,20 @@ async fn serve_http<S>(
 {
     let last = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
+    let start = (!h2 && site.load().access_log.is_some()).then(Arc::<RequestStart>::default);
     let io = TokioIo::new(Watched {
         inner: stream,
         epoch,
         last: last.clone(),
+        start: start.clone(),
     });
     let peer = info.peer;
+    let log_site = site.clone();
+    let parsed = start.clone();
     let service = service_fn(move |req| {
+        if let Some(start) = &parsed {
+            start.parsed();
+        }
         let site = site.load_full();
         let info = info.clone();
         async move { Ok::<_, Infallible>(handle(site, info, req).await) }
@@ -409,6 +504,9 @@ async fn serve_http<S>(
             };
             if let Err(e) = result {
                 tracing::debug!(peer = %peer, "connection ended: {e}");
+                if let (Some(status), Some(start)) = (refused_status(&e), &start) {
+                    log_refused(&log_site.load(), peer, start.line(), status);
+                }
             }
         }};
     }
@@ -429,6 +527,25 @@ async fn serve_http<S>(
             .keep_alive(true);
         drive!(builder.serve_connection(io, service));
     }
+}
+
+/// Access-logs a request hyper refused while parsing and answered with `status` (no body).
+fn log_refused(site: &Site, peer: Peer, request: Vec<u8>, status: u16) {
+    if let Some(log) = &site.access_log {
+        let entry = Entry {
+            remote_addr: remote_addr(peer),
+            request,
+            referer: None,
+            user_agent: None,
+        };
+        log.write(&entry.line(status, 0, SystemTime::now()));
+    }
+}
+
+/// `$remote_addr`: the client's address, `unix:` on a Unix socket (as nginx writes it).
+fn remote_addr(peer: Peer) -> String {
+    peer.ip()
+        .map_or_else(|| "unix:".to_string(), |ip| ip.to_string())
 }
 
 /// A short HTML error page; it never names a file system path.
@@ -484,10 +601,7 @@ fn malformed(req: &Request<Incoming>) -> Option<StatusCode> {
 async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let entry = site.access_log.as_ref().map(|_| Entry {
-        remote_addr: info
-            .peer
-            .ip()
-            .map_or_else(|| "unix:".to_string(), |ip| ip.to_string()),
+        remote_addr: remote_addr(info.peer),
         request: format!(
             "{} {} {:?}",
             req.method(),
@@ -495,7 +609,8 @@ async fn handle(site: Arc<Site>, info: ConnInfo, req: Request<Incoming>) -> Resp
                 .path_and_query()
                 .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
             req.version()
-        ),
+        )
+        .into_bytes(),
         referer: req.headers().get(REFERER).map(|v| v.as_bytes().to_vec()),
         user_agent: req.headers().get(USER_AGENT).map(|v| v.as_bytes().to_vec()),
     });
