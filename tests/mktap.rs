@@ -197,6 +197,31 @@ fn bad_input_writes_nothing() {
             &["--listen", "interface 'nowhere'"],
         ),
         (&["web", "--path", "www", "--colour"], 64, &["--colour"]),
+        // A time centuries away would overflow the deadline of every connection.
+        (
+            &[
+                "web",
+                "--path",
+                "www",
+                "--keepalive-timeout",
+                "18446744073709551615",
+            ],
+            78,
+            &["--keepalive-timeout 18446744073709551615: must be from 1 to 86400 seconds"],
+        ),
+        (
+            &[
+                "mail",
+                "-d",
+                "a.test=md",
+                "--relay",
+                "q",
+                "--queue-lifetime",
+                "9999999999",
+            ],
+            78,
+            &["--queue-lifetime 9999999999: must be at most 8640000 seconds"],
+        ),
         // Framing is the server's: a fixed Content-Length would contradict every body.
         (
             &["web", "--path", "www", "--add-header", "Content-Length: 5"],

@@ -180,6 +180,16 @@ fn version_and_help() {
     ] {
         assert!(help.contains(needle), "{needle} not in {help}");
     }
+    // A drain deadline centuries away overflowed at the stop, which then saved nothing.
+    let out = sb.twistd_output(&["--shutdown-timeout", "18446744073709551615", "-f", "x.tap"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        util::stderr(&out).contains(
+            "for '--shutdown-timeout <SECONDS>': 18446744073709551615 is not in 0..=86400"
+        ),
+        "{}",
+        util::stderr(&out)
+    );
 }
 
 #[test]

@@ -134,8 +134,10 @@ fn command(registry: &Registry) -> Command {
                 .long("shutdown-timeout")
                 .value_name("SECONDS")
                 .default_value("10")
-                .value_parser(clap::value_parser!(u64))
-                .help("How long open requests may take to finish when stopping"),
+                // A day at most: the deadline is an instant, which a time centuries away
+                // overflows.
+                .value_parser(clap::value_parser!(u64).range(0..=86_400))
+                .help("How long open requests may take to finish when stopping (at most 86400)"),
         );
     cli::with_plugins(cmd, registry)
 }

@@ -61,6 +61,9 @@ pub const DEFAULT_POP3_PORT: u16 = 8110;
 /// 25 MiB, as the issue and Postfix's `message_size_limit` (near enough) say.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
 
+/// The longest back-off or queue lifetime, in seconds: 100 days, as Postfix limits its own.
+pub const MAX_QUEUE_TIME: u64 = 100 * 24 * 60 * 60;
+
 /// Postfix's `minimal_backoff_time`, `maximal_backoff_time` and `maximal_queue_lifetime`.
 pub const DEFAULT_MIN_BACKOFF: u64 = 300;
 pub const DEFAULT_MAX_BACKOFF: u64 = 4000;
@@ -721,6 +724,18 @@ impl Plugin for MailPlugin {
         }
         if config.relay_max_backoff < config.relay_min_backoff {
             problems.push("--relay-max-backoff: below --relay-min-backoff".to_string());
+        }
+        // Postfix's limit for its queue lifetimes; times much further off overflow a clock.
+        for (option, seconds) in [
+            ("--relay-min-backoff", config.relay_min_backoff),
+            ("--relay-max-backoff", config.relay_max_backoff),
+            ("--queue-lifetime", config.queue_lifetime),
+        ] {
+            if seconds > MAX_QUEUE_TIME {
+                problems.push(format!(
+                    "{option} {seconds}: must be at most {MAX_QUEUE_TIME} seconds (100 days)"
+                ));
+            }
         }
         problems.extend(relay_problems(config));
         if let Some(certificate) = &config.certificate {

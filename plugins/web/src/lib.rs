@@ -60,6 +60,9 @@ fn default_index() -> Vec<String> {
     vec!["index.html".into(), "index.htm".into()]
 }
 
+/// The longest timeout the options take, in seconds: a day.
+pub const MAX_TIMEOUT: u64 = 24 * 60 * 60;
+
 /// The web plugin's options, on the command line and in the tap. Defaults of the limits follow
 /// nginx (keepalive_timeout 75s, client_max_body_size 1m, client_header_timeout 60s).
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
@@ -362,8 +365,17 @@ impl Plugin for WebPlugin {
         if config.max_connections == 0 {
             problems.push("--max-connections 0: must be at least 1".into());
         }
-        if config.cgi_timeout == 0 || config.header_timeout == 0 || config.keepalive_timeout == 0 {
-            problems.push("timeouts must be at least 1 second".into());
+        for (option, seconds) in [
+            ("--cgi-timeout", config.cgi_timeout),
+            ("--header-timeout", config.header_timeout),
+            ("--keepalive-timeout", config.keepalive_timeout),
+        ] {
+            // A bound above: the deadlines are instants, which a time centuries away overflows.
+            if !(1..=MAX_TIMEOUT).contains(&seconds) {
+                problems.push(format!(
+                    "{option} {seconds}: must be from 1 to {MAX_TIMEOUT} seconds (a day)"
+                ));
+            }
         }
         // take_listen consumed them when --https was given; left over, they would be lost.
         if config.certificate.is_some() || config.privkey.is_some() {
