@@ -22,8 +22,9 @@ fn command() -> Command {
         .about("Convert a tap between JSON (tap) and RON (source), and to or from encryption")
         .after_help(
             "Without -o the output is <name>.tap, .tas, .etap or .etas after the application's name, \
-             in the current directory.\nWithout -t the format changes (tap to source, source to tap), \
-             unless -e or -d is given: then it stays.",
+             in the current directory.\nWithout -t the format is the one -o's name says (.tap, .tas, .etap, .etas); \
+             else it changes (tap to source, source to tap), unless -e or -d is given: then it \
+             stays.",
         )
         .arg(
             Arg::new("in")
@@ -121,12 +122,28 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
     };
     let app = tapfile::parse(&text, in_format, input).map_err(Failure::config)?;
 
+    let out_named = matches
+        .get_one::<PathBuf>("out")
+        .and_then(|out| Some((out, Format::from_extension(out)?)));
     let out_format = match matches.get_one::<String>("typeout") {
-        Some(name) => Format::from_name(name).expect("clap restricts --typeout"),
-        None if decrypt || encrypt => in_format,
-        None => match in_format {
-            Format::Json => Format::Ron,
-            Format::Ron => Format::Json,
+        Some(name) => {
+            let format = Format::from_name(name).expect("clap restricts --typeout");
+            // As mktap: a file is never given a name that says another format.
+            if let Some((out, named)) = out_named.filter(|(_, named)| *named != format) {
+                return Err(Failure::usage(format!(
+                    "--typeout {name} does not match --out {}, a name for {named}",
+                    out.display()
+                )));
+            }
+            format
+        }
+        None => match out_named {
+            Some((_, named)) => named,
+            None if decrypt || encrypt => in_format,
+            None => match in_format {
+                Format::Json => Format::Ron,
+                Format::Ron => Format::Json,
+            },
         },
     };
     let output = match matches.get_one::<PathBuf>("out") {

@@ -153,6 +153,50 @@ fn default_names_follow_the_application_and_never_overwrite_the_input() {
     );
 }
 
+/// The output's name says its format, and only a regular file is written: a pipe or a link to
+/// a device stays as it was (as root, `-o /dev/null` had replaced the machine's /dev/null).
+#[test]
+fn outputs_are_regular_files_in_the_format_their_names_say() {
+    let sb = Sandbox::new();
+    std::fs::copy(repo().join("configs/web.tap"), sb.join("web.tap")).expect("copy");
+    // Without -t, RON in would become JSON out; a `.tas` output's name keeps it RON.
+    convert_ok(&sb, &["-i", "web.tap"]);
+    let out = convert_ok(&sb, &["-i", "web.tas", "-o", "copy.tas"]);
+    assert!(out.contains("wrote copy.tas (RON)"), "{out}");
+    assert!(sb.read("copy.tas").starts_with('('));
+    let out = sb.run(TAPCONVERT, &["-i", "web.tap", "-t", "tap", "-o", "x.tas"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--typeout tap does not match --out x.tas, a name for RON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = convert_ok(&sb, &["-i", "web.tap", "-o", "again.tap"]);
+    assert!(out.contains("wrote again.tap (JSON)"), "{out}");
+
+    nix::unistd::mkfifo(
+        &sb.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    std::os::unix::fs::symlink("/dev/null", sb.join("null")).expect("symlink");
+    for target in ["fifo", "null"] {
+        let out = sb.run(TAPCONVERT, &["-i", "web.tap", "-o", target, "-t", "tap"]);
+        assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "cannot write {target}: not a regular file (a device, pipe or socket)"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let fifo = std::fs::symlink_metadata(sb.join("fifo")).expect("fifo");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    let link = std::fs::symlink_metadata(sb.join("null")).expect("link");
+    assert!(link.file_type().is_symlink());
+}
+
 #[test]
 fn wrong_passphrase_and_changed_bytes_are_one_clear_error() {
     let sb = Sandbox::new();

@@ -462,7 +462,27 @@ pub fn save_as(
 
 /// Temp file in the same directory, fsync, rename over the target, fsync the directory: a
 /// reader sees the old file or the new one, never a mix, even across a power cut.
+///
+/// Only a regular file (or nothing) is replaced: the rename would put a regular file in place
+/// of a device, pipe or socket (as root, `-o /dev/null` would have replaced the machine's
+/// /dev/null), so a path that leads to one is refused. A symlink is replaced itself, never
+/// written through: where the run directory is shared, following it would invite symlink
+/// attacks on the shutdown save.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "it is a directory",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a device, pipe or socket); taps are written to regular files only",
+            ));
+        }
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
