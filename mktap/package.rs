@@ -14,7 +14,7 @@ use std::process::Command as Process;
 
 use clap::{Arg, ArgMatches, Command};
 use host::exit::{self, Failure};
-use host::{tapfile, Format, PluginError, Registry, TapError};
+use host::{tapfile, Application, Endpoint, Format, PluginError, Registry, TapError};
 
 /// The options of both tools, after Twisted's `tap2deb`/`tap2rpm`. `package` is the option
 /// naming the package: `-d/--debfile` or `-r/--rpmfile`.
@@ -300,6 +300,10 @@ impl Spec {
                 return Err(Failure::config(lines.join(&format!("\n{tool}: "))));
             }
         }
+        let relative = relative_paths(registry, &app, &package);
+        if !relative.is_empty() {
+            return Err(Failure::config(relative.join(&format!("\n{tool}: "))));
+        }
         // `user:` is the user and its login group, as twistd takes a uid alone.
         let owner = match (&app.uid, &app.gid) {
             (None, None) => None,
@@ -378,10 +382,11 @@ impl Spec {
         format!(
             "# Options for {p}'s twistd, added to its command line, e.g.\n\
              # TWISTD_OPTS=\"--uid www-data --shutdown-timeout 30\"\n\
-             # (the shutdown tap lands in /var/lib/{p}/{app}-shutdown.tap; -o saves none).\n\
+             # (the shutdown tap lands in /var/lib/{p}/{app}-shutdown.{ext}; -o saves none).\n\
              TWISTD_OPTS=\"\"\n",
             p = self.package,
             app = self.app,
+            ext = self.format.extension(),
         )
     }
 
@@ -506,4 +511,39 @@ mod tests {
             assert!(check_name("-p", bad).is_err(), "{bad}");
         }
     }
+}
+
+/// Refuses a tap whose services name relative paths: they were checked here, against this
+/// directory, but the packaged service runs in /var/lib/PACKAGE, where they lead nowhere (or
+/// into the state directory, which a purge deletes with whatever it holds).
+fn relative_paths(registry: &Registry, app: &Application, package: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for service in &app.services {
+        let mut paths = registry
+            .get(&service.plugin)
+            .map(|maker| maker.paths(service))
+            .unwrap_or_default();
+        for endpoint in &service.listen {
+            if let Endpoint::Ssl {
+                private_key,
+                cert_key,
+                ..
+            } = endpoint
+            {
+                paths.push(("the ssl: endpoint's privateKey", private_key.clone()));
+                paths.push(("the ssl: endpoint's certKey", cert_key.clone()));
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        for (option, path) in paths.iter().filter(|(_, p)| p.is_relative()) {
+            found.push(format!(
+                "service '{}': {option} {}: a relative path; the packaged service runs in \
+                 /var/lib/{package}: give an absolute path",
+                service.name,
+                path.display()
+            ));
+        }
+    }
+    found
 }

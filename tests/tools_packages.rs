@@ -263,6 +263,17 @@ fn bad_inputs(program: &str) {
         78,
         "config.tap:2:22: service 'web' (plugin web): config.path: invalid type",
     );
+    // A relative path was checked here, but the service would run in /var/lib/taphost-rel.
+    let out = sb.mktap(&["-o", "rel.tap", "web", "--path", "www"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    refuse(
+        &sb,
+        program,
+        &["-t", "rel.tap", "-m", m],
+        78,
+        "service 'web': --path www: a relative path; the packaged service runs in \
+         /var/lib/taphost-rel: give an absolute path",
+    );
     std::fs::copy(util::repo().join("configs/web.tas"), sb.join("ron.tas")).expect("copy");
     refuse(
         &sb,

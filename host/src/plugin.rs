@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{ArgMatches, Args, Command, FromArgMatches};
@@ -70,6 +71,13 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Keeps the config in step with the endpoint at `position` of the listen list removed.
     fn endpoint_removed(_config: &mut Self::Config, _position: usize) {}
+
+    /// The files and directories the config names, each with the option that names it
+    /// (`--path`, `--aliases`). tap2deb and tap2rpm refuse relative ones: the packaged service
+    /// runs elsewhere than the tap was made. The default names none.
+    fn paths(_config: &Self::Config) -> Vec<(&'static str, PathBuf)> {
+        Vec::new()
+    }
 }
 
 /// The refusal of a kind of listener by a plugin that has none.
@@ -116,6 +124,11 @@ pub trait Maker: Send + Sync {
             ListenChange::Added { kind: Some(kind) } => Err(no_kinds(kind)),
             _ => Ok(spec.config.clone()),
         }
+    }
+
+    /// The paths the service's config names ([`Plugin::paths`]); none if it does not decode.
+    fn paths(&self, _spec: &ServiceSpec) -> Vec<(&'static str, PathBuf)> {
+        Vec::new()
     }
 }
 
@@ -194,6 +207,10 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
     fn holds_secrets(&self, spec: &ServiceSpec) -> bool {
         Self::decode(spec).is_ok_and(|c| P::holds_secrets(&c))
+    }
+
+    fn paths(&self, spec: &ServiceSpec) -> Vec<(&'static str, PathBuf)> {
+        Self::decode(spec).map_or_else(|_| Vec::new(), |c| P::paths(&c))
     }
 
     fn normalize(&self, spec: &ServiceSpec) -> Result<serde_json::Value, String> {

@@ -768,6 +768,25 @@ impl Plugin for MailPlugin {
     fn holds_secrets(config: &MailConfig) -> bool {
         !config.users.is_empty()
     }
+
+    fn paths(config: &MailConfig) -> Vec<(&'static str, PathBuf)> {
+        let mut paths: Vec<(&'static str, PathBuf)> = config
+            .domains
+            .values()
+            .map(|maildir| ("--maildirdbmdomain", maildir.clone()))
+            .collect();
+        for (option, path) in [
+            ("--passwordfile", &config.password_file),
+            ("--aliases", &config.aliases),
+            ("--certificate", &config.certificate),
+            ("--privkey", &config.privkey),
+            ("--relay", &config.relay),
+            ("--relay-ca", &config.relay_ca),
+        ] {
+            paths.extend(path.clone().map(|p| (option, p)));
+        }
+        paths
+    }
 }
 
 #[cfg(test)]

@@ -274,6 +274,39 @@ impl Plugin for WebPlugin {
         }]
     }
 
+    fn paths(config: &WebConfig) -> Vec<(&'static str, PathBuf)> {
+        let mut paths = vec![("--path", config.path.clone())];
+        for (option, path) in [
+            ("--certificate", &config.certificate),
+            ("--privkey", &config.privkey),
+            ("--logfile", &config.logfile),
+        ] {
+            paths.extend(path.clone().map(|p| (option, p)));
+        }
+        for v in &config.sni {
+            if let Ok((_, cert, key)) = options::sni(v) {
+                paths.extend([("--sni", cert), ("--sni", key)]);
+            }
+        }
+        for (option, values) in [("--mount", &config.mount), ("--cgi", &config.cgi)] {
+            for v in values {
+                paths.extend(options::prefix_dir(option, v).map(|(_, dir)| (option, dir)));
+            }
+        }
+        for v in &config.vhost {
+            paths.extend(options::vhost(v).map(|(_, dir)| ("--vhost", dir)));
+        }
+        // A program named by a bare name is looked for on $PATH; with a slash, it is a path.
+        for v in &config.processor {
+            if let Ok((_, program)) = options::processor(v) {
+                if program.components().count() > 1 {
+                    paths.push(("--processor", program));
+                }
+            }
+        }
+        paths
+    }
+
     fn validate(config: &WebConfig, listen: &[Endpoint]) -> Vec<String> {
         let mut problems = Vec::new();
         if config.path.as_os_str().is_empty() {
