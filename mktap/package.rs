@@ -468,6 +468,41 @@ pub fn publish(built: &Path, dest: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Refuses a tap whose services name relative paths: they were checked here, against this
+/// directory, but the packaged service runs in /var/lib/PACKAGE, where they lead nowhere (or
+/// into the state directory, which a purge deletes with whatever it holds).
+fn relative_paths(registry: &Registry, app: &Application, package: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for service in &app.services {
+        let mut paths = registry
+            .get(&service.plugin)
+            .map(|maker| maker.paths(service))
+            .unwrap_or_default();
+        for endpoint in &service.listen {
+            if let Endpoint::Ssl {
+                private_key,
+                cert_key,
+                ..
+            } = endpoint
+            {
+                paths.push(("the ssl: endpoint's privateKey", private_key.clone()));
+                paths.push(("the ssl: endpoint's certKey", cert_key.clone()));
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        for (option, path) in paths.iter().filter(|(_, p)| p.is_relative()) {
+            found.push(format!(
+                "service '{}': {option} {}: a relative path; the packaged service runs in \
+                 /var/lib/{package}: give an absolute path",
+                service.name,
+                path.display()
+            ));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,39 +546,4 @@ mod tests {
             assert!(check_name("-p", bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Refuses a tap whose services name relative paths: they were checked here, against this
-/// directory, but the packaged service runs in /var/lib/PACKAGE, where they lead nowhere (or
-/// into the state directory, which a purge deletes with whatever it holds).
-fn relative_paths(registry: &Registry, app: &Application, package: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for service in &app.services {
-        let mut paths = registry
-            .get(&service.plugin)
-            .map(|maker| maker.paths(service))
-            .unwrap_or_default();
-        for endpoint in &service.listen {
-            if let Endpoint::Ssl {
-                private_key,
-                cert_key,
-                ..
-            } = endpoint
-            {
-                paths.push(("the ssl: endpoint's privateKey", private_key.clone()));
-                paths.push(("the ssl: endpoint's certKey", cert_key.clone()));
-            }
-        }
-        paths.sort();
-        paths.dedup();
-        for (option, path) in paths.iter().filter(|(_, p)| p.is_relative()) {
-            found.push(format!(
-                "service '{}': {option} {}: a relative path; the packaged service runs in \
-                 /var/lib/{package}: give an absolute path",
-                service.name,
-                path.display()
-            ));
-        }
-    }
-    found
 }
