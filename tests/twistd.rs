@@ -239,10 +239,26 @@ fn bad_taps_are_refused_with_a_clear_line() {
         "endpoint.tap:1:{}: ",
         endpoint.find(r#""tcp:80"#).expect("in") + 1
     );
+    let gopher = service("gopher", LOOPBACK0, "{}");
+    let plugin_at = format!(
+        "plugin.tap:1:{}: ",
+        gopher.find(r#""gopher""#).expect("in") + 1
+    );
+    // The hand-edited tap without its mistake, and a second service like the first: same name,
+    // an endpoint given twice.
+    let good = source.replace(r#""index": "index.html""#, r#""index": ["index.html"]"#);
+    let twins = good.replace(
+        "    )],\n)",
+        &format!("    ), (\n        name: \"web\",\n        plugin: \"web\",\n        listen: [\"{LOOPBACK0}\", \"tcp:8080\", \"tcp:8080\"],\n        config: {{\"path\": \"www\"}},\n    )],\n)"),
+    );
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax.tap", "{\n  \"version\": 1,\n  \"name\": \"web\"\n  \"services\": []\n}\n".into(), vec!["syntax.tap:4:3", "expected"]),
         ("syntax.tas", "(\n    version: 1,\n    name: \"web\",\n    services: [(name: \"web\" plugin: \"web\")],\n)\n".into(), vec!["syntax.tas:4:"]),
-        ("plugin.tap", service("gopher", LOOPBACK0, "{}"), vec!["unknown plugin 'gopher'", "known: web"]),
+        ("plugin.tap", service("gopher", LOOPBACK0, "{}"), vec![&plugin_at, "unknown plugin 'gopher'", "known: web"]),
+        // The envelope's own problems, where their values start.
+        ("names.tas", good.replace(r#"name: "web","#, r#"name: "a b","#), vec!["names.tas:4:11: application name 'a b'", "names.tas:6:15: service name 'a b'"]),
+        ("twins.tas", twins, vec!["twins.tas:14:15: two services are named 'web'", "twins.tas:16:59: service 'web' listens on tcp:8080"]),
+        ("user.tas", good.replace("    name: \"web\",\n    services", "    name: \"web\",\n    uid: Some(\"no-such-user\"),\n    services"), vec!["user.tas:5:10: the tap's uid no-such-user: no such user"]),
         ("field.tap", field.clone(), vec![&field_at, "unknown field `colour`"]),
         ("type.tap", typed.clone(), vec![&typed_at, "config.index", "expected a sequence"]),
         ("type.tas", source.clone(), vec!["type.tas:11:22: ", "config.index", "expected a sequence"]),
@@ -267,7 +283,7 @@ fn bad_taps_are_refused_with_a_clear_line() {
         for needle in needles {
             assert!(err.contains(needle), "{file}: '{needle}' not in: {err}");
         }
-        assert!(!err.contains("ready"), "{file} started something");
+        assert!(!err.contains("ready:"), "{file} started something");
     }
 }
 

@@ -223,7 +223,9 @@ impl Paths {
 
 /// What [`load`] found: the application, its format, whether its state is saved at shutdown,
 /// and the key when it came from an encrypted tap.
-type Loaded = (Application, Format, bool, Option<Key>);
+/// The application, its format, whether to save it at the stop, its key, and where in its file
+/// the tap names its uid and gid (`web.tas:5:10`), for messages about them.
+type Loaded = (Application, Format, bool, Option<Key>, [Option<String>; 2]);
 
 fn load(registry: &Registry, matches: &ArgMatches) -> Result<Loaded, Failure> {
     let no_save = matches.get_flag("no_save");
@@ -239,7 +241,7 @@ fn load(registry: &Registry, matches: &ArgMatches) -> Result<Loaded, Failure> {
         let mut app = Application::new(spec.plugin.clone());
         app.services.push(spec);
         // A plugin run directly has no file to come back to: never saved.
-        return Ok((app, Format::Json, false, None));
+        return Ok((app, Format::Json, false, None, [None, None]));
     }
     let path = matches
         .get_one::<PathBuf>("file")
@@ -273,7 +275,13 @@ fn load(registry: &Registry, matches: &ArgMatches) -> Result<Loaded, Failure> {
             let lines: Vec<String> = errors.iter().map(|e| e.in_file(&path)).collect();
             Failure::config(lines.join("\ntwistd: "))
         })?;
-    Ok((loaded.app, loaded.format, !no_save, loaded.key))
+    let place = |field: &str| match host::locate::path_position(&loaded.text, loaded.format, field)
+    {
+        ((line, column), true) => Some(format!("{}:{line}:{column}", path.display())),
+        (_, false) => None,
+    };
+    let places = [place("uid"), place("gid")];
+    Ok((loaded.app, loaded.format, !no_save, loaded.key, places))
 }
 
 fn log_destination(matches: &ArgMatches, daemon: bool) -> Result<Destination, Failure> {
@@ -339,11 +347,19 @@ fn run_logged(
     destination: &Destination,
     sink: &Sink,
 ) -> Result<(), Failure> {
-    let (app, format, save, key) = load(registry, matches)?;
+    let (app, format, save, key, [uid_at, gid_at]) = load(registry, matches)?;
     // Flags override the tap, each on its own.
     let target = privileges::resolve(
-        privileges::either(matches.get_one::<Principal>("uid"), app.uid.as_ref()),
-        privileges::either(matches.get_one::<Principal>("gid"), app.gid.as_ref()),
+        privileges::either(
+            matches.get_one::<Principal>("uid"),
+            app.uid.as_ref(),
+            uid_at.as_deref(),
+        ),
+        privileges::either(
+            matches.get_one::<Principal>("gid"),
+            app.gid.as_ref(),
+            gid_at.as_deref(),
+        ),
     )?;
     let paths = Paths::new(matches)?;
     let mut pidfile = match &paths.pid_now {

@@ -25,26 +25,30 @@ impl Target {
     }
 }
 
-/// Where a user or group came from, for messages: the option, or the tap.
+/// Where a user or group came from, for messages: the option, or the tap (with the place of
+/// the value in its file, `web.tas:5:10`, when known).
 #[derive(Debug, Clone, Copy)]
-pub enum From {
+pub enum From<'a> {
     Flag,
-    Tap,
+    Tap(Option<&'a str>),
 }
 
-/// The flag when given (flags override the tap, each on its own), else the tap's.
+/// The flag when given (flags override the tap, each on its own), else the tap's, found at
+/// `place` in the tap's file.
 pub fn either<'a>(
     flag: Option<&'a Principal>,
     tap: Option<&'a Principal>,
-) -> Option<(&'a Principal, From)> {
+    place: Option<&'a str>,
+) -> Option<(&'a Principal, From<'a>)> {
     flag.map(|p| (p, From::Flag))
-        .or(tap.map(|p| (p, From::Tap)))
+        .or(tap.map(|p| (p, From::Tap(place))))
 }
 
 fn label(from: From, option: &str) -> String {
     match from {
         From::Flag => format!("--{option}"),
-        From::Tap => format!("the tap's {option}"),
+        From::Tap(None) => format!("the tap's {option}"),
+        From::Tap(Some(place)) => format!("{place}: the tap's {option}"),
     }
 }
 

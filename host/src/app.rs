@@ -115,36 +115,57 @@ impl Application {
     /// Problems with the envelope itself (not with any plugin's config): empty or duplicate
     /// names, and two services on one endpoint.
     pub fn envelope_problems(&self) -> Vec<String> {
+        self.envelope_problems_at()
+            .into_iter()
+            .map(|(_, problem)| problem)
+            .collect()
+    }
+
+    /// [`Application::envelope_problems`], each with the path of the value it is about
+    /// (`name`, `services[1].name`, `services[2].listen[0]`), to find it in a tap's text.
+    pub fn envelope_problems_at(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if !valid_name(&self.name) {
-            problems.push(format!(
-                "application name '{}' must be non-empty and use only letters, digits, '.', '-' and '_'",
-                self.name
+            problems.push((
+                "name".to_string(),
+                format!(
+                    "application name '{}' must be non-empty and use only letters, digits, '.', '-' and '_'",
+                    self.name
+                ),
             ));
         }
         for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}].name");
             if !valid_name(&service.name) {
-                problems.push(format!(
-                    "service name '{}' must be non-empty and use only letters, digits, '.', '-' and '_'",
-                    service.name
+                problems.push((
+                    at.clone(),
+                    format!(
+                        "service name '{}' must be non-empty and use only letters, digits, '.', '-' and '_'",
+                        service.name
+                    ),
                 ));
             }
             if self.services[..i].iter().any(|s| s.name == service.name) {
-                problems.push(format!("two services are named '{}'", service.name));
+                problems.push((at, format!("two services are named '{}'", service.name)));
             }
         }
-        let endpoints: Vec<(&str, &Endpoint)> = self
+        let endpoints: Vec<(usize, usize, &Endpoint)> = self
             .services
             .iter()
-            .flat_map(|s| s.listen.iter().map(move |e| (s.name.as_str(), e)))
+            .enumerate()
+            .flat_map(|(i, s)| s.listen.iter().enumerate().map(move |(j, e)| (i, j, e)))
             .collect();
-        for (i, (service, endpoint)) in endpoints.iter().enumerate() {
-            if let Some((earlier, _)) = endpoints[..i]
+        for (k, (i, j, endpoint)) in endpoints.iter().enumerate() {
+            if let Some((earlier, _, _)) = endpoints[..k]
                 .iter()
-                .find(|(_, e)| e.conflicts_with(endpoint))
+                .find(|(_, _, e)| e.conflicts_with(endpoint))
             {
-                problems.push(format!(
-                    "service '{service}' listens on {endpoint}, which service '{earlier}' already uses"
+                let (service, earlier) = (&self.services[*i].name, &self.services[*earlier].name);
+                problems.push((
+                    format!("services[{i}].listen[{j}]"),
+                    format!(
+                        "service '{service}' listens on {endpoint}, which service '{earlier}' already uses"
+                    ),
                 ));
             }
         }

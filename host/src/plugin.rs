@@ -247,7 +247,13 @@ fn clap_message(e: &clap::Error) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("unknown plugin '{name}' (known: {known}; {hint})", hint = crate::external::SEARCH_HINT)]
-    Unknown { name: String, known: String },
+    Unknown {
+        name: String,
+        known: String,
+        /// Line and column in the tap's text of the service's `plugin`, when the check was
+        /// given the text.
+        at: Option<(usize, usize)>,
+    },
     #[error("service '{service}' (plugin {plugin}): {}", problems.join("; "))]
     Invalid {
         service: String,
@@ -267,6 +273,10 @@ impl PluginError {
     pub fn in_file(&self, path: &std::path::Path) -> String {
         match self {
             PluginError::Invalid {
+                at: Some((line, column)),
+                ..
+            }
+            | PluginError::Unknown {
                 at: Some((line, column)),
                 ..
             } => format!("{}:{line}:{column}: {self}", path.display()),
@@ -321,6 +331,7 @@ impl Registry {
             .ok_or_else(|| PluginError::Unknown {
                 name: name.to_string(),
                 known: self.names().join(", "),
+                at: None,
             })
     }
 
@@ -345,6 +356,17 @@ impl Registry {
             .iter()
             .enumerate()
             .filter_map(|(i, spec)| match self.get(&spec.plugin) {
+                Err(PluginError::Unknown { name, known, .. }) => Some(PluginError::Unknown {
+                    name,
+                    known,
+                    at: source.and_then(|(text, format)| {
+                        match locate::path_position(text, format, &format!("services[{i}].plugin"))
+                        {
+                            (at, true) => Some(at),
+                            (_, false) => None,
+                        }
+                    }),
+                }),
                 Err(e) => Some(e),
                 Ok(maker) => maker
                     .check(spec)

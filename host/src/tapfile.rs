@@ -122,10 +122,11 @@ pub enum TapError {
     TooNew { path: PathBuf, found: u64 },
     #[error("{}: tap format version {found} is unknown (this taphost reads 1 to {TAP_VERSION})", path.display())]
     UnknownVersion { path: PathBuf, found: u64 },
-    #[error("{}: {}", path.display(), problems.join("; "))]
+    #[error("{}", located(path, problems))]
     Invalid {
         path: PathBuf,
-        problems: Vec<String>,
+        /// Each problem with the line and column of the value it is about, when found.
+        problems: Vec<(Option<(usize, usize)>, String)>,
     },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
@@ -292,7 +293,16 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, Tap
         });
     }
     // Version 1 is the only one so far; an upgrade from older versions would go here.
-    let problems = app.envelope_problems();
+    let problems: Vec<_> = app
+        .envelope_problems_at()
+        .into_iter()
+        .map(
+            |(at, problem)| match locate::path_position(text, format, &at) {
+                (position, true) => (Some(position), problem),
+                (_, false) => (None, problem),
+            },
+        )
+        .collect();
     if !problems.is_empty() {
         return Err(TapError::Invalid {
             path: path.to_path_buf(),
@@ -300,6 +310,19 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, Tap
         });
     }
     Ok(app)
+}
+
+/// `FILE:LINE:COLUMN: problem` for each problem (`FILE: problem` where its place is unknown),
+/// as syntax errors are written, joined by `; `.
+fn located(path: &Path, problems: &[(Option<(usize, usize)>, String)]) -> String {
+    problems
+        .iter()
+        .map(|(at, problem)| match at {
+            Some((line, column)) => format!("{}:{line}:{column}: {problem}", path.display()),
+            None => format!("{}: {problem}", path.display()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn with_field(field: &serde_path_to_error::Path, message: String) -> String {
