@@ -102,10 +102,29 @@ fn mktap_writes_an_external_plugins_options_and_refuses_bad_ones() {
     );
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("--dest_port: must be between 1 and 65535"),
+        stderr(&out).contains("--dest_port 0: must be between 1 and 65535"),
         "{}",
         stderr(&out)
     );
+    for (args, problem) in [
+        (
+            ["--dest_port", "70000"],
+            "--dest_port 70000: must be between 1 and 65535",
+        ),
+        (
+            ["--host", "a b"],
+            "--host 'a b': not a host name or IP address",
+        ),
+    ] {
+        let mut all = vec!["portforward", "--port", "0"];
+        all.extend(args);
+        if args[0] != "--dest_port" {
+            all.extend(["--dest_port", "80"]);
+        }
+        let out = mktap(&sb, &plugins, &all);
+        assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
+    }
     // clap's checks, from the descriptor's option data.
     let out = mktap(
         &sb,
@@ -134,6 +153,25 @@ fn mktap_writes_an_external_plugins_options_and_refuses_bad_ones() {
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("unknown field `colour`"),
+        "{}",
+        stderr(&out)
+    );
+    // A value of the wrong type is named by its field, at its place in the file.
+    tap["services"][0]["config"] =
+        serde_json::json!({ "host": "localhost", "dest_port": "eighty" });
+    let text = serde_json::to_string(&tap).expect("encode");
+    let column = text.find("\"eighty\"").expect("in") + 1;
+    sb.write("bad.tap", &text);
+    let out = Command::new(TWISTD)
+        .args(["-n", "--pidfile", "", "-f", "bad.tap"])
+        .current_dir(sb.path())
+        .env("TAPHOST_PLUGIN_PATH", &plugins)
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("bad.tap:1:{column}: "))
+            && stderr(&out).contains("config.dest_port: invalid type: string \"eighty\""),
         "{}",
         stderr(&out)
     );

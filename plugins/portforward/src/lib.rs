@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     host: String,
-    dest_port: u16,
+    /// Wider than a port, so that a number out of range is told as such by `validate`.
+    dest_port: u64,
 }
 
 pub struct PortForward {
@@ -52,11 +53,24 @@ impl ServicePlugin for PortForward {
                 "--port {endpoint}: only TCP endpoints can be forwarded"
             ));
         }
-        if config.host.trim().is_empty() {
+        let host = &config.host;
+        if host.is_empty() {
             problems.push("--host: must not be empty".to_string());
+        } else if host.parse::<std::net::IpAddr>().is_err()
+            && !host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+        {
+            problems.push(format!("--host '{host}': not a host name or IP address"));
         }
-        if config.dest_port == 0 {
-            problems.push("--dest_port: must be between 1 and 65535".to_string());
+        if !(1..=65535).contains(&config.dest_port) {
+            problems.push(format!(
+                "--dest_port {}: must be between 1 and 65535",
+                config.dest_port
+            ));
         }
         problems
     }
@@ -85,7 +99,10 @@ impl ServicePlugin for PortForward {
             tracker: TaskTracker::new(),
             forwarded: Arc::new(AtomicU64::new(forwarded)),
         };
-        let target = format!("{}:{}", config.host, config.dest_port);
+        let target = match config.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, config.dest_port as u16).to_string(),
+            Err(_) => format!("{}:{}", config.host, config.dest_port),
+        };
         for listener in listeners {
             let Socket::Tcp(socket) = listener.socket else {
                 return Err(format!(

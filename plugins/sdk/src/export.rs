@@ -166,8 +166,17 @@ fn decode_input(input: *const u8, len: usize) -> Result<StartInput, String> {
     serde_json::from_slice(input).map_err(|e| format!("the host's input: {e}"))
 }
 
+/// The config as the plugin's type, or the problem with the field it names
+/// (`config.dest_port: invalid value: ...`), which the host turns into the tap's line and
+/// column.
 fn decode_config<C: serde::de::DeserializeOwned>(config: Value) -> Result<C, String> {
-    serde_json::from_value(config).map_err(|e| format!("config: {e}"))
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let field = e.path().to_string();
+        match field.as_str() {
+            "." | "" => format!("config: {}", e.inner()),
+            _ => format!("config.{field}: {}", e.inner()),
+        }
+    })
 }
 
 unsafe extern "C" fn validate<P: ServicePlugin>(
