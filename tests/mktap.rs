@@ -197,6 +197,12 @@ fn bad_input_writes_nothing() {
             &["--listen", "interface 'nowhere'"],
         ),
         (&["web", "--path", "www", "--colour"], 64, &["--colour"]),
+        // A negative number is a bad value of its option, not an unknown flag.
+        (
+            &["web", "--path", "www", "--max-connections", "-1"],
+            64,
+            &["invalid value '-1' for '--max-connections <N>'"],
+        ),
         // A time centuries away would overflow the deadline of every connection.
         (
             &[

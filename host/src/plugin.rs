@@ -80,6 +80,18 @@ pub trait Plugin: Send + Sync + 'static {
     }
 }
 
+/// Lets an option's value look like a negative number, so `--max-connections -1` is refused by
+/// the option's own parser, which names the option, rather than read as an unknown flag `-1`.
+pub fn values_may_be_negative(cmd: Command) -> Command {
+    cmd.mut_args(|arg| {
+        if arg.get_action().takes_values() {
+            arg.allow_negative_numbers(true)
+        } else {
+            arg
+        }
+    })
+}
+
 /// The refusal of a kind of listener by a plugin that has none.
 fn no_kinds(kind: &str) -> String {
     format!("'{kind}': this plugin's endpoints take no kind; give the endpoint alone")
@@ -165,7 +177,7 @@ impl<P: Plugin> Maker for PluginMaker<P> {
 
     fn command(&self) -> Command {
         // After augment_args: the config type's doc comment would otherwise replace the description.
-        P::Config::augment_args(Command::new(P::NAME)).about(P::DESCRIPTION)
+        values_may_be_negative(P::Config::augment_args(Command::new(P::NAME)).about(P::DESCRIPTION))
     }
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {

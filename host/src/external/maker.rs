@@ -60,7 +60,10 @@ impl Maker for ExternalMaker {
     }
 
     fn command(&self) -> Command {
-        command(self.library.descriptor(), self.library.path())
+        crate::plugin::values_may_be_negative(command(
+            self.library.descriptor(),
+            self.library.path(),
+        ))
     }
 
     fn spec_from_matches(&self, matches: &ArgMatches) -> Result<ServiceSpec, Vec<String>> {

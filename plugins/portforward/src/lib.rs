@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 pub struct Config {
     host: String,
     /// Wider than a port, so that a number out of range is told as such by `validate`.
-    dest_port: u64,
+    dest_port: i64,
 }
 
 pub struct PortForward {
