@@ -702,6 +702,24 @@ fn syslog_receives_the_lines() {
         )),
         "{listening}"
     );
+
+    // No socket there: exit 69, naming where it looked.
+    let out = Command::new(TWISTD)
+        .args(["-n", "-o", "--pidfile", "", "--syslog"])
+        .args(["web", "--path", "www", "--port", LOOPBACK0])
+        .env("TAPHOST_SYSLOG_SOCKET", sb.join("absent.sock"))
+        .current_dir(sb.path())
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "twistd: cannot reach syslog at {}: ",
+            sb.join("absent.sock").display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -143,10 +143,14 @@ pub fn install(destination: &Destination) -> Result<Sink, String> {
             };
             // The socket is connected now, before any chroot hides /dev/log.
             let logger = match std::env::var_os("TAPHOST_SYSLOG_SOCKET") {
-                Some(path) => syslog::unix_custom(formatter, path),
-                None => syslog::unix(formatter),
-            }
-            .map_err(|e| format!("cannot reach syslog: {e}"))?;
+                Some(path) => syslog::unix_custom(formatter, &path).map_err(|e| {
+                    format!("cannot reach syslog at {}: {e}", Path::new(&path).display())
+                }),
+                // The places the syslog crate tries, in its order.
+                None => syslog::unix(formatter).map_err(|e| {
+                    format!("cannot reach syslog at /dev/log, /var/run/syslog or /var/run/log: {e}")
+                }),
+            }?;
             // syslog stamps its own time.
             (State::Syslog(logger), false)
         }
