@@ -197,6 +197,18 @@ fn bad_input_writes_nothing() {
             &["--listen", "interface 'nowhere'"],
         ),
         (&["web", "--path", "www", "--colour"], 64, &["--colour"]),
+        // Files the service opens at start are checked now, so a change the shell makes to a
+        // stopped service cannot save a tap that will not start.
+        (
+            &["web", "--path", "www", "--logfile", "no-dir/access.log"],
+            78,
+            &["--logfile no-dir/access.log: no directory no-dir"],
+        ),
+        (
+            &["web", "--path", "www", "--sni", "a.test=a.pem:a.key"],
+            78,
+            &["--sni 'a.test=a.pem:a.key': certificate a.pem: No such file"],
+        ),
         // A negative number is a bad value of its option, not an unknown flag.
         (
             &["web", "--path", "www", "--max-connections", "-1"],

@@ -352,7 +352,28 @@ impl Plugin for WebPlugin {
             report(options::header(v).map(drop));
         }
         for v in &config.sni {
-            report(options::sni(v).map(drop));
+            report(options::sni(v).and_then(|(_, cert, key)| {
+                for (what, file) in [("certificate", cert), ("private key", key)] {
+                    std::fs::metadata(&file)
+                        .map_err(|e| format!("--sni '{v}': {what} {}: {e}", file.display()))?;
+                }
+                Ok(())
+            }));
+        }
+        // The log is opened at start; a directory it cannot be made in is told now, as
+        // `nginx -t` tells it.
+        if let Some(logfile) = &config.logfile {
+            let dir = match logfile.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => std::path::Path::new("."),
+            };
+            if !dir.is_dir() {
+                problems.push(format!(
+                    "--logfile {}: no directory {}",
+                    logfile.display(),
+                    dir.display()
+                ));
+            }
         }
         let mut dirs = Vec::new();
         for (option, values) in [("--mount", &config.mount), ("--cgi", &config.cgi)] {
