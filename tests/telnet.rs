@@ -865,3 +865,34 @@ sys.exit(os.WEXITSTATUS(status))
         "{tap}"
     );
 }
+
+/// `log level` takes levels and TARGET=LEVEL only: a misspelt level used to be read as a target
+/// name, answered "log level is now inof", and then nothing at all was logged.
+#[test]
+fn a_log_level_that_is_no_level_is_refused_and_logging_goes_on() {
+    let (_sb, mut twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    for (command, expected) in [
+        (
+            "log level inof",
+            "error: bad log level 'inof': 'inof' is not a level (error, warn, info, debug, trace, off)",
+        ),
+        ("log level bogus(", "error: bad log level 'bogus(': 'bogus(' is not a level"),
+        ("log level \u{e9}", "error: bad log level '\u{e9}': '\u{e9}' is not a level"),
+        (
+            "log level warn,web=inof",
+            "error: bad log level 'warn,web=inof': 'inof' in 'web=inof' is not a level",
+        ),
+    ] {
+        let out = shell.run(command);
+        assert!(out.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.lines().count(), 1, "{command}: {out}");
+    }
+    // Still logging at info: the audit line of the next command shows.
+    shell.run("status");
+    twistd.wait_for("admin: status");
+    assert_eq!(
+        shell.run("log level warn,web=debug"),
+        "log level is now warn,web=debug"
+    );
+}
