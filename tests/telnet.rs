@@ -88,6 +88,20 @@ impl Client {
         }
     }
 
+    /// Reads until these bytes (a telnet command, say) have come, anywhere.
+    fn read_raw_until(&mut self, bytes: &[u8]) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.raw.windows(bytes.len()).any(|w| w == bytes) {
+            assert!(Instant::now() < deadline, "no {bytes:?} in {:?}", self.raw);
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the shell closed the connection before {bytes:?}"),
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading {bytes:?}: {e}; got {:?}", self.raw),
+            }
+        }
+    }
+
     fn send(&mut self, line: &str) {
         self.stream
             .write_all(format!("{line}\r\n").as_bytes())
@@ -894,5 +908,90 @@ fn a_log_level_that_is_no_level_is_refused_and_logging_goes_on() {
     assert_eq!(
         shell.run("log level warn,web=debug"),
         "log level is now warn,web=debug"
+    );
+}
+
+/// Telnet's two-byte commands are two bytes: IP and BRK drop the line typed so far and give
+/// a fresh prompt, AYT is answered, and DO TIMING-MARK gets WILL TIMING-MARK (telnet(1) sends
+/// IAC IP IAC DO TM for Ctrl-C, then shows nothing until the mark is answered).
+#[test]
+fn interrupts_timing_marks_and_are_you_there() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    shell.stream.write_all(b"\xff\xf4status\r\n").expect("send");
+    let out = shell.read_until("application web");
+    assert!(!out.contains("unknown command"), "{out:?}");
+    shell.read_until("web> ");
+    shell
+        .stream
+        .write_all(b"remove web\xff\xf3\xff\xf4\xff\xfd\x06")
+        .expect("send");
+    shell.read_raw_until(&[0xff, 0xfb, 0x06]);
+    shell.stream.write_all(b"\xff\xf6").expect("send");
+    shell.read_until("[yes]");
+    assert!(
+        shell.run("services").contains("web "),
+        "the interrupted line did nothing"
+    );
+}
+
+/// Ctrl-C in the real telnet client: it sends IAC IP IAC DO TIMING-MARK and shows nothing more
+/// until the mark is answered. The line typed so far goes, a fresh prompt comes, and the next
+/// command's answer shows.
+#[test]
+fn ctrl_c_in_the_real_telnet_client() {
+    if std::process::Command::new("telnet")
+        .arg("-?")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: the telnet client is not installed");
+        return;
+    }
+    let (sb, twistd) = app();
+    let script = sb.write(
+        "ctrlc.py",
+        format!(
+            r#"{PTY_PRELUDE}
+port, password = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("telnet", ["telnet", "127.0.0.1", port])
+until("username: "); os.write(fd, b"admin\r")
+until("password: "); os.write(fd, password.encode() + b"\r")
+until("web> "); start = len(seen)
+os.write(fd, b"remove web")
+os.write(fd, b"\x03")
+# A fresh prompt after the interrupt.
+end = time.time() + 20
+while b"web> " not in seen[start:]:
+    if time.time() > end:
+        sys.stderr.write("no prompt after Ctrl-C; saw %r\n" % seen); sys.exit(2)
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        seen += os.read(fd, 4096)
+os.write(fd, b"status\r")
+until("application web"); until("running)"); os.write(fd, b"quit\r")
+until("bye")
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+"#
+        ),
+    );
+    let port = twistd.addr(1).port().to_string();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([&port, PASSWORD])
+        .output()
+        .expect("python3");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{screen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        screen.contains("2 service(s) (2 running)"),
+        "the interrupted line did nothing: {screen}"
     );
 }

@@ -141,10 +141,12 @@ fn redacted(line: &str) -> String {
 fn text(line: Line) -> Option<String> {
     match line {
         Line::Text(text) => Some(text),
-        Line::TooLong => None,
+        Line::TooLong | Line::Interrupted => None,
     }
 }
 
+/// Up to [`TRIES`] tries; an interrupt (Ctrl-C) at a prompt starts the try again, costing
+/// none.
 async fn login(
     telnet: &mut Telnet<Stream>,
     ctx: &ServiceContext,
@@ -152,15 +154,25 @@ async fn login(
     failures: &Failures,
     peer: Option<IpAddr>,
 ) -> Option<String> {
-    for attempt in 1..=TRIES {
+    let mut attempt = 1;
+    while attempt <= TRIES {
         telnet.write("username: ").await.ok()?;
-        let name = text(next_line(telnet, ctx, LOGIN_TIME).await?).unwrap_or_default();
+        let name = match next_line(telnet, ctx, LOGIN_TIME).await? {
+            Line::Interrupted => {
+                telnet.write("\n").await.ok()?;
+                continue;
+            }
+            line => text(line).unwrap_or_default(),
+        };
         telnet.hide_input(true).await.ok()?;
         telnet.write("password: ").await.ok()?;
         let password = next_line(telnet, ctx, LOGIN_TIME).await;
         telnet.hide_input(false).await.ok()?;
         telnet.write("\n").await.ok()?;
-        let password = text(password?).unwrap_or_default();
+        let password = match password? {
+            Line::Interrupted => continue,
+            line => text(line).unwrap_or_default(),
+        };
         let current = users.read().unwrap_or_else(|p| p.into_inner()).clone();
         if auth::check(&current, &name, password).await {
             failures.forget(peer);
@@ -177,6 +189,7 @@ async fn login(
             () = ctx.stopping() => return None,
         }
         telnet.write("login incorrect\n").await.ok()?;
+        attempt += 1;
     }
     let _ = telnet.write("too many failures; goodbye\n").await;
     None
@@ -220,11 +233,21 @@ async fn session(
         let Some(line) = next_line(&mut telnet, &ctx, IDLE).await else {
             break;
         };
-        let Some(line) = text(line) else {
-            if telnet.write("error: line too long\n").await.is_err() {
-                return;
+        let line = match line {
+            Line::Text(line) => line,
+            // Ctrl-C: the line typed so far is gone; a fresh prompt.
+            Line::Interrupted => {
+                if telnet.write("\n").await.is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
+            Line::TooLong => {
+                if telnet.write("error: line too long\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         // An audit line per command; one that carries a password is logged by its name only,
         // and the values of options that take one are left out ([`redacted`]).
