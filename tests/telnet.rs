@@ -995,3 +995,35 @@ sys.stdout.write(seen.decode("utf-8", "replace"))
         "the interrupted line did nothing: {screen}"
     );
 }
+
+/// At most three connections from one address may be logging in at once (the Argon2 check
+/// of each try is costly); one more is told so in a line and closed, and that is logged. A
+/// session that has logged in does not count.
+#[test]
+fn connections_logging_in_from_one_address_are_capped() {
+    let (_sb, mut twistd) = app();
+    let shell = twistd.addr(1);
+    let mut waiting: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(shell);
+            client.read_until("username: ");
+            client
+        })
+        .collect();
+    let mut over = Client::connect(shell);
+    let refused = over.rest();
+    assert_eq!(
+        refused.trim(),
+        "too many connections from your address are logging in (3 at most); try again later"
+    );
+    twistd.wait_for("refused a connection from 127.0.0.1:");
+    // One of the three logs in: it no longer counts, so another may log in.
+    let mut first = waiting.remove(0);
+    first.send("admin");
+    first.read_until("password: ");
+    first.send(PASSWORD);
+    first.read_until("web> ");
+    let mut next = Client::login(shell);
+    assert!(next.run("status").starts_with("application web"));
+    assert!(first.run("status").starts_with("application web"));
+}
