@@ -1027,3 +1027,50 @@ fn connections_logging_in_from_one_address_are_capped() {
     assert!(next.run("status").starts_with("application web"));
     assert!(first.run("status").starts_with("application web"));
 }
+
+/// `set` takes the rest of the line as the value, read as `show` prints values: quotes inside
+/// are the value's own.
+#[test]
+fn set_values_are_written_as_show_prints_them() {
+    let (sb, twistd) = app();
+    sb.write("null/a.html", "<h1>null</h1>\n");
+    sb.write("www/a.html", "<h1>a</h1>\n");
+    let mut shell = Client::login(twistd.addr(1));
+    assert_eq!(
+        shell.run(r#"set web index ["a.html"]"#),
+        "web.index changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>a</h1>\n");
+    assert_eq!(
+        shell.run(r#"set web add_header ["X-Test: 1"]"#),
+        "web.add_header changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).header("x-test"), Some("1"));
+    let out = shell.run(r#"set web index [""]"#);
+    assert!(out.starts_with("error: web: --index ''"), "{out}");
+    // `"null"` is the word, a directory named so.
+    assert_eq!(
+        shell.run(r#"set web path "null""#),
+        "web.path changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>null</h1>\n");
+    let show = shell.run("show web");
+    assert!(
+        show.contains(r#""path": "null""#) && show.contains(r#""logfile": ()"#),
+        "{show}"
+    );
+    // What is already so changes nothing (and restarts nothing), `()` as show prints it too.
+    for command in [
+        "set web logfile null",
+        "set web logfile ()",
+        r#"set web path "null""#,
+    ] {
+        assert_eq!(
+            shell.run(command),
+            format!(
+                "web.{} unchanged",
+                command.split(' ').nth(2).expect("field")
+            )
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The shell's command language, executed against the host's [`Control`].
 //!
 //! Every command answers in lines; an error is one line and changes nothing. Arguments are
-//! split like a POSIX shell's (quotes work), and `add` takes exactly mktap's options.
+//! split like a POSIX shell's (quotes work), and `add` takes exactly mktap's options; `set`'s
+//! value is the rest of its line as written (its quotes are JSON's).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -27,11 +28,13 @@ commands:
   add PLUGIN [--name N] [OPTS]  add and start a service, with mktap's options for PLUGIN
   remove NAME                   stop a service (draining it) and remove it
   stop NAME | start NAME        stop (draining) or start a service; it stays in the application
-  set NAME FIELD VALUE          change one config field; live when the service can, else it restarts
+  set NAME FIELD VALUE          change one config field (VALUE: the rest of the line, as show prints
+                                values); live when the service can, else it restarts
   listen NAME ENDPOINT [KIND]   add an endpoint to a service (mail: KIND is smtp, pop3 or pop3s)
   unlisten NAME ENDPOINT        remove an endpoint (or the ADDR:PORT it listens on) from a service
   save [TAG]                    write the running application to <name>.tap or <name>-<TAG>.tap
-  log level LEVEL               change the log filter (error, warn, info, debug, trace, or a filter)
+  log level LEVEL               change the log filter: error, warn, info, debug, trace, off, or
+                                TARGET=LEVEL, comma-separated (warn,web=debug)
   shutdown                      stop every service gracefully, save the shutdown tap, exit
   quit                          leave the shell
 ";
@@ -53,6 +56,34 @@ enum Edit<'a> {
 
 fn error(e: impl std::fmt::Display) -> Outcome {
     Outcome::Reply(format!("error: {e}\n"))
+}
+
+/// clap's message without its usage and `--help` hint, on one line: `the following required
+/// arguments were not provided: --path <DIR>`.
+fn clap_message(text: &str) -> String {
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    match message.join(" ") {
+        joined if joined.is_empty() => "bad options".to_string(),
+        joined => joined.trim_start_matches("error: ").to_string(),
+    }
+}
+
+/// The first `n` whitespace-separated words of `line` (fewer if it has fewer), and the rest of
+/// the line after them, untouched.
+fn split_words(line: &str, n: usize) -> (Vec<&str>, &str) {
+    let mut words = Vec::with_capacity(n);
+    let mut rest = line.trim_start();
+    while words.len() < n && !rest.is_empty() {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        words.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    (words, rest)
 }
 
 fn format_duration(d: Duration) -> String {
@@ -121,15 +152,24 @@ fn hide_hashes(value: &mut serde_json::Value) {
     }
 }
 
-/// A command-line value for a config field: JSON when it parses as JSON (`3`, `true`,
-/// `["a","b"]`, `"quoted"`), otherwise the text itself; for a list field, a plain value is a
-/// comma-separated list. A bare `null` is always JSON's: it clears an optional field (a field
-/// that is not one refuses it); the word itself is `"null"`.
+/// The value of `set NAME FIELD VALUE`, which is the rest of the line as written, read the way
+/// `show` prints values: JSON when it parses as JSON (`3`, `true`, `["a.html"]`, `"quoted"`,
+/// `null`), or as RON when it starts as a list, map or string does (`show` prints RON: `()` for
+/// nothing, a comma after the last item), otherwise the text itself; for a list field, a plain
+/// value is a comma-separated list. A bare `null` clears an optional field (a field that is
+/// not one refuses it); the word itself is `"null"`.
 fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
-    if text == "null" {
+    if text == "null" || text == "()" {
         return serde_json::Value::Null;
     }
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+    let parsed = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .or_else(|| {
+            text.starts_with(['[', '{', '"'])
+                .then(|| ron::from_str::<serde_json::Value>(text).ok())
+                .flatten()
+        });
+    if let Some(value) = parsed {
         // A bare word that happens to be JSON (a number for a string field) keeps its type
         // only where the field is not a string.
         if !matches!(current, Some(serde_json::Value::String(_))) || text.starts_with('"') {
@@ -165,6 +205,15 @@ impl Shell {
     }
 
     pub async fn execute(&self, line: &str) -> Outcome {
+        // `set` takes the rest of the line after the field name as it is: its quotes are the
+        // value's own (JSON's), not the shell's.
+        let (words, value) = split_words(line, 3);
+        if let ["set", name, field] = words.as_slice() {
+            return match value.trim() {
+                "" => error("wrong arguments for 'set'; type help"),
+                value => self.set(name, field, value).await,
+            };
+        }
         let Some(words) = shlex::split(line) else {
             return error("unbalanced quotes");
         };
@@ -218,7 +267,6 @@ impl Shell {
                 self.control.start_service(name).await,
                 format!("started {name}"),
             ),
-            ("set", [name, field, value]) => self.set(name, field, value).await,
             ("listen", [name, endpoint]) => self.listen(name, endpoint, Edit::Add(None)).await,
             ("listen", [name, endpoint, kind]) => {
                 self.listen(name, endpoint, Edit::Add(Some(kind))).await
@@ -350,6 +398,9 @@ impl Shell {
             return error(format!("service '{name}' has no fields to set"));
         };
         let new = field_value(object.get(field), value);
+        if object.get(field) == Some(&new) {
+            return Outcome::Reply(format!("{name}.{field} unchanged\n"));
+        }
         object.insert(field.to_string(), new);
         // The shell's own service takes every config change live (TelnetService::reconfigure),
         // so this never restarts the service the session runs in.
