@@ -1074,3 +1074,49 @@ fn set_values_are_written_as_show_prints_them() {
         );
     }
 }
+
+/// The small things: clap's whole message, help as help, who uses an endpoint, why a tag is
+/// refused, columns that fit.
+#[test]
+fn shell_messages_say_what_is_wrong() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    let out = shell.run("add web");
+    assert_eq!(
+        out,
+        "error: the following required arguments were not provided: --path <DIR>"
+    );
+    let help = shell.run("add web --help");
+    assert!(
+        !help.starts_with("error") && help.contains("Usage: web") && help.contains("--path"),
+        "{help}"
+    );
+    // A port another service has: the message names that one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let fixed = format!("tcp:{port}:interface=127.0.0.1");
+    let added = shell.run(&format!("add web --name fixed --path www --port {fixed}"));
+    assert!(added.starts_with("added fixed"), "{added}");
+    assert_eq!(
+        shell.run(&format!("listen web {fixed}")),
+        format!("error: {fixed} is already used by service 'fixed'")
+    );
+    let out = shell.run(&format!("save {}", "a".repeat(300)));
+    assert!(
+        out.ends_with("it is 300 characters long, at most 64 are allowed"),
+        "{out}"
+    );
+    let long = "a-service-with-a-long-name";
+    shell.run(&format!(
+        "add web --name {long} --path www --port {LOOPBACK0}"
+    ));
+    let table = shell.run("services");
+    let plugin_column = |line: &str| {
+        let rest = line.split_once(' ').expect("columns").1;
+        line.len() - rest.trim_start().len()
+    };
+    let columns: Vec<usize> = table.lines().map(plugin_column).collect();
+    assert!(columns.iter().all(|c| *c == columns[0]), "{table}");
+}

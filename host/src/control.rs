@@ -626,6 +626,17 @@ impl Control {
                 "{name} already listens on {endpoint}"
             )));
         }
+        if let Some(other) = state
+            .app
+            .services
+            .iter()
+            .find(|s| s.name != name && s.listen.iter().any(|e| e.conflicts_with(&endpoint)))
+        {
+            return Err(ControlError::Invalid(format!(
+                "{endpoint} is already used by service '{}'",
+                other.name
+            )));
+        }
         spec.config = self.relisten_config(&spec, ListenChange::Added { kind })?;
         spec.listen.push(endpoint);
         self.relisten(&mut state, i, spec).await
@@ -789,12 +800,14 @@ impl Control {
     /// Writes the application as it runs now to `<name>.tap`, or `<name>-<tag>.tap` (`.tas` when
     /// it was loaded from a source file), in the run directory. Returns the path.
     pub async fn save(&self, tag: Option<&str>) -> Result<PathBuf, ControlError> {
-        if let Some(tag) = tag {
-            if !crate::app::valid_name(tag) {
-                return Err(ControlError::Invalid(format!(
-                    "tag '{tag}' must use only letters, digits, '.', '-' and '_'"
-                )));
-            }
+        if let Some(problem) = tag.and_then(crate::app::name_problem) {
+            let tag = tag.unwrap_or_default();
+            // A tag too long to read is not printed whole.
+            let shown: String = tag.chars().take(crate::app::MAX_NAME_LEN).collect();
+            let cut = if shown.len() < tag.len() { "..." } else { "" };
+            return Err(ControlError::Invalid(format!(
+                "tag '{shown}{cut}': {problem}"
+            )));
         }
         let app = self.snapshot().await;
         let key = self.save_key();

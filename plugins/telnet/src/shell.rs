@@ -111,29 +111,44 @@ fn resident_memory() -> Option<String> {
 }
 
 fn services_table(services: &[ServiceInfo]) -> String {
-    let mut out = format!(
-        "{:<16} {:<8} {:<8} {:>5}  {}\n",
-        "NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"
-    );
-    for s in services {
-        // Where the kernel chose the port, the address too: `unlisten` takes either.
-        let endpoints: Vec<String> = s
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(k, endpoint)| match s.addresses.get(k) {
-                Some(addr) if endpoint.port() == Some(0) => format!("{endpoint} ({addr})"),
-                _ => endpoint.to_string(),
-            })
-            .collect();
+    let rows: Vec<[String; 5]> = services
+        .iter()
+        .map(|s| {
+            // Where the kernel chose the port, the address too: `unlisten` takes either.
+            let endpoints: Vec<String> = s
+                .listen
+                .iter()
+                .enumerate()
+                .map(|(k, endpoint)| match s.addresses.get(k) {
+                    Some(addr) if endpoint.port() == Some(0) => format!("{endpoint} ({addr})"),
+                    _ => endpoint.to_string(),
+                })
+                .collect();
+            [
+                s.name.clone(),
+                s.plugin.clone(),
+                if s.running { "running" } else { "stopped" }.to_string(),
+                s.connections.to_string(),
+                endpoints.join(" "),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"].map(String::from);
+    // Each column as wide as its widest cell.
+    let width = |column: usize| {
+        std::iter::once(&header)
+            .chain(&rows)
+            .map(|row| row[column].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (name, plugin, state, conns) = (width(0), width(1), width(2), width(3));
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
         let _ = writeln!(
             out,
-            "{:<16} {:<8} {:<8} {:>5}  {}",
-            s.name,
-            s.plugin,
-            if s.running { "running" } else { "stopped" },
-            s.connections,
-            endpoints.join(" ")
+            "{:<name$}  {:<plugin$}  {:<state$}  {:>conns$}  {}",
+            row[0], row[1], row[2], row[3], row[4]
         );
     }
     out
@@ -342,15 +357,16 @@ impl Shell {
         }
         let matches = match maker.command().try_get_matches_from(&options) {
             Ok(m) => m,
-            Err(e) => {
-                let text = e.to_string();
-                return error(
-                    text.lines()
-                        .next()
-                        .unwrap_or("bad options")
-                        .trim_start_matches("error: "),
-                );
+            // `--help` and `--version` are answers, not errors.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                return Outcome::Reply(e.to_string());
             }
+            Err(e) => return error(clap_message(&e.to_string())),
         };
         let mut spec = match maker.spec_from_matches(&matches) {
             Ok(spec) => spec,
@@ -364,12 +380,10 @@ impl Shell {
             .map(|s| s.name)
             .collect();
         spec.name = match name {
-            Some(name) if !host::app::valid_name(&name) => {
-                return error(format!(
-                    "--name '{name}': use only letters, digits, '.', '-' and '_'"
-                ))
-            }
-            Some(name) => name,
+            Some(name) => match host::app::name_problem(&name) {
+                Some(problem) => return error(format!("--name '{name}': {problem}")),
+                None => name,
+            },
             None => {
                 let base = spec.plugin.clone();
                 std::iter::once(base.clone())
@@ -476,6 +490,56 @@ mod tests {
         assert_eq!(field_value(None, "true"), json!(true));
         assert_eq!(field_value(Some(&json!("a.test")), "null"), json!(null));
         assert_eq!(field_value(Some(&json!("a")), r#""null""#), json!("null"));
+        // As `show` prints them.
+        assert_eq!(field_value(Some(&json!("a")), "()"), json!(null));
+        assert_eq!(
+            field_value(Some(&json!(["a"])), r#"["x.html", "y.htm",]"#),
+            json!(["x.html", "y.htm"])
+        );
+        assert_eq!(field_value(None, r#"{"a@b": "c", }"#), json!({"a@b": "c"}));
+        // Quotes inside a value are the value's.
+        assert_eq!(
+            field_value(Some(&json!(["a"])), r#"["a.html"]"#),
+            json!(["a.html"])
+        );
+        assert_eq!(field_value(Some(&json!(["a"])), r#"[""]"#), json!([""]));
+        assert_eq!(
+            field_value(Some(&json!("a")), "my dir/x"),
+            json!("my dir/x")
+        );
+    }
+
+    #[test]
+    fn set_takes_the_rest_of_the_line() {
+        assert_eq!(
+            split_words("  set web add_header [\"X-Test: 1\"] ", 3),
+            (vec!["set", "web", "add_header"], "[\"X-Test: 1\"] ")
+        );
+        assert_eq!(split_words("set web", 3), (vec!["set", "web"], ""));
+    }
+
+    #[test]
+    fn services_columns_fit_their_contents() {
+        let info = |name: &str, plugin: &str| ServiceInfo {
+            name: name.into(),
+            plugin: plugin.into(),
+            running: true,
+            connections: 12345,
+            listen: vec!["tcp:80".parse().expect("an endpoint")],
+            addresses: Vec::new(),
+        };
+        let table = services_table(&[info("web", "web"), info("pf", "portforward")]);
+        let columns: Vec<Vec<usize>> = table
+            .lines()
+            .map(|line| {
+                // Where each column starts: after two spaces or more.
+                let bytes = line.as_bytes();
+                (2..bytes.len())
+                    .filter(|&i| bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ')
+                    .collect()
+            })
+            .collect();
+        assert!(columns.iter().all(|c| c == &columns[0]), "{table}");
     }
 
     #[test]
