@@ -88,6 +88,20 @@ impl Client {
         }
     }
 
+    /// Reads until these bytes (a telnet command, say) have come, anywhere.
+    fn read_raw_until(&mut self, bytes: &[u8]) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.raw.windows(bytes.len()).any(|w| w == bytes) {
+            assert!(Instant::now() < deadline, "no {bytes:?} in {:?}", self.raw);
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the shell closed the connection before {bytes:?}"),
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading {bytes:?}: {e}; got {:?}", self.raw),
+            }
+        }
+    }
+
     fn send(&mut self, line: &str) {
         self.stream
             .write_all(format!("{line}\r\n").as_bytes())
@@ -864,4 +878,245 @@ sys.exit(os.WEXITSTATUS(status))
         tap.contains("$argon2id$") && !tap.contains(PASSWORD),
         "{tap}"
     );
+}
+
+/// `log level` takes levels and TARGET=LEVEL only: a misspelt level used to be read as a target
+/// name, answered "log level is now inof", and then nothing at all was logged.
+#[test]
+fn a_log_level_that_is_no_level_is_refused_and_logging_goes_on() {
+    let (_sb, mut twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    for (command, expected) in [
+        (
+            "log level inof",
+            "error: bad log level 'inof': 'inof' is not a level (error, warn, info, debug, trace, off)",
+        ),
+        ("log level bogus(", "error: bad log level 'bogus(': 'bogus(' is not a level"),
+        ("log level \u{e9}", "error: bad log level '\u{e9}': '\u{e9}' is not a level"),
+        (
+            "log level warn,web=inof",
+            "error: bad log level 'warn,web=inof': 'inof' in 'web=inof' is not a level",
+        ),
+    ] {
+        let out = shell.run(command);
+        assert!(out.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.lines().count(), 1, "{command}: {out}");
+    }
+    // Still logging at info: the audit line of the next command shows.
+    shell.run("status");
+    twistd.wait_for("admin: status");
+    assert_eq!(
+        shell.run("log level warn,web=debug"),
+        "log level is now warn,web=debug"
+    );
+}
+
+/// Telnet's two-byte commands are two bytes: IP and BRK drop the line typed so far and give
+/// a fresh prompt, AYT is answered, and DO TIMING-MARK gets WILL TIMING-MARK (telnet(1) sends
+/// IAC IP IAC DO TM for Ctrl-C, then shows nothing until the mark is answered).
+#[test]
+fn interrupts_timing_marks_and_are_you_there() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    shell.stream.write_all(b"\xff\xf4status\r\n").expect("send");
+    let out = shell.read_until("application web");
+    assert!(!out.contains("unknown command"), "{out:?}");
+    shell.read_until("web> ");
+    shell
+        .stream
+        .write_all(b"remove web\xff\xf3\xff\xf4\xff\xfd\x06")
+        .expect("send");
+    shell.read_raw_until(&[0xff, 0xfb, 0x06]);
+    shell.stream.write_all(b"\xff\xf6").expect("send");
+    shell.read_until("[yes]");
+    assert!(
+        shell.run("services").contains("web "),
+        "the interrupted line did nothing"
+    );
+}
+
+/// Ctrl-C in the real telnet client: it sends IAC IP IAC DO TIMING-MARK and shows nothing more
+/// until the mark is answered. The line typed so far goes, a fresh prompt comes, and the next
+/// command's answer shows.
+#[test]
+fn ctrl_c_in_the_real_telnet_client() {
+    if std::process::Command::new("telnet")
+        .arg("-?")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: the telnet client is not installed");
+        return;
+    }
+    let (sb, twistd) = app();
+    let script = sb.write(
+        "ctrlc.py",
+        format!(
+            r#"{PTY_PRELUDE}
+port, password = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("telnet", ["telnet", "127.0.0.1", port])
+until("username: "); os.write(fd, b"admin\r")
+until("password: "); os.write(fd, password.encode() + b"\r")
+until("web> "); start = len(seen)
+os.write(fd, b"remove web")
+os.write(fd, b"\x03")
+# A fresh prompt after the interrupt.
+end = time.time() + 20
+while b"web> " not in seen[start:]:
+    if time.time() > end:
+        sys.stderr.write("no prompt after Ctrl-C; saw %r\n" % seen); sys.exit(2)
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        seen += os.read(fd, 4096)
+os.write(fd, b"status\r")
+until("application web"); until("running)"); os.write(fd, b"quit\r")
+until("bye")
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+"#
+        ),
+    );
+    let port = twistd.addr(1).port().to_string();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([&port, PASSWORD])
+        .output()
+        .expect("python3");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{screen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        screen.contains("2 service(s) (2 running)"),
+        "the interrupted line did nothing: {screen}"
+    );
+}
+
+/// At most three connections from one address may be logging in at once (the Argon2 check
+/// of each try is costly); one more is told so in a line and closed, and that is logged. A
+/// session that has logged in does not count.
+#[test]
+fn connections_logging_in_from_one_address_are_capped() {
+    let (_sb, mut twistd) = app();
+    let shell = twistd.addr(1);
+    let mut waiting: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(shell);
+            client.read_until("username: ");
+            client
+        })
+        .collect();
+    let mut over = Client::connect(shell);
+    let refused = over.rest();
+    assert_eq!(
+        refused.trim(),
+        "too many connections from your address are logging in (3 at most); try again later"
+    );
+    twistd.wait_for("refused a connection from 127.0.0.1:");
+    // One of the three logs in: it no longer counts, so another may log in.
+    let mut first = waiting.remove(0);
+    first.send("admin");
+    first.read_until("password: ");
+    first.send(PASSWORD);
+    first.read_until("web> ");
+    let mut next = Client::login(shell);
+    assert!(next.run("status").starts_with("application web"));
+    assert!(first.run("status").starts_with("application web"));
+}
+
+/// `set` takes the rest of the line as the value, read as `show` prints values: quotes inside
+/// are the value's own.
+#[test]
+fn set_values_are_written_as_show_prints_them() {
+    let (sb, twistd) = app();
+    sb.write("null/a.html", "<h1>null</h1>\n");
+    sb.write("www/a.html", "<h1>a</h1>\n");
+    let mut shell = Client::login(twistd.addr(1));
+    assert_eq!(
+        shell.run(r#"set web index ["a.html"]"#),
+        "web.index changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>a</h1>\n");
+    assert_eq!(
+        shell.run(r#"set web add_header ["X-Test: 1"]"#),
+        "web.add_header changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).header("x-test"), Some("1"));
+    let out = shell.run(r#"set web index [""]"#);
+    assert!(out.starts_with("error: web: --index ''"), "{out}");
+    // `"null"` is the word, a directory named so.
+    assert_eq!(
+        shell.run(r#"set web path "null""#),
+        "web.path changed, live"
+    );
+    assert_eq!(curl(&twistd.url(0, "/"), &[]).text(), "<h1>null</h1>\n");
+    let show = shell.run("show web");
+    assert!(
+        show.contains(r#""path": "null""#) && show.contains(r#""logfile": ()"#),
+        "{show}"
+    );
+    // What is already so changes nothing (and restarts nothing), `()` as show prints it too.
+    for command in [
+        "set web logfile null",
+        "set web logfile ()",
+        r#"set web path "null""#,
+    ] {
+        assert_eq!(
+            shell.run(command),
+            format!(
+                "web.{} unchanged",
+                command.split(' ').nth(2).expect("field")
+            )
+        );
+    }
+}
+
+/// The small things: clap's whole message, help as help, who uses an endpoint, why a tag is
+/// refused, columns that fit.
+#[test]
+fn shell_messages_say_what_is_wrong() {
+    let (_sb, twistd) = app();
+    let mut shell = Client::login(twistd.addr(1));
+    let out = shell.run("add web");
+    assert_eq!(
+        out,
+        "error: the following required arguments were not provided: --path <DIR>"
+    );
+    let help = shell.run("add web --help");
+    assert!(
+        !help.starts_with("error") && help.contains("Usage: web") && help.contains("--path"),
+        "{help}"
+    );
+    // A port another service has: the message names that one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let fixed = format!("tcp:{port}:interface=127.0.0.1");
+    let added = shell.run(&format!("add web --name fixed --path www --port {fixed}"));
+    assert!(added.starts_with("added fixed"), "{added}");
+    assert_eq!(
+        shell.run(&format!("listen web {fixed}")),
+        format!("error: {fixed} is already used by service 'fixed'")
+    );
+    let out = shell.run(&format!("save {}", "a".repeat(300)));
+    assert!(
+        out.ends_with("it is 300 characters long, at most 64 are allowed"),
+        "{out}"
+    );
+    let long = "a-service-with-a-long-name";
+    shell.run(&format!(
+        "add web --name {long} --path www --port {LOOPBACK0}"
+    ));
+    let table = shell.run("services");
+    let plugin_column = |line: &str| {
+        let rest = line.split_once(' ').expect("columns").1;
+        line.len() - rest.trim_start().len()
+    };
+    let columns: Vec<usize> = table.lines().map(plugin_column).collect();
+    assert!(columns.iter().all(|c| *c == columns[0]), "{table}");
 }

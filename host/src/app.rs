@@ -173,14 +173,33 @@ impl Application {
     }
 }
 
+/// The longest service or application name (and save tag), in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
 /// Names end up in file names and log lines, so they are kept to a safe alphabet.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    name_problem(name).is_none()
+}
+
+/// What is wrong with a name (or save tag), if anything: `tag 'x': {problem}`.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".into())
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        Some("use only letters, digits, '.', '-' and '_'".into())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!(
+            "it is {} characters long, at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ))
+    } else if name.starts_with(['.', '-']) {
+        Some("it must not start with '.' or '-'".into())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -366,8 +366,11 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner()) = Some(setter);
     }
 
-    /// Changes the log filter live (`info`, `debug`, `warn,web=debug`, ...).
+    /// Changes the log filter live (`info`, `debug`, `warn,web=debug`, ...). Only what
+    /// [`check_log_filter`] accepts is passed on: anything else is refused, nothing changes.
     pub fn set_log_level(&self, level: &str) -> Result<(), ControlError> {
+        check_log_filter(level)
+            .map_err(|e| ControlError::Invalid(format!("bad log level '{level}': {e}")))?;
         match &*self
             .inner
             .log_level
@@ -623,6 +626,17 @@ impl Control {
                 "{name} already listens on {endpoint}"
             )));
         }
+        if let Some(other) = state
+            .app
+            .services
+            .iter()
+            .find(|s| s.name != name && s.listen.iter().any(|e| e.conflicts_with(&endpoint)))
+        {
+            return Err(ControlError::Invalid(format!(
+                "{endpoint} is already used by service '{}'",
+                other.name
+            )));
+        }
         spec.config = self.relisten_config(&spec, ListenChange::Added { kind })?;
         spec.listen.push(endpoint);
         self.relisten(&mut state, i, spec).await
@@ -786,12 +800,14 @@ impl Control {
     /// Writes the application as it runs now to `<name>.tap`, or `<name>-<tag>.tap` (`.tas` when
     /// it was loaded from a source file), in the run directory. Returns the path.
     pub async fn save(&self, tag: Option<&str>) -> Result<PathBuf, ControlError> {
-        if let Some(tag) = tag {
-            if !crate::app::valid_name(tag) {
-                return Err(ControlError::Invalid(format!(
-                    "tag '{tag}' must use only letters, digits, '.', '-' and '_'"
-                )));
-            }
+        if let Some(problem) = tag.and_then(crate::app::name_problem) {
+            let tag = tag.unwrap_or_default();
+            // A tag too long to read is not printed whole.
+            let shown: String = tag.chars().take(crate::app::MAX_NAME_LEN).collect();
+            let cut = if shown.len() < tag.len() { "..." } else { "" };
+            return Err(ControlError::Invalid(format!(
+                "tag '{shown}{cut}': {problem}"
+            )));
         }
         let app = self.snapshot().await;
         let key = self.save_key();
@@ -869,5 +885,87 @@ impl Control {
     /// The application after [`Control::stop_all`], with the states the services left.
     pub async fn application(&self) -> Application {
         self.inner.state.lock().await.app.clone()
+    }
+}
+
+/// The level names a log filter takes.
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a log filter for `log level`: a comma-separated list of directives, each a level
+/// (`info`) or `TARGET=LEVEL` (`web=debug`), a level being one of [`LOG_LEVELS`] and a target
+/// letters, digits, `_`, `:`, `.` and `-`. The filter underneath (tracing's `EnvFilter`) would
+/// take a misspelt level as the name of a target and then log nothing at all, so anything else
+/// is refused, with what is wrong with it.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |word: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word));
+    let levels = LOG_LEVELS.join(", ");
+    for directive in filter.split(',') {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            return Err("an empty directive (give LEVEL or TARGET=LEVEL between commas)".into());
+        }
+        match directive.split_once('=') {
+            None if is_level(directive) => {}
+            None => {
+                return Err(format!(
+                    "'{}' is not a level ({levels}); a target's level is TARGET=LEVEL",
+                    directive.escape_debug()
+                ))
+            }
+            Some((target, level)) => {
+                if target.is_empty()
+                    || !target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-'))
+                {
+                    return Err(format!(
+                        "'{}' is not a target name (letters, digits, '_', ':', '.', '-')",
+                        target.escape_debug()
+                    ));
+                }
+                if !is_level(level) {
+                    return Err(format!(
+                        "'{}' in '{}' is not a level ({levels})",
+                        level.escape_debug(),
+                        directive.escape_debug()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_log_filter;
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        for good in [
+            "info",
+            "OFF",
+            "warn,web=debug",
+            "web::server=trace, mail=off",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("inof", "'inof' is not a level"),
+            ("bogus(", "'bogus(' is not a level"),
+            ("\u{e9}", "'\u{e9}' is not a level"),
+            ("web=inof", "'inof' in 'web=inof' is not a level"),
+            (
+                "not=a=filter",
+                "'a=filter' in 'not=a=filter' is not a level",
+            ),
+            ("b@d=info", "'b@d' is not a target name"),
+            ("=info", "'' is not a target name"),
+            ("info,", "an empty directive"),
+            ("", "an empty directive"),
+        ] {
+            let err = check_log_filter(bad).expect_err(bad);
+            assert!(err.starts_with(why), "{bad}: {err}");
+        }
     }
 }

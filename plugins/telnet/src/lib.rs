@@ -7,8 +7,10 @@
 //!   type). Passwords are turned into Argon2id hashes here, at `mktap` time; the tap holds only
 //!   hashes and is written mode 0600.
 //! - [`protocol`]: the telnet side of a connection: option negotiation (only ECHO and SGA are
-//!   accepted, while the password is typed), IAC stripping, CR LF / CR NUL / bare LF lines.
-//! - [`auth`]: checking a login, and the growing delay after failures per peer address.
+//!   accepted, while the password is typed), IAC framing (interrupts, timing marks, AYT),
+//!   CR LF / CR NUL / bare LF lines.
+//! - [`auth`]: checking a login, the growing delay after failures per peer address, and the
+//!   cap on connections logging in per address.
 //! - [`shell`]: the command language, executed against the host's [`host::Control`].
 //! - [`server`]: [`TelnetService`]: login, then the command loop.
 //!

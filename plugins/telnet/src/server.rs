@@ -9,7 +9,7 @@ use host::net::{Peer, Stream};
 use host::service::{serve, ServiceContext};
 use host::{BoundListener, Service};
 
-use crate::auth::{self, Failures};
+use crate::auth::{self, Failures, Unauthenticated, MAX_UNAUTHENTICATED};
 use crate::protocol::{Line, Telnet};
 use crate::shell::{Outcome, Shell};
 use crate::{TelnetConfig, User};
@@ -19,6 +19,9 @@ const TRIES: u32 = 3;
 const IDLE: Duration = Duration::from_secs(15 * 60);
 /// Time to type a user name and password.
 const LOGIN_TIME: Duration = Duration::from_secs(60);
+/// Time for the whole login, every try (sshd's LoginGraceTime): a connection that keeps
+/// interrupting its prompts cannot hold its place among [`MAX_UNAUTHENTICATED`] for ever.
+const LOGIN_GRACE: Duration = Duration::from_secs(180);
 
 /// The running admin shell.
 #[derive(Debug)]
@@ -26,6 +29,7 @@ pub struct TelnetService {
     /// Swapped whole by a live reconfigure; each login reads the current list.
     users: Arc<RwLock<Arc<Vec<User>>>>,
     failures: Arc<Failures>,
+    logging_in: Arc<Unauthenticated>,
 }
 
 impl TelnetService {
@@ -33,6 +37,7 @@ impl TelnetService {
         TelnetService {
             users: Arc::new(RwLock::new(Arc::new(users))),
             failures: Arc::new(Failures::default()),
+            logging_in: Arc::new(Unauthenticated::default()),
         }
     }
 }
@@ -42,13 +47,16 @@ impl Service for TelnetService {
         for bound in listeners {
             let listener = bound.listener.into_async().map_err(|e| e.to_string())?;
             let users = self.users.clone();
-            let failures = self.failures.clone();
+            let guards = Guards {
+                failures: self.failures.clone(),
+                logging_in: self.logging_in.clone(),
+            };
             let conn_ctx = ctx.clone();
             serve(ctx, listener, move |stream, peer| {
                 session(
                     conn_ctx.clone(),
                     users.clone(),
-                    failures.clone(),
+                    guards.clone(),
                     stream,
                     peer,
                 )
@@ -64,6 +72,13 @@ impl Service for TelnetService {
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config.users);
         Ok(true)
     }
+}
+
+/// What every connection of the service shares to slow down password guessing.
+#[derive(Debug, Clone)]
+struct Guards {
+    failures: Arc<Failures>,
+    logging_in: Arc<Unauthenticated>,
 }
 
 /// Reads a line unless the service stops or `limit` passes first.
@@ -141,10 +156,12 @@ fn redacted(line: &str) -> String {
 fn text(line: Line) -> Option<String> {
     match line {
         Line::Text(text) => Some(text),
-        Line::TooLong => None,
+        Line::TooLong | Line::Interrupted => None,
     }
 }
 
+/// Up to [`TRIES`] tries; an interrupt (Ctrl-C) at a prompt starts the try again, costing
+/// none.
 async fn login(
     telnet: &mut Telnet<Stream>,
     ctx: &ServiceContext,
@@ -152,15 +169,25 @@ async fn login(
     failures: &Failures,
     peer: Option<IpAddr>,
 ) -> Option<String> {
-    for attempt in 1..=TRIES {
+    let mut attempt = 1;
+    while attempt <= TRIES {
         telnet.write("username: ").await.ok()?;
-        let name = text(next_line(telnet, ctx, LOGIN_TIME).await?).unwrap_or_default();
+        let name = match next_line(telnet, ctx, LOGIN_TIME).await? {
+            Line::Interrupted => {
+                telnet.write("\n").await.ok()?;
+                continue;
+            }
+            line => text(line).unwrap_or_default(),
+        };
         telnet.hide_input(true).await.ok()?;
         telnet.write("password: ").await.ok()?;
         let password = next_line(telnet, ctx, LOGIN_TIME).await;
         telnet.hide_input(false).await.ok()?;
         telnet.write("\n").await.ok()?;
-        let password = text(password?).unwrap_or_default();
+        let password = match password? {
+            Line::Interrupted => continue,
+            line => text(line).unwrap_or_default(),
+        };
         let current = users.read().unwrap_or_else(|p| p.into_inner()).clone();
         if auth::check(&current, &name, password).await {
             failures.forget(peer);
@@ -177,6 +204,7 @@ async fn login(
             () = ctx.stopping() => return None,
         }
         telnet.write("login incorrect\n").await.ok()?;
+        attempt += 1;
     }
     let _ = telnet.write("too many failures; goodbye\n").await;
     None
@@ -185,11 +213,23 @@ async fn login(
 async fn session(
     ctx: ServiceContext,
     users: Arc<RwLock<Arc<Vec<User>>>>,
-    failures: Arc<Failures>,
+    guards: Guards,
     stream: Stream,
     peer: Peer,
 ) {
     let mut telnet = Telnet::new(stream);
+    // Held until the login ends: a session that has logged in is not counted.
+    let Some(logging_in) = guards.logging_in.enter(peer.ip()) else {
+        tracing::warn!(
+            "refused a connection from {peer}: {MAX_UNAUTHENTICATED} connections from that address are logging in already"
+        );
+        let _ = telnet
+            .write(&format!(
+                "too many connections from your address are logging in ({MAX_UNAUTHENTICATED} at most); try again later\n"
+            ))
+            .await;
+        return;
+    };
     let Some(control) = ctx.control() else {
         let _ = telnet
             .write("this shell has no application to control\n")
@@ -204,8 +244,19 @@ async fn session(
     {
         return;
     }
-    let Some(user) = login(&mut telnet, &ctx, &users, &failures, peer.ip()).await else {
-        return;
+    let login = tokio::time::timeout(
+        LOGIN_GRACE,
+        login(&mut telnet, &ctx, &users, &guards.failures, peer.ip()),
+    )
+    .await;
+    drop(logging_in);
+    let user = match login {
+        Ok(Some(user)) => user,
+        Ok(None) => return,
+        Err(_) => {
+            let _ = telnet.write("\nlogin took too long; goodbye\n").await;
+            return;
+        }
     };
     tracing::info!("user '{user}' logged in from {peer}");
     let shell = Shell::new(control, ctx.name());
@@ -220,11 +271,21 @@ async fn session(
         let Some(line) = next_line(&mut telnet, &ctx, IDLE).await else {
             break;
         };
-        let Some(line) = text(line) else {
-            if telnet.write("error: line too long\n").await.is_err() {
-                return;
+        let line = match line {
+            Line::Text(line) => line,
+            // Ctrl-C: the line typed so far is gone; a fresh prompt.
+            Line::Interrupted => {
+                if telnet.write("\n").await.is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
+            Line::TooLong => {
+                if telnet.write("error: line too long\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         // An audit line per command; one that carries a password is logged by its name only,
         // and the values of options that take one are left out ([`redacted`]).

@@ -1,7 +1,8 @@
 //! The shell's command language, executed against the host's [`Control`].
 //!
 //! Every command answers in lines; an error is one line and changes nothing. Arguments are
-//! split like a POSIX shell's (quotes work), and `add` takes exactly mktap's options.
+//! split like a POSIX shell's (quotes work), and `add` takes exactly mktap's options; `set`'s
+//! value is the rest of its line as written (its quotes are JSON's).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -27,11 +28,13 @@ commands:
   add PLUGIN [--name N] [OPTS]  add and start a service, with mktap's options for PLUGIN
   remove NAME                   stop a service (draining it) and remove it
   stop NAME | start NAME        stop (draining) or start a service; it stays in the application
-  set NAME FIELD VALUE          change one config field; live when the service can, else it restarts
+  set NAME FIELD VALUE          change one config field (VALUE: the rest of the line, as show prints
+                                values); live when the service can, else it restarts
   listen NAME ENDPOINT [KIND]   add an endpoint to a service (mail: KIND is smtp, pop3 or pop3s)
   unlisten NAME ENDPOINT        remove an endpoint (or the ADDR:PORT it listens on) from a service
   save [TAG]                    write the running application to <name>.tap or <name>-<TAG>.tap
-  log level LEVEL               change the log filter (error, warn, info, debug, trace, or a filter)
+  log level LEVEL               change the log filter: error, warn, info, debug, trace, off, or
+                                TARGET=LEVEL, comma-separated (warn,web=debug)
   shutdown                      stop every service gracefully, save the shutdown tap, exit
   quit                          leave the shell
 ";
@@ -53,6 +56,34 @@ enum Edit<'a> {
 
 fn error(e: impl std::fmt::Display) -> Outcome {
     Outcome::Reply(format!("error: {e}\n"))
+}
+
+/// clap's message without its usage and `--help` hint, on one line: `the following required
+/// arguments were not provided: --path <DIR>`.
+fn clap_message(text: &str) -> String {
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    match message.join(" ") {
+        joined if joined.is_empty() => "bad options".to_string(),
+        joined => joined.trim_start_matches("error: ").to_string(),
+    }
+}
+
+/// The first `n` whitespace-separated words of `line` (fewer if it has fewer), and the rest of
+/// the line after them, untouched.
+fn split_words(line: &str, n: usize) -> (Vec<&str>, &str) {
+    let mut words = Vec::with_capacity(n);
+    let mut rest = line.trim_start();
+    while words.len() < n && !rest.is_empty() {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        words.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    (words, rest)
 }
 
 fn format_duration(d: Duration) -> String {
@@ -80,29 +111,44 @@ fn resident_memory() -> Option<String> {
 }
 
 fn services_table(services: &[ServiceInfo]) -> String {
-    let mut out = format!(
-        "{:<16} {:<8} {:<8} {:>5}  {}\n",
-        "NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"
-    );
-    for s in services {
-        // Where the kernel chose the port, the address too: `unlisten` takes either.
-        let endpoints: Vec<String> = s
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(k, endpoint)| match s.addresses.get(k) {
-                Some(addr) if endpoint.port() == Some(0) => format!("{endpoint} ({addr})"),
-                _ => endpoint.to_string(),
-            })
-            .collect();
+    let rows: Vec<[String; 5]> = services
+        .iter()
+        .map(|s| {
+            // Where the kernel chose the port, the address too: `unlisten` takes either.
+            let endpoints: Vec<String> = s
+                .listen
+                .iter()
+                .enumerate()
+                .map(|(k, endpoint)| match s.addresses.get(k) {
+                    Some(addr) if endpoint.port() == Some(0) => format!("{endpoint} ({addr})"),
+                    _ => endpoint.to_string(),
+                })
+                .collect();
+            [
+                s.name.clone(),
+                s.plugin.clone(),
+                if s.running { "running" } else { "stopped" }.to_string(),
+                s.connections.to_string(),
+                endpoints.join(" "),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PLUGIN", "STATE", "CONNS", "ENDPOINTS"].map(String::from);
+    // Each column as wide as its widest cell.
+    let width = |column: usize| {
+        std::iter::once(&header)
+            .chain(&rows)
+            .map(|row| row[column].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (name, plugin, state, conns) = (width(0), width(1), width(2), width(3));
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
         let _ = writeln!(
             out,
-            "{:<16} {:<8} {:<8} {:>5}  {}",
-            s.name,
-            s.plugin,
-            if s.running { "running" } else { "stopped" },
-            s.connections,
-            endpoints.join(" ")
+            "{:<name$}  {:<plugin$}  {:<state$}  {:>conns$}  {}",
+            row[0], row[1], row[2], row[3], row[4]
         );
     }
     out
@@ -121,15 +167,24 @@ fn hide_hashes(value: &mut serde_json::Value) {
     }
 }
 
-/// A command-line value for a config field: JSON when it parses as JSON (`3`, `true`,
-/// `["a","b"]`, `"quoted"`), otherwise the text itself; for a list field, a plain value is a
-/// comma-separated list. A bare `null` is always JSON's: it clears an optional field (a field
-/// that is not one refuses it); the word itself is `"null"`.
+/// The value of `set NAME FIELD VALUE`, which is the rest of the line as written, read the way
+/// `show` prints values: JSON when it parses as JSON (`3`, `true`, `["a.html"]`, `"quoted"`,
+/// `null`), or as RON when it starts as a list, map or string does (`show` prints RON: `()` for
+/// nothing, a comma after the last item), otherwise the text itself; for a list field, a plain
+/// value is a comma-separated list. A bare `null` clears an optional field (a field that is
+/// not one refuses it); the word itself is `"null"`.
 fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
-    if text == "null" {
+    if text == "null" || text == "()" {
         return serde_json::Value::Null;
     }
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+    let parsed = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .or_else(|| {
+            text.starts_with(['[', '{', '"'])
+                .then(|| ron::from_str::<serde_json::Value>(text).ok())
+                .flatten()
+        });
+    if let Some(value) = parsed {
         // A bare word that happens to be JSON (a number for a string field) keeps its type
         // only where the field is not a string.
         if !matches!(current, Some(serde_json::Value::String(_))) || text.starts_with('"') {
@@ -165,6 +220,15 @@ impl Shell {
     }
 
     pub async fn execute(&self, line: &str) -> Outcome {
+        // `set` takes the rest of the line after the field name as it is: its quotes are the
+        // value's own (JSON's), not the shell's.
+        let (words, value) = split_words(line, 3);
+        if let ["set", name, field] = words.as_slice() {
+            return match value.trim() {
+                "" => error("wrong arguments for 'set'; type help"),
+                value => self.set(name, field, value).await,
+            };
+        }
         let Some(words) = shlex::split(line) else {
             return error("unbalanced quotes");
         };
@@ -218,7 +282,6 @@ impl Shell {
                 self.control.start_service(name).await,
                 format!("started {name}"),
             ),
-            ("set", [name, field, value]) => self.set(name, field, value).await,
             ("listen", [name, endpoint]) => self.listen(name, endpoint, Edit::Add(None)).await,
             ("listen", [name, endpoint, kind]) => {
                 self.listen(name, endpoint, Edit::Add(Some(kind))).await
@@ -294,15 +357,16 @@ impl Shell {
         }
         let matches = match maker.command().try_get_matches_from(&options) {
             Ok(m) => m,
-            Err(e) => {
-                let text = e.to_string();
-                return error(
-                    text.lines()
-                        .next()
-                        .unwrap_or("bad options")
-                        .trim_start_matches("error: "),
-                );
+            // `--help` and `--version` are answers, not errors.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                return Outcome::Reply(e.to_string());
             }
+            Err(e) => return error(clap_message(&e.to_string())),
         };
         let mut spec = match maker.spec_from_matches(&matches) {
             Ok(spec) => spec,
@@ -316,12 +380,10 @@ impl Shell {
             .map(|s| s.name)
             .collect();
         spec.name = match name {
-            Some(name) if !host::app::valid_name(&name) => {
-                return error(format!(
-                    "--name '{name}': use only letters, digits, '.', '-' and '_'"
-                ))
-            }
-            Some(name) => name,
+            Some(name) => match host::app::name_problem(&name) {
+                Some(problem) => return error(format!("--name '{name}': {problem}")),
+                None => name,
+            },
             None => {
                 let base = spec.plugin.clone();
                 std::iter::once(base.clone())
@@ -350,6 +412,9 @@ impl Shell {
             return error(format!("service '{name}' has no fields to set"));
         };
         let new = field_value(object.get(field), value);
+        if object.get(field) == Some(&new) {
+            return Outcome::Reply(format!("{name}.{field} unchanged\n"));
+        }
         object.insert(field.to_string(), new);
         // The shell's own service takes every config change live (TelnetService::reconfigure),
         // so this never restarts the service the session runs in.
@@ -425,6 +490,56 @@ mod tests {
         assert_eq!(field_value(None, "true"), json!(true));
         assert_eq!(field_value(Some(&json!("a.test")), "null"), json!(null));
         assert_eq!(field_value(Some(&json!("a")), r#""null""#), json!("null"));
+        // As `show` prints them.
+        assert_eq!(field_value(Some(&json!("a")), "()"), json!(null));
+        assert_eq!(
+            field_value(Some(&json!(["a"])), r#"["x.html", "y.htm",]"#),
+            json!(["x.html", "y.htm"])
+        );
+        assert_eq!(field_value(None, r#"{"a@b": "c", }"#), json!({"a@b": "c"}));
+        // Quotes inside a value are the value's.
+        assert_eq!(
+            field_value(Some(&json!(["a"])), r#"["a.html"]"#),
+            json!(["a.html"])
+        );
+        assert_eq!(field_value(Some(&json!(["a"])), r#"[""]"#), json!([""]));
+        assert_eq!(
+            field_value(Some(&json!("a")), "my dir/x"),
+            json!("my dir/x")
+        );
+    }
+
+    #[test]
+    fn set_takes_the_rest_of_the_line() {
+        assert_eq!(
+            split_words("  set web add_header [\"X-Test: 1\"] ", 3),
+            (vec!["set", "web", "add_header"], "[\"X-Test: 1\"] ")
+        );
+        assert_eq!(split_words("set web", 3), (vec!["set", "web"], ""));
+    }
+
+    #[test]
+    fn services_columns_fit_their_contents() {
+        let info = |name: &str, plugin: &str| ServiceInfo {
+            name: name.into(),
+            plugin: plugin.into(),
+            running: true,
+            connections: 12345,
+            listen: vec!["tcp:80".parse().expect("an endpoint")],
+            addresses: Vec::new(),
+        };
+        let table = services_table(&[info("web", "web"), info("pf", "portforward")]);
+        let columns: Vec<Vec<usize>> = table
+            .lines()
+            .map(|line| {
+                // Where each column starts: after two spaces or more.
+                let bytes = line.as_bytes();
+                (2..bytes.len())
+                    .filter(|&i| bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ')
+                    .collect()
+            })
+            .collect();
+        assert!(columns.iter().all(|c| c == &columns[0]), "{table}");
     }
 
     #[test]
