@@ -154,7 +154,17 @@ fn plaintext_auth_when_allowed_and_its_refusals() {
     );
     raw.expect("AUTH CRAM-MD5", "504 5.5.4");
     raw.expect("AUTH", "501 5.5.4");
-    raw.expect("AUTH PLAIN !!notbase64", "501 5.5.2");
+    let reply = raw.expect("AUTH PLAIN !!notbase64", "501 5.5.2");
+    assert!(reply.contains("cannot decode"), "{reply}");
+    // QA: `=` is an empty response (RFC 4954 4), decoded fine: a malformed PLAIN message, not
+    // undecodable base64. The same with the response sent after the 334.
+    let reply = raw.expect("AUTH PLAIN =", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
+    raw.expect("AUTH PLAIN", "334");
+    let reply = raw.expect("=", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
+    let reply = raw.expect("AUTH PLAIN bm8gbnVscw==", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
     raw.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
     raw.expect("*", "501 5.7.0");
     raw.expect("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
@@ -194,4 +204,26 @@ fn plaintext_auth_when_allowed_and_its_refusals() {
         "{}",
         stderr(&out)
     );
+}
+
+/// QA: STARTTLS in the middle of a mail transaction was taken (and the transaction thrown
+/// away unseen); Postfix answers 503. Before EHLO it is taken, as RFC 3207 does not ask for
+/// EHLO first and Postfix takes it too.
+#[test]
+fn starttls_is_refused_during_a_mail_transaction() {
+    let sb = Sandbox::new();
+    certificate(&sb);
+    let twistd = serve(&sb, &["-c", "cert.pem", "--privkey", "key.pem"]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("EHLO client.test", "250");
+    raw.expect("MAIL FROM:<a@remote.test>", "250");
+    let reply = raw.expect("STARTTLS", "503 5.5.1");
+    assert!(reply.contains("MAIL transaction in progress"), "{reply}");
+    raw.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
+    raw.expect("RSET", "250");
+    // The 220 is all this test wants: the handshake is never made.
+    raw.expect("STARTTLS", "220 2.0.0");
+
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("STARTTLS", "220 2.0.0");
 }

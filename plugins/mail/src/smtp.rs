@@ -23,6 +23,7 @@ use host::ServiceContext;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
+use tracing::field::display;
 
 use crate::aliases::Aliases;
 use crate::lines::{buffered_line, read_line, trim_eol, write_all_within, Line};
@@ -82,6 +83,21 @@ fn decode(text: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// The refusal of an AUTH response that is not base64 (or, for LOGIN, not of UTF-8 text).
+const UNDECODABLE: &str = "501 5.5.2 cannot decode the response: base64 of UTF-8 text expected";
+
+/// A PLAIN message (RFC 4616): authzid NUL authcid NUL password, as the user, the password,
+/// and whether the authzid allows the login (empty, or the user itself: any other fails as a
+/// wrong password does, 535 after the same wait).
+fn parse_plain(plain: &[u8]) -> Option<(String, String, bool)> {
+    let mut parts = plain.splitn(3, |&b| b == 0);
+    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let allowed = authzid.is_empty() || authzid.eq_ignore_ascii_case(&user);
+    Some((user, password, allowed))
 }
 
 /// Queue ids for Received headers and logs: the time, the process and a counter, so two
@@ -725,6 +741,12 @@ impl Session {
             self.refuse("503 5.5.1 TLS is already active");
             return Ok(());
         }
+        // The handshake would throw the transaction away unseen (as Postfix, 503). Before EHLO
+        // STARTTLS is taken: RFC 3207 does not ask for EHLO first, and neither does Postfix.
+        if self.sender.is_some() {
+            self.refuse("503 5.5.1 MAIL transaction in progress: RSET first");
+            return Ok(());
+        }
         self.reply("220 2.0.0 ready to start TLS");
         self.flush().await.map_err(|_| End::Gone)?;
         if !self.io.buffer().is_empty() {
@@ -779,16 +801,14 @@ impl Session {
                         None => return Ok(()),
                     },
                 };
-                decode(&response).and_then(|plain| {
-                    // authzid NUL authcid NUL password; an authzid other than the user fails
-                    // as a wrong password does (535, after the same wait).
-                    let mut parts = plain.splitn(3, |&b| b == 0);
-                    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let allowed = authzid.is_empty() || authzid.eq_ignore_ascii_case(&user);
-                    Some((user, password, allowed))
-                })
+                // `=` is an empty response (RFC 4954 4), which no PLAIN message is.
+                match decode(&response) {
+                    None => Err(UNDECODABLE),
+                    Some(plain) => parse_plain(&plain).ok_or(
+                        "501 5.5.2 malformed PLAIN message: \
+                         authorization id NUL user NUL password, in UTF-8",
+                    ),
+                }
             }
             "LOGIN" => {
                 let user = match initial {
@@ -801,9 +821,12 @@ impl Session {
                 let Some(password) = self.challenge("UGFzc3dvcmQ6").await? else {
                     return Ok(());
                 };
-                decode(&user).zip(decode(&password)).and_then(|(u, p)| {
-                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?, true))
-                })
+                decode(&user)
+                    .zip(decode(&password))
+                    .and_then(|(u, p)| {
+                        Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?, true))
+                    })
+                    .ok_or(UNDECODABLE)
             }
             "" => {
                 self.refuse("501 5.5.4 syntax: AUTH mechanism [initial-response]");
@@ -814,9 +837,12 @@ impl Session {
                 return Ok(());
             }
         };
-        let Some((user, password, allowed)) = credentials else {
-            self.refuse("501 5.5.2 cannot decode the response");
-            return Ok(());
+        let (user, password, allowed) = match credentials {
+            Ok(credentials) => credentials,
+            Err(refusal) => {
+                self.refuse(refusal);
+                return Ok(());
+            }
         };
         let account = smtp
             .directory
@@ -1018,12 +1044,20 @@ impl Session {
         drop(body);
         match smtp.deliverer.deliver_each(targets).await {
             Ok(()) => {
+                // A field with nothing to say is left out (`to=` with only relayed recipients).
+                let local = recipients
+                    .iter()
+                    .map(|(_, m)| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let relay = relayed.join(",");
+                let nonempty = |text: String| (!text.is_empty()).then(|| display(text));
                 tracing::info!(
                     peer = %self.peer,
                     id = %id,
                     from = %sender,
-                    to = %recipients.iter().map(|(_, m)| m.to_string()).collect::<Vec<_>>().join(","),
-                    relay = %relayed.join(","),
+                    to = nonempty(local),
+                    relay = nonempty(relay),
                     "delivered"
                 );
                 if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
