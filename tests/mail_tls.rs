@@ -227,3 +227,36 @@ fn starttls_is_refused_during_a_mail_transaction() {
     let mut raw = Raw::smtp(twistd.addr(0));
     raw.expect("STARTTLS", "220 2.0.0");
 }
+
+/// QA: before login, with passwords refused until STLS, the error listed USER and PASS, which
+/// cannot work then, and not STLS; `STLS extra` was taken, though RFC 2595 4 gives STLS no
+/// argument.
+#[test]
+fn pop3_names_the_commands_that_work_before_login_and_stls_takes_no_argument() {
+    let sb = Sandbox::new();
+    certificate(&sb);
+    let twistd = serve(&sb, &["-c", "cert.pem", "--privkey", "key.pem"]);
+    let mut pop = Raw::connect(twistd.addr(1));
+    assert!(pop.line().starts_with("+OK"));
+    pop.send(b"NOOP\r\n");
+    assert_eq!(
+        pop.line(),
+        "-ERR not valid before login (STLS, CAPA, QUIT)\r\n"
+    );
+    pop.send(b"STLS extra\r\n");
+    let reply = pop.line();
+    assert!(reply.starts_with("-ERR syntax"), "{reply}");
+    pop.send(b"STLS\r\n");
+    assert!(pop.line().starts_with("+OK begin TLS"));
+
+    // Without a certificate, passwords are taken in plain text and there is no STLS.
+    let plain = Sandbox::new();
+    let twistd = serve(&plain, &[]);
+    let mut pop = Raw::connect(twistd.addr(1));
+    pop.line();
+    pop.send(b"NOOP\r\n");
+    assert_eq!(
+        pop.line(),
+        "-ERR not valid before login (USER, PASS, CAPA, QUIT)\r\n"
+    );
+}
