@@ -296,7 +296,9 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
         format!("Subject: long\r\n\r\n{z}\r\n"),
         "500 5.5.2",
     );
-    let dotted = format!(".{}\r\n", "z".repeat(998));
+    // 999 octets once its stuffed dot is gone (a legal 998 is taken: see
+    // a_dot_stuffed_line_of_998_octets_is_not_too_long).
+    let dotted = format!("..{}\r\n", "z".repeat(998));
     refused(
         &mut raw,
         format!("Subject: long\r\n\r\n{dotted}"),
@@ -348,6 +350,159 @@ fn every_rejection_has_its_code_and_the_session_goes_on() {
     assert_eq!(bob.len(), 1);
     assert!(bob[0].1.starts_with("Return-Path: <bare@remote.test>\n"));
     raw.expect("QUIT", "221");
+}
+
+/// QA: a 990-character EHLO name went into `Received: from NAME`, a header line over 998
+/// octets, which the next server (taphost itself) refused, bouncing the relayed message; a name
+/// with parentheses broke the Received comment; an address literal of no address was taken.
+#[test]
+fn ehlo_names_and_paths_that_would_spoil_header_lines_are_refused() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let long = "h".repeat(990);
+    for name in [
+        long.as_str(),
+        &"h".repeat(256),
+        "x)(y",
+        "(evil)",
+        "x;by",
+        "a b",
+        "[999.1.1.1]",
+        "[127.0.0.1",
+        "j\u{f6}rg",
+    ] {
+        for verb in ["EHLO", "HELO"] {
+            let reply = raw.expect(&format!("{verb} {name}"), "501 5.5.2");
+            assert!(reply.contains(verb), "a clear text: {reply}");
+        }
+    }
+    for name in [
+        "[127.0.0.1]",
+        "[IPv6:::1]",
+        "mail_relay-1.client.test",
+        "localhost",
+    ] {
+        raw.expect(&format!("EHLO {name}"), "250");
+    }
+    // A new session: the one above is near the error limit. The longest name taken, and the
+    // longest paths (256 octets with the brackets).
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let longest = "h".repeat(255);
+    raw.expect(&format!("EHLO {longest}"), "250");
+    let sender = format!("{}@{}.test", "s".repeat(64), "d".repeat(254 - 64 - 6));
+    assert_eq!(sender.len(), 254);
+    for path in [
+        format!("<x{sender}>"),
+        format!("<{}@b.test>", "a".repeat(600)),
+    ] {
+        let reply = raw.expect(&format!("MAIL FROM:{path}"), "501 5.1.7");
+        assert!(reply.contains("path too long"), "{reply}");
+    }
+    let reply = raw.expect("MAIL FROM:<x@[999.1.1.1]>", "501 5.1.7");
+    assert!(reply.contains("address literal"), "{reply}");
+    raw.expect("MAIL FROM:<x@[IPv6:2001:db8::1]>", "250 2.1.0");
+    raw.expect("RSET", "250");
+    raw.expect(&format!("MAIL FROM:<{sender}>"), "250 2.1.0");
+    let reply = raw.expect(
+        &format!("RCPT TO:<{}@example.com>", "a".repeat(250)),
+        "501 5.1.3",
+    );
+    assert!(reply.contains("path too long"), "{reply}");
+    let reply = raw.expect("RCPT TO:<x@[1.2.3]>", "501 5.1.3");
+    assert!(reply.contains("address literal"), "{reply}");
+    raw.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
+    raw.expect("DATA", "354");
+    raw.send(b"Subject: longest names\r\n\r\nhi\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    raw.expect("QUIT", "221");
+    let alice = files(&sb, "alice", "new");
+    let text = &alice[0].1;
+    assert!(
+        text.starts_with(&format!(
+            "Return-Path: <{sender}>\nReceived: from {longest} ([127.0.0.1])\n"
+        )),
+        "{text}"
+    );
+    let widest = text.lines().map(str::len).max().unwrap_or(0);
+    assert!(widest <= 998, "a header line of {widest} octets");
+}
+
+/// QA: DATA whose first line is no header field was stored right after the Return-Path and
+/// Received lines written here, with no empty line: the mailbox saw a header section without
+/// an end (MissingHeaderBodySeparatorDefect). An empty line now goes before such a line, as
+/// Postfix's cleanup puts one.
+#[test]
+fn a_line_that_is_no_header_field_starts_the_body_after_an_empty_line() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    let messages: &[&[u8]] = &[
+        b"x\r\n",
+        b"no header line\r\nsecond\r\n",
+        b"Subject: two\r\nnot a header\r\n\r\nafter\r\n",
+        b"Subject: three\r\n folded: on\r\n\r\nbody three\r\n",
+        b" leading space\r\n",
+        b"Subject : obsolete space\r\n",
+    ];
+    for message in messages {
+        start_data(&mut raw, "alice@example.com");
+        raw.send(message);
+        raw.send(b".\r\n");
+        let reply = raw.reply();
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    raw.expect("QUIT", "221");
+    let out = python(
+        sb.path(),
+        r#"
+import mailbox
+for m in mailbox.Maildir('maildir/alice', factory=None, create=False):
+    print(repr((m.defects, m['Subject'], m.get_payload())))
+"#,
+        &[],
+    );
+    let mut seen: Vec<&str> = out.lines().collect();
+    seen.sort();
+    let mut expected = [
+        r"([], None, 'x\n')",
+        r"([], None, 'no header line\nsecond\n')",
+        r"([], 'two', 'not a header\n\nafter\n')",
+        r"([], 'three\n folded: on', 'body three\n')",
+        r"([], None, ' leading space\n')",
+        r"([], None, 'Subject : obsolete space\n')",
+    ];
+    expected.sort();
+    assert_eq!(seen, expected, "{out}");
+    for (_, text) in files(&sb, "alice", "new") {
+        let (head, _) = text.split_once("\n\n").expect("an empty line");
+        assert!(
+            head.lines()
+                .all(|l| l.contains(':') || l.starts_with('\t') || l.starts_with(' ')),
+            "{text}"
+        );
+    }
+}
+
+/// QA: the 1000-octet limit was applied to the line as sent, so a legal 998-octet line starting
+/// with a dot (999 octets once stuffed) was refused. RFC 5321 4.5.2: the limit is the line's.
+#[test]
+fn a_dot_stuffed_line_of_998_octets_is_not_too_long() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    start_data(&mut raw, "alice@example.com");
+    let line = format!(".{}", "z".repeat(997));
+    raw.send(format!("Subject: dotted\r\n\r\n.{line}\r\n.\r\n").as_bytes());
+    let reply = raw.reply();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    raw.expect("QUIT", "221");
+    let alice = files(&sb, "alice", "new");
+    assert!(
+        alice[0].1.ends_with(&format!("\n\n{line}\n")),
+        "{}",
+        alice[0].1
+    );
 }
 
 #[test]

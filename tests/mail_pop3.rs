@@ -282,3 +282,27 @@ p.quit()
     assert_eq!(out, "2 True\n");
     drop(twistd);
 }
+
+/// QA: QUIT said "(1 messages left)".
+#[test]
+fn quit_counts_the_messages_left_in_words() {
+    let sb = Sandbox::new();
+    let twistd = serve(&sb, &[]);
+    let quit = |expected: &str| {
+        let mut pop = Raw::connect(twistd.addr(1));
+        pop.line();
+        pop.send(b"USER alice\r\nPASS wonderland\r\nQUIT\r\n");
+        pop.line();
+        pop.line();
+        assert_eq!(pop.line(), format!("+OK bye ({expected} left)\r\n"));
+    };
+    quit("0 messages");
+    let mut raw = Raw::smtp(twistd.addr(0));
+    for _ in 0..2 {
+        start_data(&mut raw, "alice@example.com");
+        raw.send(b"Subject: one more\r\n\r\nhi\r\n.\r\n");
+        assert!(raw.reply().starts_with("250 2.0.0"));
+        let left = files(&sb, "alice", "new").len();
+        quit(if left == 1 { "1 message" } else { "2 messages" });
+    }
+}

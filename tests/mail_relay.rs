@@ -291,6 +291,51 @@ fn aliases_forward_through_the_relay_and_a_recipient_is_queued_once() {
     assert_eq!(carol_subjects(&b), ["listed"]);
 }
 
+/// QA: the relay queue's copy of a message whose first line is no header field had the
+/// Received line glued to it as well (the next server then stored it without an empty line
+/// after the header section), and the delivery log line of a message with only relayed
+/// recipients said `to= relay=...`.
+#[test]
+fn a_relayed_message_without_header_fields_gets_its_empty_line_and_the_log_no_empty_to() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let port = free_port();
+    let _remote = smarthost(&b, port);
+    let mut twistd = relay_via(&a, &format!("127.0.0.1:{port}"), &[], &[]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("EHLO client.test", "250");
+    raw.expect("MAIL FROM:<alice@example.com>", "250");
+    raw.expect("RCPT TO:<carol@remote.test>", "250 2.1.5");
+    raw.expect("DATA", "354");
+    raw.send(b"no header line\r\nsecond\r\n.\r\n");
+    assert!(raw.reply().starts_with("250 2.0.0"));
+    raw.expect("QUIT", "221");
+    wait_until("carol has the message", || {
+        count(&b.join("maildir/carol/new")) == 1
+    });
+    let carol = files(&b, "carol", "new");
+    assert!(
+        carol[0].1.ends_with("\n\nno header line\nsecond\n"),
+        "{}",
+        carol[0].1
+    );
+    let out = python(
+        b.path(),
+        r#"
+import mailbox
+for m in mailbox.Maildir('maildir/carol', factory=None, create=False):
+    print(repr((m.defects, m.get_payload())))
+"#,
+        &[],
+    );
+    assert_eq!(out, "([], 'no header line\\nsecond\\n')\n");
+    let delivered = twistd.logged("delivered");
+    let fields: Vec<&str> = delivered.split_whitespace().collect();
+    assert!(
+        fields.contains(&"relay=carol@remote.test") && !fields.iter().any(|f| f.starts_with("to=")),
+        "{delivered}"
+    );
+}
+
 /// Sends one message from alice to carol@remote.test through the relay at `addr`.
 /// Two servers on one relay queue (two processes here; a restarted service's old and new
 /// instances alike): one worker delivers from it at a time, the other waits, then takes over.

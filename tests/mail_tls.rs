@@ -154,7 +154,17 @@ fn plaintext_auth_when_allowed_and_its_refusals() {
     );
     raw.expect("AUTH CRAM-MD5", "504 5.5.4");
     raw.expect("AUTH", "501 5.5.4");
-    raw.expect("AUTH PLAIN !!notbase64", "501 5.5.2");
+    let reply = raw.expect("AUTH PLAIN !!notbase64", "501 5.5.2");
+    assert!(reply.contains("cannot decode"), "{reply}");
+    // QA: `=` is an empty response (RFC 4954 4), decoded fine: a malformed PLAIN message, not
+    // undecodable base64. The same with the response sent after the 334.
+    let reply = raw.expect("AUTH PLAIN =", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
+    raw.expect("AUTH PLAIN", "334");
+    let reply = raw.expect("=", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
+    let reply = raw.expect("AUTH PLAIN bm8gbnVscw==", "501 5.5.2");
+    assert!(reply.contains("malformed PLAIN message"), "{reply}");
     raw.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
     raw.expect("*", "501 5.7.0");
     raw.expect("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
@@ -193,5 +203,60 @@ fn plaintext_auth_when_allowed_and_its_refusals() {
         stderr(&out).contains("--certificate missing.pem"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// QA: STARTTLS in the middle of a mail transaction was taken (and the transaction thrown
+/// away unseen); Postfix answers 503. Before EHLO it is taken, as RFC 3207 does not ask for
+/// EHLO first and Postfix takes it too.
+#[test]
+fn starttls_is_refused_during_a_mail_transaction() {
+    let sb = Sandbox::new();
+    certificate(&sb);
+    let twistd = serve(&sb, &["-c", "cert.pem", "--privkey", "key.pem"]);
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("EHLO client.test", "250");
+    raw.expect("MAIL FROM:<a@remote.test>", "250");
+    let reply = raw.expect("STARTTLS", "503 5.5.1");
+    assert!(reply.contains("MAIL transaction in progress"), "{reply}");
+    raw.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
+    raw.expect("RSET", "250");
+    // The 220 is all this test wants: the handshake is never made.
+    raw.expect("STARTTLS", "220 2.0.0");
+
+    let mut raw = Raw::smtp(twistd.addr(0));
+    raw.expect("STARTTLS", "220 2.0.0");
+}
+
+/// QA: before login, with passwords refused until STLS, the error listed USER and PASS, which
+/// cannot work then, and not STLS; `STLS extra` was taken, though RFC 2595 4 gives STLS no
+/// argument.
+#[test]
+fn pop3_names_the_commands_that_work_before_login_and_stls_takes_no_argument() {
+    let sb = Sandbox::new();
+    certificate(&sb);
+    let twistd = serve(&sb, &["-c", "cert.pem", "--privkey", "key.pem"]);
+    let mut pop = Raw::connect(twistd.addr(1));
+    assert!(pop.line().starts_with("+OK"));
+    pop.send(b"NOOP\r\n");
+    assert_eq!(
+        pop.line(),
+        "-ERR not valid before login (STLS, CAPA, QUIT)\r\n"
+    );
+    pop.send(b"STLS extra\r\n");
+    let reply = pop.line();
+    assert!(reply.starts_with("-ERR syntax"), "{reply}");
+    pop.send(b"STLS\r\n");
+    assert!(pop.line().starts_with("+OK begin TLS"));
+
+    // Without a certificate, passwords are taken in plain text and there is no STLS.
+    let plain = Sandbox::new();
+    let twistd = serve(&plain, &[]);
+    let mut pop = Raw::connect(twistd.addr(1));
+    pop.line();
+    pop.send(b"NOOP\r\n");
+    assert_eq!(
+        pop.line(),
+        "-ERR not valid before login (USER, PASS, CAPA, QUIT)\r\n"
     );
 }

@@ -224,6 +224,8 @@ impl Session {
 
     async fn authorization(&mut self, pop3: &Pop3, verb: &str, arg: &str) {
         match verb {
+            // RFC 2595 4: STLS takes no argument.
+            "STLS" if !arg.is_empty() => self.reply("-ERR syntax: STLS takes no argument"),
             "STLS" => self.stls(pop3).await,
             "USER" | "PASS" if !pop3.takes_passwords(self.io.get_ref().is_tls()) => {
                 self.reply("-ERR [AUTH] plaintext authentication is disallowed without TLS (STLS)")
@@ -239,7 +241,22 @@ impl Session {
                 };
                 self.login(pop3, &user, arg).await;
             }
-            _ => self.reply("-ERR not valid before login (USER, PASS, CAPA, QUIT)"),
+            _ => {
+                // Only the commands that can work now.
+                let tls = self.io.get_ref().is_tls();
+                let mut valid = Vec::with_capacity(5);
+                if pop3.takes_passwords(tls) {
+                    valid.extend(["USER", "PASS"]);
+                }
+                if pop3.tls.is_some() && !tls {
+                    valid.push("STLS");
+                }
+                valid.extend(["CAPA", "QUIT"]);
+                self.reply(&format!(
+                    "-ERR not valid before login ({})",
+                    valid.join(", ")
+                ));
+            }
         }
     }
 
@@ -452,7 +469,8 @@ impl Session {
             .unwrap_or(false);
         drop(t);
         if removed {
-            self.reply(&format!("+OK bye ({left} messages left)"));
+            let plural = if left == 1 { "" } else { "s" };
+            self.reply(&format!("+OK bye ({left} message{plural} left)"));
         } else {
             self.reply("-ERR [SYS/PERM] some deleted messages were not removed");
         }

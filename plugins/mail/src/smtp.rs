@@ -23,6 +23,7 @@ use host::ServiceContext;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
+use tracing::field::display;
 
 use crate::aliases::Aliases;
 use crate::lines::{buffered_line, read_line, trim_eol, write_all_within, Line};
@@ -34,6 +35,10 @@ use crate::users::{is_domain_name, verify_password, Directory, Mailbox, Route};
 /// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Command lines get the
 /// same limit (the RFC's 512 is a floor servers may exceed).
 pub const MAX_LINE: usize = 1000;
+/// RFC 5321 4.5.3.1.3: a reverse- or forward-path is at most 256 octets, brackets included.
+pub const MAX_PATH: usize = 256;
+/// RFC 5321 4.5.3.1.2: a domain is at most 255 octets (the longest EHLO/HELO name taken).
+pub const MAX_DOMAIN: usize = 255;
 /// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients; more get 452.
 pub const MAX_RECIPIENTS: usize = 100;
 /// RFC 5321 4.5.3.2.7: at least five minutes for a command; the same for each line of DATA.
@@ -78,6 +83,21 @@ fn decode(text: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// The refusal of an AUTH response that is not base64 (or, for LOGIN, not of UTF-8 text).
+const UNDECODABLE: &str = "501 5.5.2 cannot decode the response: base64 of UTF-8 text expected";
+
+/// A PLAIN message (RFC 4616): authzid NUL authcid NUL password, as the user, the password,
+/// and whether the authzid allows the login (empty, or the user itself: any other fails as a
+/// wrong password does, 535 after the same wait).
+fn parse_plain(plain: &[u8]) -> Option<(String, String, bool)> {
+    let mut parts = plain.splitn(3, |&b| b == 0);
+    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let allowed = authzid.is_empty() || authzid.eq_ignore_ascii_case(&user);
+    Some((user, password, allowed))
 }
 
 /// Queue ids for Received headers and logs: the time, the process and a counter, so two
@@ -164,9 +184,10 @@ pub async fn session(smtp: Arc<Smtp>, ctx: ServiceContext, stream: Conn, peer: P
                 if s.io.buffer().is_empty() && s.flush().await.is_err() {
                     return;
                 }
+                let wait = wait_line(&mut s.io, s.deadline.as_mut(), MAX_LINE, &mut s.line, &ctx);
                 tokio::select! {
                     biased;
-                    read = wait_line(&mut s.io, s.deadline.as_mut(), &mut s.line, &ctx) => read,
+                    read = wait => read,
                     () = ctx.stopping() => {
                         s.reply("421 4.3.2 service shutting down, try again later");
                         break;
@@ -225,11 +246,12 @@ impl Stalled {
     }
 }
 
-/// Reads a line into `out` ([`read_line`]), for at most [`COMMAND_TIMEOUT`] from now and no
-/// later than the service's drain deadline.
+/// Reads a line of at most `max` octets into `out` ([`read_line`]), for at most
+/// [`COMMAND_TIMEOUT`] from now and no later than the service's drain deadline.
 async fn wait_line(
     io: &mut BufReader<Conn>,
     mut deadline: Pin<&mut Sleep>,
+    max: usize,
     out: &mut Vec<u8>,
     ctx: &ServiceContext,
 ) -> Result<std::io::Result<Line>, Stalled> {
@@ -238,10 +260,19 @@ async fn wait_line(
         .reset(tokio::time::Instant::now() + COMMAND_TIMEOUT);
     tokio::select! {
         biased;
-        read = read_line(io, MAX_LINE, out) => Ok(read),
+        read = read_line(io, max, out) => Ok(read),
         () = deadline => Err(Stalled::TimedOut),
         () = ctx.aborted() => Err(Stalled::Aborted),
     }
+}
+
+/// The name of a header field that `line` starts (RFC 5322 2.2: printable ASCII but the colon,
+/// then a colon); `None` when it is no header field.
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let end = line
+        .iter()
+        .position(|&b| b == b':' || !(b'!'..=b'~').contains(&b))?;
+    (end > 0 && line[end] == b':').then(|| &line[..end])
 }
 
 /// `verb` in upper case, in `buffer`; empty if longer than any verb.
@@ -272,8 +303,11 @@ fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 /// Postfix does (`"alice"@example.com` is alice's), and so does a trailing dot of the domain.
 /// An address without the angle brackets is taken too, up to the first space, as Postfix
 /// takes it by default (`strict_rfc821_envelopes = no`): RFC 5321 wants the brackets, but
-/// some scripts and appliances leave them out.
-fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
+/// some scripts and appliances leave them out. A path over RFC 5321 4.5.3.1.3's 256 octets
+/// (brackets and source route included) is refused, which keeps the `Return-Path:` and
+/// `for <...>` header lines made of it within RFC 5322's 998, and so is a domain that is an
+/// address literal of no valid address (`[999.1.1.1]`).
+fn parse_path(rest: &str, allow_null: bool) -> Result<(String, &str), PathError> {
     let (inside, params) = match rest.strip_prefix('<') {
         Some(rest) => {
             // The path ends at the first `>` outside a quoted string.
@@ -287,7 +321,8 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
                     _ => {}
                 }
                 false
-            })?;
+            });
+            let end = end.ok_or(PathError::Syntax)?;
             (&rest[..end], &rest[end + 1..])
         }
         None => {
@@ -295,23 +330,26 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
             let inside = &rest[..end];
             // `<>` has no bracket-less form, and a bracket of it is no address.
             if inside.is_empty() || inside.contains(['<', '>']) {
-                return None;
+                return Err(PathError::Syntax);
             }
             (inside, &rest[end..])
         }
     };
     if !params.is_empty() && !params.starts_with(' ') {
-        return None;
+        return Err(PathError::Syntax);
+    }
+    if inside.len() + 2 > MAX_PATH {
+        return Err(PathError::TooLong);
     }
     let inside = match inside.strip_prefix('@') {
-        Some(routed) => routed.split_once(':')?.1,
+        Some(routed) => routed.split_once(':').ok_or(PathError::Syntax)?.1,
         None => inside,
     };
     if inside.is_empty() {
-        return allow_null.then(|| (String::new(), params.trim()));
-    }
-    if inside.len() > 254 {
-        return None;
+        return match allow_null {
+            true => Ok((String::new(), params.trim())),
+            false => Err(PathError::Syntax),
+        };
     }
     let (local, domain) = match inside.rsplit_once('@') {
         Some((local, domain)) => (local, Some(domain)),
@@ -323,9 +361,9 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
             .any(|b| b <= b' ' || b >= 0x7f || b"<>\"".contains(&b))
     };
     let local = match local.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
-        Some(quoted) => unquote(quoted)?,
+        Some(quoted) => unquote(quoted).ok_or(PathError::Syntax)?,
         None if plain(local) && !local.is_empty() => local.to_string(),
-        None => return None,
+        None => return Err(PathError::Syntax),
     };
     let address = match domain {
         Some(domain) => {
@@ -334,13 +372,85 @@ fn parse_path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
                 .filter(|d| !d.is_empty())
                 .unwrap_or(domain);
             if domain.is_empty() || !plain(domain) {
-                return None;
+                return Err(PathError::Syntax);
+            }
+            if domain.starts_with('[') && !is_address_literal(domain) {
+                return Err(PathError::BadLiteral);
             }
             format!("{local}@{domain}")
         }
         None => local,
     };
-    Some((address, params.trim()))
+    Ok((address, params.trim()))
+}
+
+/// Why [`parse_path`] refused a path.
+#[derive(Debug, PartialEq, Eq)]
+enum PathError {
+    Syntax,
+    /// Over [`MAX_PATH`].
+    TooLong,
+    /// A domain in brackets that is no IPv4 or `IPv6:` address.
+    BadLiteral,
+}
+
+impl PathError {
+    /// The reply, with the enhanced code for a bad sender (5.1.7) or recipient (5.1.3)
+    /// address (RFC 3463), and `usage` for a syntax error.
+    fn reply(&self, code: &str, usage: &str) -> String {
+        match self {
+            PathError::Syntax => format!("501 {code} syntax: {usage}"),
+            PathError::TooLong => {
+                format!("501 {code} path too long (at most {MAX_PATH} octets with the brackets)")
+            }
+            PathError::BadLiteral => format!(
+                "501 {code} bad address literal after the @: [192.0.2.1] or [IPv6:2001:db8::1]"
+            ),
+        }
+    }
+}
+
+/// An RFC 5321 4.1.3 address literal of an IPv4 or IPv6 address: `[192.0.2.1]`,
+/// `[IPv6:2001:db8::1]` (the general, tagged form names no address we could reach).
+fn is_address_literal(text: &str) -> bool {
+    let Some(inside) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else {
+        return false;
+    };
+    match inside.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
+            inside[5..].parse::<std::net::Ipv6Addr>().is_ok()
+        }
+        _ => inside.parse::<std::net::Ipv4Addr>().is_ok(),
+    }
+}
+
+/// Why an EHLO/HELO name cannot be taken (it goes into `Received: from NAME`), as the reply;
+/// `None` when it can: a name of letters, digits, '.', '-' and '_' (which real clients put in
+/// their names, though DNS host names have none), or an address literal, of at most 255
+/// octets (RFC 5321 4.5.3.1.2's longest domain).
+fn helo_refusal(verb: &str, name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(format!("501 5.5.4 syntax: {verb} hostname"));
+    }
+    if name.len() > MAX_DOMAIN {
+        return Some(format!(
+            "501 5.5.2 {verb} name too long (at most {MAX_DOMAIN} octets)"
+        ));
+    }
+    if name.starts_with('[') {
+        return (!is_address_literal(name)).then(|| {
+            format!(
+                "501 5.5.2 invalid address literal in {verb}: [192.0.2.1] or [IPv6:2001:db8::1]"
+            )
+        });
+    }
+    let valid = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    (!name.bytes().all(valid)).then(|| {
+        format!(
+            "501 5.5.2 invalid {verb} name: a domain name (letters, digits, '.', '-', '_') \
+             or an address literal"
+        )
+    })
 }
 
 /// The local part written by a quoted string's content (RFC 5321 qtextSMTP and
@@ -403,11 +513,16 @@ impl Session {
             Some((verb, args)) => (verb, args.trim()),
             None => (line, ""),
         };
-        match uppercase_verb(verb, &mut [0; 8]) {
-            // The name goes into Received headers: printable ASCII only, one word.
-            "EHLO" | "HELO" if args.is_empty() || !args.bytes().all(|b| b.is_ascii_graphic()) => {
-                self.refuse(&format!("501 5.5.4 syntax: {verb} hostname"));
+        let mut buffer = [0; 8];
+        let verb = uppercase_verb(verb, &mut buffer);
+        // The name goes into Received headers: a domain or address literal only.
+        if matches!(verb, "EHLO" | "HELO") {
+            if let Some(refusal) = helo_refusal(verb, args) {
+                self.refuse(&refusal);
+                return Ok(());
             }
+        }
+        match verb {
             "EHLO" => {
                 self.reset();
                 self.helo = Some(args.to_string());
@@ -471,9 +586,13 @@ impl Session {
         if self.sender.is_some() {
             return self.refuse("503 5.5.1 nested MAIL command");
         }
-        let Some((sender, params)) = after_keyword(args, "FROM:").and_then(|r| parse_path(r, true))
-        else {
-            return self.refuse("501 5.1.7 syntax: MAIL FROM:<address>");
+        let parsed = match after_keyword(args, "FROM:") {
+            Some(rest) => parse_path(rest, true),
+            None => Err(PathError::Syntax),
+        };
+        let (sender, params) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(&e.reply("5.1.7", "MAIL FROM:<address>")),
         };
         for param in params.split_ascii_whitespace() {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
@@ -507,9 +626,13 @@ impl Session {
         if self.sender.is_none() {
             return self.refuse("503 5.5.1 need MAIL before RCPT");
         }
-        let Some((address, params)) = after_keyword(args, "TO:").and_then(|r| parse_path(r, false))
-        else {
-            return self.refuse("501 5.1.3 syntax: RCPT TO:<address>");
+        let parsed = match after_keyword(args, "TO:") {
+            Some(rest) => parse_path(rest, false),
+            None => Err(PathError::Syntax),
+        };
+        let (address, params) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(&e.reply("5.1.3", "RCPT TO:<address>")),
         };
         if !params.is_empty() {
             return self.refuse("555 5.5.4 RCPT parameters are not supported");
@@ -618,6 +741,12 @@ impl Session {
             self.refuse("503 5.5.1 TLS is already active");
             return Ok(());
         }
+        // The handshake would throw the transaction away unseen (as Postfix, 503). Before EHLO
+        // STARTTLS is taken: RFC 3207 does not ask for EHLO first, and neither does Postfix.
+        if self.sender.is_some() {
+            self.refuse("503 5.5.1 MAIL transaction in progress: RSET first");
+            return Ok(());
+        }
         self.reply("220 2.0.0 ready to start TLS");
         self.flush().await.map_err(|_| End::Gone)?;
         if !self.io.buffer().is_empty() {
@@ -672,16 +801,14 @@ impl Session {
                         None => return Ok(()),
                     },
                 };
-                decode(&response).and_then(|plain| {
-                    // authzid NUL authcid NUL password; an authzid other than the user fails
-                    // as a wrong password does (535, after the same wait).
-                    let mut parts = plain.splitn(3, |&b| b == 0);
-                    let authzid = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                    let allowed = authzid.is_empty() || authzid.eq_ignore_ascii_case(&user);
-                    Some((user, password, allowed))
-                })
+                // `=` is an empty response (RFC 4954 4), which no PLAIN message is.
+                match decode(&response) {
+                    None => Err(UNDECODABLE),
+                    Some(plain) => parse_plain(&plain).ok_or(
+                        "501 5.5.2 malformed PLAIN message: \
+                         authorization id NUL user NUL password, in UTF-8",
+                    ),
+                }
             }
             "LOGIN" => {
                 let user = match initial {
@@ -694,9 +821,12 @@ impl Session {
                 let Some(password) = self.challenge("UGFzc3dvcmQ6").await? else {
                     return Ok(());
                 };
-                decode(&user).zip(decode(&password)).and_then(|(u, p)| {
-                    Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?, true))
-                })
+                decode(&user)
+                    .zip(decode(&password))
+                    .and_then(|(u, p)| {
+                        Some((String::from_utf8(u).ok()?, String::from_utf8(p).ok()?, true))
+                    })
+                    .ok_or(UNDECODABLE)
             }
             "" => {
                 self.refuse("501 5.5.4 syntax: AUTH mechanism [initial-response]");
@@ -707,9 +837,12 @@ impl Session {
                 return Ok(());
             }
         };
-        let Some((user, password, allowed)) = credentials else {
-            self.refuse("501 5.5.2 cannot decode the response");
-            return Ok(());
+        let (user, password, allowed) = match credentials {
+            Ok(credentials) => credentials,
+            Err(refusal) => {
+                self.refuse(refusal);
+                return Ok(());
+            }
         };
         let account = smtp
             .directory
@@ -742,7 +875,7 @@ impl Session {
     async fn challenge(&mut self, text: &str) -> Result<Option<String>, End> {
         self.reply(&format!("334 {text}"));
         self.flush().await.map_err(|_| End::Gone)?;
-        let read = self.read_text().await;
+        let read = self.read_text(MAX_LINE).await;
         match read {
             Err(stalled) => {
                 self.reply(&stalled.reply("waiting for a command"));
@@ -785,8 +918,12 @@ impl Session {
         // The line before ended with CRLF (true for the first line after 354).
         let mut after_crlf = true;
         let (mut in_headers, mut hops) = (true, 0usize);
+        // A header field was seen, which a line starting with a space or tab continues.
+        let mut in_field = false;
         loop {
-            match self.read_text().await {
+            // One octet more than a line may have: the limit is on the line without its
+            // stuffed dot (RFC 5321 4.5.2), checked below.
+            match self.read_text(MAX_LINE + 1).await {
                 Err(stalled) => {
                     self.reply(&stalled.reply("reading the message"));
                     return Err(End::Closing);
@@ -819,11 +956,31 @@ impl Session {
                 bare = true;
             }
             let text = text.strip_prefix(b".").unwrap_or(text);
+            if text.len() + 2 > MAX_LINE {
+                too_long = true;
+                continue;
+            }
+            // The line that is no header field ends the header section, and an empty line is
+            // put before it (as Postfix's cleanup does): else the stored message would have
+            // the header fields written here glued to a body without a separator.
+            let mut separate = false;
             if in_headers {
+                let folded = in_field && matches!(text.first(), Some(b' ' | b'\t'));
                 if text.is_empty() {
                     in_headers = false;
-                } else if text.len() >= 9 && text[..9].eq_ignore_ascii_case(b"received:") {
-                    hops += 1;
+                } else if !folded {
+                    match field_name(text) {
+                        Some(name) => {
+                            in_field = true;
+                            if name.eq_ignore_ascii_case(b"received") {
+                                hops += 1;
+                            }
+                        }
+                        None => {
+                            in_headers = false;
+                            separate = true;
+                        }
+                    }
                 }
             }
             size += text.len() as u64 + 2;
@@ -831,6 +988,9 @@ impl Session {
                 too_big = true;
                 body = Vec::new();
                 continue;
+            }
+            if separate {
+                body.push(b'\n');
             }
             body.extend_from_slice(text);
             body.push(b'\n');
@@ -884,12 +1044,20 @@ impl Session {
         drop(body);
         match smtp.deliverer.deliver_each(targets).await {
             Ok(()) => {
+                // A field with nothing to say is left out (`to=` with only relayed recipients).
+                let local = recipients
+                    .iter()
+                    .map(|(_, m)| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let relay = relayed.join(",");
+                let nonempty = |text: String| (!text.is_empty()).then(|| display(text));
                 tracing::info!(
                     peer = %self.peer,
                     id = %id,
                     from = %sender,
-                    to = %recipients.iter().map(|(_, m)| m.to_string()).collect::<Vec<_>>().join(","),
-                    relay = %relayed.join(","),
+                    to = nonempty(local),
+                    relay = nonempty(relay),
                     "delivered"
                 );
                 if let (Some(relay), false) = (&smtp.relay, relayed.is_empty()) {
@@ -907,13 +1075,14 @@ impl Session {
 
     /// The next line of a message or an AUTH exchange, into `text`: at once if the client
     /// already sent it, else within [`COMMAND_TIMEOUT`].
-    async fn read_text(&mut self) -> Result<std::io::Result<Line>, Stalled> {
-        if let Some(line) = buffered_line(&mut self.io, MAX_LINE, &mut self.text) {
+    async fn read_text(&mut self, max: usize) -> Result<std::io::Result<Line>, Stalled> {
+        if let Some(line) = buffered_line(&mut self.io, max, &mut self.text) {
             return Ok(Ok(line));
         }
         wait_line(
             &mut self.io,
             self.deadline.as_mut(),
+            max,
             &mut self.text,
             &self.ctx,
         )
@@ -994,6 +1163,51 @@ mod tests {
     }
 
     #[test]
+    fn helo_names() {
+        for good in [
+            "client.test",
+            "mail_relay-1.example.com",
+            "localhost",
+            "[127.0.0.1]",
+            "[IPv6:::1]",
+            &"h".repeat(255),
+        ] {
+            assert_eq!(helo_refusal("EHLO", good), None, "{good}");
+        }
+        for (bad, code) in [
+            ("", "501 5.5.4"),
+            ("x)(y", "501 5.5.2"),
+            ("(evil)", "501 5.5.2"),
+            ("a b", "501 5.5.2"),
+            ("x;by", "501 5.5.2"),
+            ("j\u{f6}rg", "501 5.5.2"),
+            ("[999.1.1.1]", "501 5.5.2"),
+            ("[127.0.0.1", "501 5.5.2"),
+            ("[tag:(x)]", "501 5.5.2"),
+            (&"h".repeat(256), "501 5.5.2"),
+        ] {
+            let refusal = helo_refusal("EHLO", bad).unwrap_or_default();
+            assert!(refusal.starts_with(code), "{bad:?}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn header_fields() {
+        assert_eq!(field_name(b"Subject: x"), Some(&b"Subject"[..]));
+        assert_eq!(field_name(b"X-Odd!#:"), Some(&b"X-Odd!#"[..]));
+        for line in [
+            &b"no header line"[..],
+            b"x",
+            b": x",
+            b"Subject : x",
+            b" cont: x",
+            b"\xc3\xa9: x",
+        ] {
+            assert_eq!(field_name(line), None, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
     fn verbs() {
         let mut buffer = [0; 8];
         assert_eq!(uppercase_verb("ehlo", &mut buffer), "EHLO");
@@ -1003,57 +1217,80 @@ mod tests {
         assert_eq!(uppercase_verb("é", &mut buffer), "é");
     }
 
+    fn path(rest: &str, allow_null: bool) -> Option<(String, &str)> {
+        parse_path(rest, allow_null).ok()
+    }
+
     #[test]
     fn paths() {
         assert_eq!(
-            parse_path("<a@b.c> SIZE=10", false),
+            path("<a@b.c> SIZE=10", false),
             Some(("a@b.c".into(), "SIZE=10"))
         );
-        assert_eq!(parse_path("<>", true), Some((String::new(), "")));
-        assert_eq!(parse_path("<>", false), None);
-        assert_eq!(
-            parse_path("<@relay.x:a@b.c>", false),
-            Some(("a@b.c".into(), ""))
-        );
+        assert_eq!(path("<>", true), Some((String::new(), "")));
+        assert_eq!(path("<>", false), None);
+        assert_eq!(path("<@relay.x:a@b.c>", false), Some(("a@b.c".into(), "")));
         // Without brackets: up to the first space, as Postfix takes it.
-        assert_eq!(parse_path("a@b.c", false), Some(("a@b.c".into(), "")));
+        assert_eq!(path("a@b.c", false), Some(("a@b.c".into(), "")));
         assert_eq!(
-            parse_path("a@b.c SIZE=10", true),
+            path("a@b.c SIZE=10", true),
             Some(("a@b.c".into(), "SIZE=10"))
         );
-        assert_eq!(parse_path(r#""a"@b.c"#, false), Some(("a@b.c".into(), "")));
-        assert_eq!(parse_path("", true), None);
-        assert_eq!(parse_path("a@b.c>", false), None);
-        assert_eq!(parse_path(r#""a b"@c.d"#, false), None);
-        assert_eq!(parse_path("<a b@c>", false), None);
+        assert_eq!(path(r#""a"@b.c"#, false), Some(("a@b.c".into(), "")));
+        assert_eq!(path("", true), None);
+        assert_eq!(path("a@b.c>", false), None);
+        assert_eq!(path(r#""a b"@c.d"#, false), None);
+        assert_eq!(path("<a b@c>", false), None);
         // Quoted local parts: kept quoted when they must be, else plain; `>` and `@` inside.
         assert_eq!(
-            parse_path(r#"<"a b"@c.d> SIZE=1"#, false),
+            path(r#"<"a b"@c.d> SIZE=1"#, false),
             Some((r#""a b"@c.d"#.into(), "SIZE=1"))
         );
         assert_eq!(
-            parse_path(r#"<"x>y@z"@c.d>"#, false),
+            path(r#"<"x>y@z"@c.d>"#, false),
             Some((r#""x>y@z"@c.d"#.into(), ""))
         );
         assert_eq!(
-            parse_path(r#"<"alice"@c.d>"#, false),
+            path(r#"<"alice"@c.d>"#, false),
             Some(("alice@c.d".into(), ""))
         );
         assert_eq!(
-            parse_path(r#"<"a\"b"@c.d>"#, false),
+            path(r#"<"a\"b"@c.d>"#, false),
             Some((r#""a\"b"@c.d"#.into(), ""))
         );
         assert_eq!(
-            parse_path(r#"<@r.x:"j.doe"@c.d>"#, false),
+            path(r#"<@r.x:"j.doe"@c.d>"#, false),
             Some(("j.doe@c.d".into(), ""))
         );
-        assert_eq!(parse_path("<\"a\u{7}b\"@c.d>", false), None);
-        assert_eq!(parse_path(r#"<"unterminated@c.d>"#, false), None);
-        assert_eq!(parse_path(r#"<a"b@c.d>"#, false), None);
+        assert_eq!(path("<\"a\u{7}b\"@c.d>", false), None);
+        assert_eq!(path(r#"<"unterminated@c.d>"#, false), None);
+        assert_eq!(path(r#"<a"b@c.d>"#, false), None);
         // A trailing dot of the domain goes, a lone one does not make a domain.
-        assert_eq!(parse_path("<a@c.d.>", false), Some(("a@c.d".into(), "")));
-        assert_eq!(parse_path("<a@.>", false), Some(("a@.".into(), "")));
-        assert_eq!(parse_path("<a@b>x", false), None);
+        assert_eq!(path("<a@c.d.>", false), Some(("a@c.d".into(), "")));
+        assert_eq!(path("<a@.>", false), Some(("a@.".into(), "")));
+        assert_eq!(path("<a@b>x", false), None);
+        // RFC 5321 4.5.3.1.3: 256 octets with the brackets (and a source route).
+        let local = "a".repeat(64);
+        let fits = format!("<{local}@{}.test>", "d".repeat(254 - 64 - 6));
+        assert_eq!(fits.len(), 256);
+        assert!(path(&fits, false).is_some());
+        let over = fits.replacen('<', "<x", 1);
+        assert_eq!(parse_path(&over, false), Err(PathError::TooLong));
+        let routed = format!("<@{}:a@b.c>", "r".repeat(250));
+        assert_eq!(parse_path(&routed, false), Err(PathError::TooLong));
+        // Address literals must hold an address.
+        assert!(path("<x@[192.0.2.1]>", false).is_some());
+        assert!(path("<x@[IPv6:2001:db8::1]>", false).is_some());
+        assert!(path("<x@[ipv6:::1]>", false).is_some());
+        for bad in [
+            "<x@[999.1.1.1]>",
+            "<x@[1.2.3]>",
+            "<x@[IPv6:1.2.3.4]>",
+            "<x@[::1]>",
+            "<x@[]>",
+        ] {
+            assert_eq!(parse_path(bad, true), Err(PathError::BadLiteral), "{bad}");
+        }
         assert_eq!(after_keyword("from:<x>", "FROM:"), Some("<x>"));
         assert_eq!(after_keyword("FROM: <x>", "FROM:"), Some("<x>"));
         assert_eq!(after_keyword("TO:<x>", "FROM:"), None);
