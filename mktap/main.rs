@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use host::crypt::Key;
 use host::exit::{parse_args, Failure};
-use host::{app, cli, passphrase, tapfile, Application, Format, Principal, Registry};
+use host::{app, cli, passphrase, tapfile, Application, Format, Principal, Registry, TapError};
 
 fn command(registry: &Registry) -> Command {
     let cmd = Command::new("mktap")
@@ -96,29 +96,45 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
         )));
     }
 
+    // With --append, the text the tap was read from, to add the service to as it is written.
+    let mut original = None;
     let (mut app, format, path, key) = match matches.get_one::<PathBuf>("append") {
         Some(existing) => {
-            let (app, format, key) = if encrypted {
-                let secret = passphrase::read(
-                    passphrase_file,
-                    &format!("Passphrase for {}: ", existing.display()),
-                    false,
+            let secret = if encrypted {
+                Some(
+                    passphrase::read(
+                        passphrase_file,
+                        &format!("Passphrase for {}: ", existing.display()),
+                        false,
+                    )
+                    .map_err(Failure::usage)?,
                 )
-                .map_err(Failure::usage)?;
-                let (app, format, key) = tapfile::load_encrypted(existing, secret.as_bytes())
-                    .map_err(Failure::config)?;
-                (app, format, Some(key))
             } else {
-                let (app, format) = tapfile::load(existing).map_err(Failure::config)?;
-                (app, format, None)
+                None
             };
-            if let Some(requested) = requested.filter(|r| *r != format) {
+            let loaded = tapfile::open(existing, secret.as_ref().map(|s| s.as_bytes())).map_err(
+                |e| match e {
+                    TapError::Encrypted { path } => Failure::config(format!(
+                        "{}: the tap is encrypted: give -e (or --passphrase-file)",
+                        path.display()
+                    )),
+                    other => Failure::config(other),
+                },
+            )?;
+            if let Some(requested) = requested.filter(|r| *r != loaded.format) {
                 return Err(Failure::usage(format!(
-                    "--type {requested} does not match {}, which is {format}; convert it with tapconvert",
-                    existing.display()
+                    "--type {requested} does not match {}, which is {}; convert it with tapconvert",
+                    existing.display(),
+                    loaded.format
                 )));
             }
-            (app, format, output.unwrap_or(existing).clone(), key)
+            original = Some(loaded.text);
+            (
+                loaded.app,
+                loaded.format,
+                output.unwrap_or(existing).clone(),
+                loaded.key,
+            )
         }
         None => {
             let name = matches
@@ -171,15 +187,54 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
             problems.join("; ")
         )));
     }
-    tapfile::save_as(
-        &app,
-        &path,
-        format,
-        key.as_ref(),
-        registry.holds_secrets(&app),
-    )
-    .map_err(Failure::saving)?;
-    Ok(format!("wrote {} with {summary}", path.display()))
+    let private = registry.holds_secrets(&app);
+    // A hand-edited tap keeps its comments and layout when the new service can be added to its
+    // text as written; else the application is written anew, and the comments are lost.
+    let spliced = original
+        .as_ref()
+        .and_then(|text| tapfile::with_last_service_appended(text, format, &app));
+    let kept = match (&spliced, &key) {
+        (Some(text), Some(key)) => {
+            tapfile::write_sealed(&path, text.as_bytes(), key).map_err(Failure::saving)?;
+            true
+        }
+        (Some(text), None) => {
+            tapfile::write_atomic(&path, text.as_bytes(), if private { 0o600 } else { 0o644 })
+                .map_err(|source| {
+                    Failure::saving(TapError::Write {
+                        path: path.clone(),
+                        source,
+                    })
+                })?;
+            true
+        }
+        (None, _) => {
+            tapfile::save_as(&app, &path, format, key.as_ref(), private)
+                .map_err(Failure::saving)?;
+            false
+        }
+    };
+    // Said when the old text was not as mktap would have written it (comments, layout).
+    let lost = !kept
+        && original
+            .as_ref()
+            .is_some_and(|text| !as_generated(text, format));
+    Ok(format!(
+        "wrote {} with {summary}{}",
+        path.display(),
+        if lost {
+            " (written anew: the old text's comments and layout are not kept)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Whether `text` is exactly what writing its application would give.
+fn as_generated(text: &str, format: Format) -> bool {
+    tapfile::parse(text, format, std::path::Path::new(""))
+        .and_then(|app| tapfile::to_string(&app, format))
+        .is_ok_and(|generated| generated == text)
 }
 
 fn main() -> ExitCode {

@@ -119,6 +119,48 @@ fn append_adds_uniquely_named_services_in_the_files_format() {
     }
 }
 
+/// `--append` to a hand-edited `.tas` adds the service to the text as written: comments and
+/// layout stay (as `postconf -e` keeps them). A change to the envelope too (`-n`) writes the
+/// application anew, and says that the old text's comments are not kept.
+#[test]
+fn append_keeps_a_hand_edited_source_tap_as_written() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("www")).expect("mkdir");
+    let original = std::fs::read_to_string(util::repo().join("configs/demo.tas")).expect("demo");
+    sb.write("demo.tas", &original);
+    let out = sb.mktap_ok(&[
+        "--append", "demo.tas", "web", "--path", "www", "--port", "7777",
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "mktap: wrote demo.tas with service 'web-2' (plugin web)",
+        "{}",
+        stderr(&out)
+    );
+    let text = sb.read("demo.tas");
+    // Everything up to the end of the last service is as it was; the new one follows it.
+    let end = original.rfind("\n    ],").expect("the end of the services");
+    assert!(text.starts_with(&original[..end]), "{text}");
+    assert!(text.ends_with(&original[end..]), "{text}");
+    assert!(
+        text[end..].contains("\n        (\n            name: \"web-2\","),
+        "{text}"
+    );
+    let (app, _) = tapfile::load(&sb.join("demo.tas")).expect("load");
+    let names: Vec<_> = app.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web", "mail", "telnet", "web-2"]);
+
+    let out = sb.mktap_ok(&[
+        "--append", "demo.tas", "-n", "renamed", "web", "--path", "www", "--port", "7778",
+    ]);
+    assert!(
+        stdout(&out).contains("(written anew: the old text's comments and layout are not kept)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!sb.read("demo.tas").contains("//"));
+}
+
 #[test]
 fn append_refuses_a_second_service_on_the_same_endpoint() {
     let sb = Sandbox::new();

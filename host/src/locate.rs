@@ -158,6 +158,16 @@ pub fn path_position(text: &str, format: Format, path: &str) -> ((usize, usize),
     (position(text, at, format), rest.is_empty())
 }
 
+/// The list at `path` in `text`: its members, as the slices of `text` they were written as.
+/// `None` if the path leads to no list.
+pub fn list_members<'a>(text: &'a str, format: Format, path: &str) -> Option<Vec<&'a str>> {
+    let (at, rest) = walk(text, format, path);
+    match (rest.is_empty(), node(at, format)) {
+        (true, Node::Seq(members)) => Some(members),
+        _ => None,
+    }
+}
+
 /// The deepest value of `text` along `path`, and what is left of the path there.
 fn walk<'a, 'p>(text: &'a str, format: Format, mut path: &'p str) -> (&'a str, &'p str) {
     let mut at = text;

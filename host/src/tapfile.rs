@@ -312,6 +312,64 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Application, Tap
     Ok(app)
 }
 
+/// The text of a tap read from `text` with `app`'s last service added, everything else as it was
+/// written: `mktap --append` to a hand-edited `.tas` keeps its comments and layout. The new
+/// service is written where the last one ends; the result must decode to `app` exactly, else
+/// (an envelope that changed too, a layout this cannot follow) `None`, and the caller writes
+/// the whole application anew.
+pub fn with_last_service_appended(text: &str, format: Format, app: &Application) -> Option<String> {
+    let service = app.services.last()?;
+    let alone = Application {
+        services: vec![service.clone()],
+        ..Application::new(app.name.clone())
+    };
+    let generated = to_string(&alone, format).ok()?;
+    let written = *locate::list_members(&generated, format, "services")?.first()?;
+    let members = locate::list_members(text, format, "services")?;
+    let last = members.last()?;
+    // Members are slices of their text: where they start, and the last one's end.
+    let offset = |within: &str, member: &str| member.as_ptr() as usize - within.as_ptr() as usize;
+    let indent_at = |within: &str, at: usize| {
+        let line = within[..at].rsplit('\n').next().unwrap_or_default();
+        line.len() - line.trim_start().len()
+    };
+    let (indent, written_indent) = (
+        indent_at(text, offset(text, last)),
+        indent_at(&generated, offset(&generated, written)),
+    );
+    // The new service's lines, moved to the depth of the members already there.
+    let written: String = written
+        .trim()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let own = line.len() - line.trim_start().len();
+            let depth = if i == 0 {
+                0
+            } else {
+                (own + indent).saturating_sub(written_indent)
+            };
+            format!("{}{}", " ".repeat(depth), line.trim_start())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut at = offset(text, last) + last.len();
+    let after = &text[at..];
+    let comma = if after.trim_start().starts_with(',') {
+        at += after.len() - after.trim_start().len() + 1;
+        ""
+    } else {
+        ","
+    };
+    let spliced = format!(
+        "{}{comma}\n{}{written}{}",
+        &text[..at],
+        " ".repeat(indent),
+        &text[at..]
+    );
+    (parse(&spliced, format, Path::new("")).ok()? == *app).then_some(spliced)
+}
+
 /// `FILE:LINE:COLUMN: problem` for each problem (`FILE: problem` where its place is unknown),
 /// as syntax errors are written, joined by `; `.
 fn located(path: &Path, problems: &[(Option<(usize, usize)>, String)]) -> String {
