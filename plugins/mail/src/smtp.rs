@@ -267,12 +267,18 @@ async fn wait_line(
 }
 
 /// The name of a header field that `line` starts (RFC 5322 2.2: printable ASCII but the colon,
-/// then a colon); `None` when it is no header field.
+/// then a colon; the obsolete syntax of 4.5.3 lets blanks come before the colon, and Postfix
+/// keeps such a line a header field too); `None` when it is no header field.
 fn field_name(line: &[u8]) -> Option<&[u8]> {
     let end = line
         .iter()
         .position(|&b| b == b':' || !(b'!'..=b'~').contains(&b))?;
-    (end > 0 && line[end] == b':').then(|| &line[..end])
+    let colon = end
+        + line[end..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+    (end > 0 && line.get(colon) == Some(&b':')).then(|| &line[..end])
 }
 
 /// `verb` in upper case, in `buffer`; empty if longer than any verb.
@@ -1195,11 +1201,12 @@ mod tests {
     fn header_fields() {
         assert_eq!(field_name(b"Subject: x"), Some(&b"Subject"[..]));
         assert_eq!(field_name(b"X-Odd!#:"), Some(&b"X-Odd!#"[..]));
+        assert_eq!(field_name(b"Subject \t: x"), Some(&b"Subject"[..]));
         for line in [
             &b"no header line"[..],
             b"x",
             b": x",
-            b"Subject : x",
+            b"Subject x: y",
             b" cont: x",
             b"\xc3\xa9: x",
         ] {
