@@ -141,39 +141,31 @@ fn mktap_writes_an_external_plugins_options_and_refuses_bad_ones() {
     );
 
     // A tap with a config the plugin cannot decode is refused by twistd before anything runs.
+    let refused = |text: &str| {
+        sb.write("bad.tap", text);
+        let out = Command::new(TWISTD)
+            .args(["-n", "--pidfile", "", "-f", "bad.tap"])
+            .current_dir(sb.path())
+            .env("TAPHOST_PLUGIN_PATH", &plugins)
+            .output()
+            .expect("run twistd");
+        assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+        stderr(&out)
+    };
     let mut tap = tap;
     tap["services"][0]["config"]["colour"] = "blue".into();
-    sb.write("bad.tap", serde_json::to_string(&tap).expect("encode"));
-    let out = Command::new(TWISTD)
-        .args(["-n", "--pidfile", "", "-f", "bad.tap"])
-        .current_dir(sb.path())
-        .env("TAPHOST_PLUGIN_PATH", &plugins)
-        .output()
-        .expect("run twistd");
-    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("unknown field `colour`"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&serde_json::to_string(&tap).expect("encode"));
+    assert!(err.contains("unknown field `colour`"), "{err}");
     // A value of the wrong type is named by its field, at its place in the file.
     tap["services"][0]["config"] =
         serde_json::json!({ "host": "localhost", "dest_port": "eighty" });
     let text = serde_json::to_string(&tap).expect("encode");
     let column = text.find("\"eighty\"").expect("in") + 1;
-    sb.write("bad.tap", &text);
-    let out = Command::new(TWISTD)
-        .args(["-n", "--pidfile", "", "-f", "bad.tap"])
-        .current_dir(sb.path())
-        .env("TAPHOST_PLUGIN_PATH", &plugins)
-        .output()
-        .expect("run twistd");
-    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let err = refused(&text);
     assert!(
-        stderr(&out).contains(&format!("bad.tap:1:{column}: "))
-            && stderr(&out).contains("config.dest_port: invalid type: string \"eighty\""),
-        "{}",
-        stderr(&out)
+        err.contains(&format!("bad.tap:1:{column}: "))
+            && err.contains("config.dest_port: invalid type: string \"eighty\""),
+        "{err}"
     );
 }
 

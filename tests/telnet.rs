@@ -755,17 +755,17 @@ fn save_known_good_then_start_from_it() {
     );
 }
 
-/// The real telnet client, driven through a pty by a small Python script (pty is the standard
-/// library's); the typed password must not appear on the terminal.
-#[test]
-fn the_real_telnet_client_on_a_pty() {
+/// Logs in with the real telnet client, driven through a pty by a small Python script (pty is
+/// the standard library's), then plays `dialogue` (Python, after the first `web> ` prompt, with
+/// `fd`, `seen` and `until`); returns all the terminal showed. `None` without a telnet client.
+fn real_telnet(dialogue: &str) -> Option<String> {
     if std::process::Command::new("telnet")
         .arg("-?")
         .output()
         .is_err()
     {
         eprintln!("skipped: the telnet client is not installed");
-        return;
+        return None;
     }
     let (sb, twistd) = app();
     let script = sb.write(
@@ -778,8 +778,8 @@ if pid == 0:
     os.execvp("telnet", ["telnet", "127.0.0.1", port])
 until("username: "); os.write(fd, b"admin\r")
 until("password: "); os.write(fd, password.encode() + b"\r")
-until("web> "); os.write(fd, b"services\r")
-until("telnet"); until("web> "); os.write(fd, b"quit\r")
+until("web> ")
+{dialogue}
 until("bye")
 os.waitpid(pid, 0)
 sys.stdout.write(seen.decode("utf-8", "replace"))
@@ -792,12 +792,24 @@ sys.stdout.write(seen.decode("utf-8", "replace"))
         .args([&port, PASSWORD])
         .output()
         .expect("python3");
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{screen}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some(screen)
+}
+
+/// The real telnet client: the typed password must not appear on the terminal.
+#[test]
+fn the_real_telnet_client_on_a_pty() {
+    let Some(screen) = real_telnet(
+        r#"os.write(fd, b"services\r")
+until("telnet"); until("web> "); os.write(fd, b"quit\r")"#,
+    ) else {
+        return;
+    };
     assert!(
         screen.contains("admin"),
         "the user name is echoed: {screen}"
@@ -940,26 +952,8 @@ fn interrupts_timing_marks_and_are_you_there() {
 /// command's answer shows.
 #[test]
 fn ctrl_c_in_the_real_telnet_client() {
-    if std::process::Command::new("telnet")
-        .arg("-?")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: the telnet client is not installed");
-        return;
-    }
-    let (sb, twistd) = app();
-    let script = sb.write(
-        "ctrlc.py",
-        format!(
-            r#"{PTY_PRELUDE}
-port, password = sys.argv[1], sys.argv[2]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("telnet", ["telnet", "127.0.0.1", port])
-until("username: "); os.write(fd, b"admin\r")
-until("password: "); os.write(fd, password.encode() + b"\r")
-until("web> "); start = len(seen)
+    let Some(screen) = real_telnet(
+        r#"start = len(seen)
 os.write(fd, b"remove web")
 os.write(fd, b"\x03")
 # A fresh prompt after the interrupt.
@@ -971,25 +965,10 @@ while b"web> " not in seen[start:]:
     if r:
         seen += os.read(fd, 4096)
 os.write(fd, b"status\r")
-until("application web"); until("running)"); os.write(fd, b"quit\r")
-until("bye")
-os.waitpid(pid, 0)
-sys.stdout.write(seen.decode("utf-8", "replace"))
-"#
-        ),
-    );
-    let port = twistd.addr(1).port().to_string();
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([&port, PASSWORD])
-        .output()
-        .expect("python3");
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{screen}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+until("application web"); until("running)"); os.write(fd, b"quit\r")"#,
+    ) else {
+        return;
+    };
     assert!(
         screen.contains("2 service(s) (2 running)"),
         "the interrupted line did nothing: {screen}"
