@@ -180,6 +180,18 @@ fn version_and_help() {
     ] {
         assert!(help.contains(needle), "{needle} not in {help}");
     }
+    // A misspelt level in TAPHOST_LOG would have silenced the log: refused, saying why.
+    let out = std::process::Command::new(util::TWISTD)
+        .args(["-n", "--pidfile", "", "web", "--path", "."])
+        .env("TAPHOST_LOG", "inof")
+        .current_dir(sb.path())
+        .output()
+        .expect("run twistd");
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        util::stderr(&out).trim_end(),
+        "twistd: TAPHOST_LOG 'inof': 'inof' is not a level (error, warn, info, debug, trace, off); a target's level is TARGET=LEVEL"
+    );
     // A drain deadline centuries away overflowed at the stop, which then saved nothing.
     let out = sb.twistd_output(&["--shutdown-timeout", "18446744073709551615", "-f", "x.tap"]);
     assert_eq!(out.status.code(), Some(64));

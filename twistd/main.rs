@@ -323,6 +323,11 @@ fn log_destination(matches: &ArgMatches, daemon: bool) -> Result<Destination, Fa
 fn run(registry: &Registry, matches: &ArgMatches) -> Result<(), Failure> {
     let daemon = !matches.get_flag("nodaemon");
     let destination = log_destination(matches, daemon)?;
+    // A misspelt level would be read as a target's name, and nothing would be logged at all.
+    if let Ok(filter) = std::env::var("TAPHOST_LOG") {
+        host::control::check_log_filter(&filter)
+            .map_err(|e| Failure::usage(format!("TAPHOST_LOG '{}': {e}", filter.escape_debug())))?;
+    }
     let sink = logging::install(&destination).map_err(|e| Failure::new(exit::UNAVAILABLE, e))?;
     let result = run_logged(registry, matches, daemon, &destination, &sink);
     if let Err(failure) = &result {
