@@ -268,19 +268,20 @@ struct Watched<S> {
     start: Option<Arc<RequestStart>>,
 }
 
-/// The first bytes of the request being read on an HTTP/1 connection. A request hyper refuses
-/// while parsing (it answers 400, 414 or 431 itself) never reaches the service, and hyper
-/// gives back none of its bytes; these let it be access-logged with its request line, as
-/// nginx logs such requests. Reads lock only until the line is complete; writes only set a flag.
+/// The first bytes of an HTTP/1 connection. A request hyper refuses while parsing (it answers
+/// 400, 414 or 431 itself) never reaches the service, and hyper gives back none of its bytes;
+/// these let it be access-logged with its request line, as nginx logs such requests.
+///
+/// Only the connection's first request is known this way. Where a later one starts cannot be
+/// told from outside hyper (its buffer may hold part of it when a response is written, so the
+/// bytes of a read need not start a request): a client could make any text of its own appear
+/// as a refused request line. A later refused request is logged as `-`.
 #[derive(Debug, Default)]
 struct RequestStart {
     bytes: std::sync::Mutex<Vec<u8>>,
     /// `bytes` hold a whole line (or all that is kept): later reads leave them alone.
     complete: AtomicBool,
-    /// A response was written since the last read: the next read begins another request.
-    answered: AtomicBool,
-    /// A request was parsed from `bytes`: one refused after it came in the same read, pipelined
-    /// behind it, and `bytes` are not its own.
+    /// A request was handed to the service: a refused one is not the first.
     parsed: AtomicBool,
 }
 
@@ -289,58 +290,62 @@ const REQUEST_LINE_KEPT: usize = 2048;
 
 impl RequestStart {
     fn read(&self, new: &[u8]) {
-        let fresh = self.answered.swap(false, Ordering::Relaxed);
-        if !fresh && self.complete.load(Ordering::Relaxed) {
+        if self.complete.load(Ordering::Relaxed) {
             return;
         }
         let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        if fresh {
-            bytes.clear();
-            self.parsed.store(false, Ordering::Relaxed);
-        }
         let room = REQUEST_LINE_KEPT - bytes.len();
         bytes.extend_from_slice(&new[..new.len().min(room)]);
         let complete = bytes.len() == REQUEST_LINE_KEPT || bytes.contains(&b'\n');
         self.complete.store(complete, Ordering::Relaxed);
     }
 
-    fn wrote(&self) {
-        self.answered.store(true, Ordering::Relaxed);
-    }
-
     fn parsed(&self) {
         self.parsed.store(true, Ordering::Relaxed);
     }
 
-    /// The refused request's line, without its line end; `-` when it is not known.
-    fn line(&self) -> Vec<u8> {
+    /// The refused request's line, without its line end; `-` when it is not known. `None` when
+    /// nothing at all was read (a connection closed or timed out idle is not a request).
+    fn line(&self) -> Option<Vec<u8>> {
         let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        if self.parsed.load(Ordering::Relaxed) || bytes.is_empty() {
-            return b"-".to_vec();
+        if bytes.is_empty() {
+            return None;
+        }
+        if self.parsed.load(Ordering::Relaxed) {
+            return Some(b"-".to_vec());
         }
         let end = bytes
             .iter()
             .position(|&b| b == b'\n')
             .unwrap_or(bytes.len());
         let line = &bytes[..end];
-        line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+        Some(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
     }
 }
 
-/// The status hyper answered a request it could not parse with (see its `on_error`), or `None`
-/// when it answered nothing (an HTTP/2 preface, a connection error).
-fn refused_status(e: &hyper::Error) -> Option<u16> {
-    if !e.is_parse() || e.is_parse_version_h2() {
+/// The status to log for a request hyper ended the connection on before the service saw it,
+/// and whether hyper answered it: what it answers a request it cannot parse with (see its
+/// `on_error`); for a head that never came whole, what nginx logs without answering (400 when
+/// the client left in the middle of it, 408 when it took too long). `None` for other errors.
+fn refused_status(e: &hyper::Error) -> Option<(u16, bool)> {
+    if e.is_parse_version_h2() {
         None
     } else if e.is_parse_too_large() {
         // hyper tells the two apart only in its message.
-        Some(if e.to_string().contains("URI too long") {
+        let status = if e.to_string().contains("URI too long") {
             414
         } else {
             431
-        })
+        };
+        Some((status, true))
+    } else if e.is_parse() {
+        Some((400, true))
+    } else if e.is_incomplete_message() {
+        Some((400, false))
+    } else if e.is_timeout() {
+        Some((408, false))
     } else {
-        Some(400)
+        None
     }
 }
 
@@ -348,13 +353,6 @@ impl<S> Watched<S> {
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last.store(ms, Ordering::Relaxed);
-    }
-
-    fn wrote(&self) {
-        self.touch();
-        if let Some(start) = &self.start {
-            start.wrote();
-        }
     }
 }
 
@@ -386,7 +384,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote();
+            this.touch();
         }
         poll
     }
@@ -399,7 +397,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote();
+            this.touch();
         }
         poll
     }
@@ -504,8 +502,15 @@ async fn serve_http<S>(
             };
             if let Err(e) = result {
                 tracing::debug!(peer = %peer, "connection ended: {e}");
-                if let (Some(status), Some(start)) = (refused_status(&e), &start) {
-                    log_refused(&log_site.load(), peer, start.line(), status);
+                if let (Some((status, answered)), Some(start)) = (refused_status(&e), &start) {
+                    // A head cut off or timed out after the first request may be a body's
+                    // end as well: only the first one is known to be a request's.
+                    match start.line() {
+                        Some(line) if answered || line != b"-" => {
+                            log_refused(&log_site.load(), peer, line, status)
+                        }
+                        _ => {}
+                    }
                 }
             }
         }};
