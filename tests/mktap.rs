@@ -150,6 +150,48 @@ fn append_keeps_a_hand_edited_source_tap_as_written() {
     let names: Vec<_> = app.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web", "mail", "telnet", "web-2"]);
 
+    // An empty list, CRLF line ends: the new lines end as the others do; a comment stays
+    // where it was.
+    sb.write(
+        "empty.tas",
+        "(version: 1, name: \"x\", services: [ /* none yet */ ])\r\n",
+    );
+    sb.mktap_ok(&[
+        "--append",
+        "empty.tas",
+        "web",
+        "--path",
+        "www",
+        "--port",
+        "7780",
+    ]);
+    let text = sb.read("empty.tas");
+    assert!(
+        text.starts_with(
+            "(version: 1, name: \"x\", services: [\r\n    (\r\n        name: \"web\","
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("    ), /* none yet */ ])\r\n"), "{text}");
+    assert!(!text.replace("\r\n", "").contains('\n'), "{text:?}");
+    sb.mktap_ok(&[
+        "--append",
+        "empty.tas",
+        "web",
+        "--path",
+        "www",
+        "--port",
+        "7781",
+    ]);
+    let text = sb.read("empty.tas");
+    assert!(
+        text.contains("    ),\r\n    (\r\n        name: \"web-2\",")
+            && text.ends_with("    ) /* none yet */ ])\r\n"),
+        "{text}"
+    );
+    let (app, _) = tapfile::load(&sb.join("empty.tas")).expect("load");
+    assert_eq!(app.services.len(), 2);
+
     let out = sb.mktap_ok(&[
         "--append", "demo.tas", "-n", "renamed", "web", "--path", "www", "--port", "7778",
     ]);

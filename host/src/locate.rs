@@ -168,6 +168,83 @@ pub fn list_members<'a>(text: &'a str, format: Format, path: &str) -> Option<Vec
     }
 }
 
+/// The value at `path` in `text`, as the slice of `text` it was written as (with whatever
+/// whitespace and comments the decoder gave it: see [`code_span`]). `None` if there is none.
+pub fn value_at<'a>(text: &'a str, format: Format, path: &str) -> Option<&'a str> {
+    match walk(text, format, path) {
+        (at, "") => Some(at),
+        _ => None,
+    }
+}
+
+/// The part of `raw` (a value as the decoders lend it) without the whitespace and comments
+/// around it: from its first character of code to just after its last. Strings (RON's raw
+/// strings and characters too) are skipped whole, so a `//` or `*/` inside one is no comment.
+pub fn code_span(raw: &str) -> std::ops::Range<usize> {
+    let b = raw.as_bytes();
+    let (mut i, mut first, mut end) = (0, None, 0);
+    while i < b.len() {
+        let from = i;
+        match b[i] {
+            c if c.is_ascii_whitespace() => {
+                i += 1;
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // RON's block comments nest.
+                let mut depth = 0usize;
+                while i < b.len() {
+                    if b[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != quote {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(b.len());
+            }
+            b'r' if (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+                && b[i + 1..]
+                    .iter()
+                    .find(|&&c| c != b'#')
+                    .is_some_and(|&c| c == b'"') =>
+            {
+                let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+                let mut close = vec![b'"'];
+                close.extend(std::iter::repeat_n(b'#', hashes));
+                i += 2 + hashes;
+                while i < b.len() && !b[i..].starts_with(&close) {
+                    i += 1;
+                }
+                i = (i + close.len()).min(b.len());
+            }
+            _ => i += 1,
+        }
+        first.get_or_insert(from);
+        end = i;
+    }
+    first.unwrap_or(0)..end.max(first.unwrap_or(0))
+}
+
 /// The deepest value of `text` along `path`, and what is left of the path there.
 fn walk<'a, 'p>(text: &'a str, format: Format, mut path: &'p str) -> (&'a str, &'p str) {
     let mut at = text;
@@ -384,6 +461,20 @@ mod tests {
         config: (path: Some(5)),
     )],
 )"#;
+
+    #[test]
+    fn code_spans_leave_out_whitespace_and_comments() {
+        for (raw, code) in [
+            ("  (a: 1) // last\n  ", "(a: 1)"),
+            ("\n /* a /* nested */ one */ [1, 2] /* ] */\n", "[1, 2]"),
+            ("\"// not a comment\"  ", "\"// not a comment\""),
+            ("r#\"a \"b\" // c\"# // d", "r#\"a \"b\" // c\"#"),
+            ("(s: \"*/\", c: '\\'') /**/", "(s: \"*/\", c: '\\'')"),
+            ("   ", ""),
+        ] {
+            assert_eq!(&raw[code_span(raw)], code, "{raw:?}");
+        }
+    }
 
     #[test]
     fn json_fields_are_found_by_their_path() {

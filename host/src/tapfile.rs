@@ -325,47 +325,67 @@ pub fn with_last_service_appended(text: &str, format: Format, app: &Application)
     };
     let generated = to_string(&alone, format).ok()?;
     let written = *locate::list_members(&generated, format, "services")?.first()?;
-    let members = locate::list_members(text, format, "services")?;
-    let last = members.last()?;
-    // Members are slices of their text: where they start, and the last one's end.
-    let offset = |within: &str, member: &str| member.as_ptr() as usize - within.as_ptr() as usize;
+    let written = &written[locate::code_span(written)];
+    // Slices of their text: where they start in it.
+    let offset = |within: &str, part: &str| part.as_ptr() as usize - within.as_ptr() as usize;
     let indent_at = |within: &str, at: usize| {
         let line = within[..at].rsplit('\n').next().unwrap_or_default();
         line.len() - line.trim_start().len()
     };
-    let (indent, written_indent) = (
-        indent_at(text, offset(text, last)),
-        indent_at(&generated, offset(&generated, written)),
-    );
+    let list = locate::value_at(text, format, "services")?;
+    let list = &list[locate::code_span(list)];
+    let members = locate::list_members(text, format, "services")?;
+    // Where the new service goes, at what depth, and with a comma before it or not.
+    let (at, indent, comma) = match members.last() {
+        Some(last) => {
+            let code = locate::code_span(last);
+            let start = offset(text, last) + code.start;
+            let end = offset(text, last) + code.end;
+            let after = &text[end..];
+            let skipped = after.len() - after.trim_start().len();
+            match after[skipped..].starts_with(',') {
+                true => (end + skipped + 1, indent_at(text, start), ""),
+                false => (end, indent_at(text, start), ","),
+            }
+        }
+        // An empty list: just inside its `[`, one step deeper than the line it is on.
+        None if list.starts_with('[') => {
+            let open = offset(text, list);
+            (open + 1, indent_at(text, open) + 4, "")
+        }
+        None => return None,
+    };
+    let written_indent = indent_at(&generated, offset(&generated, written));
+    let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
     // The new service's lines, moved to the depth of the members already there.
-    let written: String = written
-        .trim()
+    let written = written
         .lines()
         .enumerate()
         .map(|(i, line)| {
             let own = line.len() - line.trim_start().len();
             let depth = if i == 0 {
-                0
+                indent
             } else {
                 (own + indent).saturating_sub(written_indent)
             };
-            format!("{}{}", " ".repeat(depth), line.trim_start())
+            format!("{}{}", " ".repeat(depth), line.trim())
         })
         .collect::<Vec<_>>()
-        .join("\n");
-    let mut at = offset(text, last) + last.len();
-    let after = &text[at..];
-    let comma = if after.trim_start().starts_with(',') {
-        at += after.len() - after.trim_start().len() + 1;
-        ""
+        .join(newline);
+    let closing = if members.is_empty() { "," } else { "" };
+    // A comment that ends the line stays with the member it follows.
+    let line = &text[at..text[at..].find('\n').map_or(text.len(), |n| at + n)];
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let service_at = if locate::code_span(line).is_empty() {
+        at + line.len()
     } else {
-        ","
+        at
     };
     let spliced = format!(
-        "{}{comma}\n{}{written}{}",
+        "{}{comma}{}{newline}{written}{closing}{}",
         &text[..at],
-        " ".repeat(indent),
-        &text[at..]
+        &text[at..service_at],
+        &text[service_at..]
     );
     (parse(&spliced, format, Path::new("")).ok()? == *app).then_some(spliced)
 }
