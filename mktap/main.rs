@@ -95,6 +95,14 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
             o.display()
         )));
     }
+    if let Some(o) = output.filter(|o| {
+        encrypted && Format::from_extension(o).is_some() && !Format::is_encrypted_name(o)
+    }) {
+        return Err(Failure::usage(format!(
+            "--output {}: a plain tap's name, but -e was given (.etap or .etas)",
+            o.display()
+        )));
+    }
 
     // With --append, the text the tap was read from, to add the service to as it is written.
     let mut original = None;

@@ -154,6 +154,13 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<String, Failure> {
                     out.display()
                 )));
             }
+            // The other way round: encrypted text under a name that says it is plain.
+            if encrypt && Format::from_extension(out).is_some() && !Format::is_encrypted_name(out) {
+                return Err(Failure::usage(format!(
+                    "--out {}: a plain tap's name, but -e was given (.etap or .etas)",
+                    out.display()
+                )));
+            }
             out.clone()
         }
         None => {

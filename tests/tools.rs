@@ -173,6 +173,28 @@ fn outputs_are_regular_files_in_the_format_their_names_say() {
     );
     let out = convert_ok(&sb, &["-i", "web.tap", "-o", "again.tap"]);
     assert!(out.contains("wrote again.tap (JSON)"), "{out}");
+    // Names in capitals say the same; encrypted text under a plain tap's name is refused.
+    let out = convert_ok(&sb, &["-i", "web.tas", "-o", "CAPS.TAS"]);
+    assert!(out.contains("wrote CAPS.TAS (RON)"), "{out}");
+    sb.write("pass", "pw");
+    let out = sb.run(
+        TAPCONVERT,
+        &[
+            "-i",
+            "web.tap",
+            "-e",
+            "--passphrase-file",
+            "pass",
+            "-o",
+            "plain.tap",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--out plain.tap: a plain tap's name, but -e was given"),
+        "{}",
+        stderr(&out)
+    );
 
     nix::unistd::mkfifo(
         &sb.join("fifo"),

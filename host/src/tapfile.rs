@@ -60,8 +60,9 @@ impl Format {
         }
     }
 
+    /// The format a file's name says (`.tap`, `.TAS`: in any case), if it says one.
     pub fn from_extension(path: &Path) -> Option<Format> {
-        match path.extension()?.to_str()? {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "tap" | "json" | "etap" => Some(Format::Json),
             "tas" | "ron" | "etas" => Some(Format::Ron),
             _ => None,
@@ -70,10 +71,9 @@ impl Format {
 
     /// Whether the name says the file is encrypted (`.etap`, `.etas`).
     pub fn is_encrypted_name(path: &Path) -> bool {
-        matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("etap" | "etas")
-        )
+        path.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("etap") || e.eq_ignore_ascii_case("etas"))
     }
 
     /// Parses `mktap --type` values: Twisted's `tap` and `source`, or `json` and `ron`.
