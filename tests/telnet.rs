@@ -336,8 +336,16 @@ fn every_command_answers_and_errors_change_nothing() {
         .run("log level debug")
         .contains("log level is now debug"));
     assert!(shell
+        .run("log level info, web=debug")
+        .contains("log level is now info, web=debug"));
+    assert!(shell
         .run("log level info")
         .contains("log level is now info"));
+    // A list that does not parse is refused, not stored as text.
+    assert_eq!(
+        shell.run("set web index [a.html]"),
+        "error: web.index: [a.html]: not a JSON value (expected value at line 1 column 2)"
+    );
 }
 
 #[test]

@@ -192,6 +192,18 @@ fn version_and_help() {
         util::stderr(&out).trim_end(),
         "twistd: TAPHOST_LOG 'inof': 'inof' is not a level (error, warn, info, debug, trace, off); a target's level is TARGET=LEVEL"
     );
+    // An empty one is no filter, as RUST_LOG is read: the default level.
+    let out = std::process::Command::new(util::TWISTD)
+        .args(["-n", "--pidfile", "", "-f", "absent.tap"])
+        .env("TAPHOST_LOG", "")
+        .current_dir(sb.path())
+        .output()
+        .expect("run twistd");
+    assert!(
+        util::stderr(&out).contains("twistd: absent.tap: No such file"),
+        "{}",
+        util::stderr(&out)
+    );
     // A drain deadline centuries away overflowed at the stop, which then saved nothing.
     let out = sb.twistd_output(&["--shutdown-timeout", "18446744073709551615", "-f", "x.tap"]);
     assert_eq!(out.status.code(), Some(64));

@@ -155,7 +155,12 @@ pub fn install(destination: &Destination) -> Result<Sink, String> {
             (State::Syslog(logger), false)
         }
     };
-    let filter = EnvFilter::try_from_env("TAPHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Checked in `run` (host::control::check_log_filter); blanks after commas are for reading.
+    let filter = std::env::var("TAPHOST_LOG")
+        .ok()
+        .map(|f| f.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+        .filter(|f| !f.is_empty())
+        .map_or_else(|| EnvFilter::new("info"), EnvFilter::new);
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let sink = Sink {
         state: Arc::new(Mutex::new(state)),

@@ -324,7 +324,11 @@ fn run(registry: &Registry, matches: &ArgMatches) -> Result<(), Failure> {
     let daemon = !matches.get_flag("nodaemon");
     let destination = log_destination(matches, daemon)?;
     // A misspelt level would be read as a target's name, and nothing would be logged at all.
-    if let Ok(filter) = std::env::var("TAPHOST_LOG") {
+    // An empty one is as good as none, as RUST_LOG is read.
+    if let Some(filter) = std::env::var("TAPHOST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+    {
         host::control::check_log_filter(&filter)
             .map_err(|e| Failure::usage(format!("TAPHOST_LOG '{}': {e}", filter.escape_debug())))?;
     }

@@ -371,6 +371,13 @@ impl Control {
     pub fn set_log_level(&self, level: &str) -> Result<(), ControlError> {
         check_log_filter(level)
             .map_err(|e| ControlError::Invalid(format!("bad log level '{level}': {e}")))?;
+        // Blanks after commas are for reading; the filter underneath takes none.
+        let level = level
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(",");
+        let level = level.as_str();
         match &*self
             .inner
             .log_level

@@ -173,25 +173,38 @@ fn hide_hashes(value: &mut serde_json::Value) {
 /// nothing, a comma after the last item), otherwise the text itself; for a list field, a plain
 /// value is a comma-separated list. A bare `null` clears an optional field (a field that is
 /// not one refuses it); the word itself is `"null"`.
-fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
+fn field_value(
+    current: Option<&serde_json::Value>,
+    text: &str,
+) -> Result<serde_json::Value, String> {
     if text == "null" || text == "()" {
-        return serde_json::Value::Null;
+        return Ok(serde_json::Value::Null);
     }
-    let parsed = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .or_else(|| {
-            text.starts_with(['[', '{', '"'])
-                .then(|| ron::from_str::<serde_json::Value>(text).ok())
-                .flatten()
-        });
+    let json = serde_json::from_str::<serde_json::Value>(text);
+    let parsed = match json {
+        Ok(value) => Some(value),
+        Err(e) if text.starts_with(['[', '{', '"']) => match ron::from_str(text) {
+            Ok(value) => Some(value),
+            // A list, map or quoted string that does not parse is a typo (`[a.html]`), not
+            // text to store as it is; a string field takes any text not in quotes.
+            Err(_)
+                if text.starts_with('"')
+                    || !matches!(current, Some(serde_json::Value::String(_))) =>
+            {
+                return Err(format!("{text}: not a JSON value ({e})"));
+            }
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
     if let Some(value) = parsed {
         // A bare word that happens to be JSON (a number for a string field) keeps its type
         // only where the field is not a string.
         if !matches!(current, Some(serde_json::Value::String(_))) || text.starts_with('"') {
-            return value;
+            return Ok(value);
         }
     }
-    match current {
+    Ok(match current {
         Some(serde_json::Value::Array(_)) => serde_json::Value::Array(
             text.split(',')
                 .map(str::trim)
@@ -200,7 +213,7 @@ fn field_value(current: Option<&serde_json::Value>, text: &str) -> serde_json::V
                 .collect(),
         ),
         _ => serde_json::Value::String(text.to_string()),
-    }
+    })
 }
 
 impl Shell {
@@ -228,6 +241,15 @@ impl Shell {
                 "" => error("wrong arguments for 'set'; type help"),
                 value => self.set(name, field, value).await,
             };
+        }
+        // `log level` takes the rest of the line too: a filter may have blanks after its commas.
+        let (words, filter) = split_words(line, 2);
+        let filter = filter.trim();
+        if words == ["log", "level"] && !filter.is_empty() {
+            return self.done(
+                self.control.set_log_level(filter),
+                format!("log level is now {filter}"),
+            );
         }
         let Some(words) = shlex::split(line) else {
             return error("unbalanced quotes");
@@ -411,7 +433,10 @@ impl Shell {
         let Some(object) = config.as_object_mut() else {
             return error(format!("service '{name}' has no fields to set"));
         };
-        let new = field_value(object.get(field), value);
+        let new = match field_value(object.get(field), value) {
+            Ok(new) => new,
+            Err(e) => return error(format!("{name}.{field}: {e}")),
+        };
         if object.get(field) == Some(&new) {
             return Outcome::Reply(format!("{name}.{field} unchanged\n"));
         }
@@ -470,43 +495,54 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn value_of(current: Option<&serde_json::Value>, text: &str) -> serde_json::Value {
+        field_value(current, text).expect("a value")
+    }
+
+    #[test]
+    fn malformed_lists_and_quotes_are_refused() {
+        for text in ["[a.html]", "{a: 1", "\"open"] {
+            assert!(field_value(Some(&json!(["a"])), text).is_err(), "{text}");
+        }
+        assert!(field_value(Some(&json!("a")), "\"open").is_err());
+        // A string field takes text that starts with a bracket.
+        assert_eq!(
+            value_of(Some(&json!("a")), "[draft] notes"),
+            json!("[draft] notes")
+        );
+    }
+
     #[test]
     fn field_values_follow_the_fields_type() {
+        assert_eq!(value_of(Some(&json!("/a")), "/srv/www"), json!("/srv/www"));
         assert_eq!(
-            field_value(Some(&json!("/a")), "/srv/www"),
-            json!("/srv/www")
-        );
-        assert_eq!(
-            field_value(Some(&json!("x")), "42"),
+            value_of(Some(&json!("x")), "42"),
             json!("42"),
             "a string field stays a string"
         );
         assert_eq!(
-            field_value(Some(&json!(["a"])), "x.html, y.htm"),
+            value_of(Some(&json!(["a"])), "x.html, y.htm"),
             json!(["x.html", "y.htm"])
         );
-        assert_eq!(field_value(Some(&json!(["a"])), r#"["z"]"#), json!(["z"]));
-        assert_eq!(field_value(Some(&json!(1)), "25"), json!(25));
-        assert_eq!(field_value(None, "true"), json!(true));
-        assert_eq!(field_value(Some(&json!("a.test")), "null"), json!(null));
-        assert_eq!(field_value(Some(&json!("a")), r#""null""#), json!("null"));
+        assert_eq!(value_of(Some(&json!(["a"])), r#"["z"]"#), json!(["z"]));
+        assert_eq!(value_of(Some(&json!(1)), "25"), json!(25));
+        assert_eq!(value_of(None, "true"), json!(true));
+        assert_eq!(value_of(Some(&json!("a.test")), "null"), json!(null));
+        assert_eq!(value_of(Some(&json!("a")), r#""null""#), json!("null"));
         // As `show` prints them.
-        assert_eq!(field_value(Some(&json!("a")), "()"), json!(null));
+        assert_eq!(value_of(Some(&json!("a")), "()"), json!(null));
         assert_eq!(
-            field_value(Some(&json!(["a"])), r#"["x.html", "y.htm",]"#),
+            value_of(Some(&json!(["a"])), r#"["x.html", "y.htm",]"#),
             json!(["x.html", "y.htm"])
         );
-        assert_eq!(field_value(None, r#"{"a@b": "c", }"#), json!({"a@b": "c"}));
+        assert_eq!(value_of(None, r#"{"a@b": "c", }"#), json!({"a@b": "c"}));
         // Quotes inside a value are the value's.
         assert_eq!(
-            field_value(Some(&json!(["a"])), r#"["a.html"]"#),
+            value_of(Some(&json!(["a"])), r#"["a.html"]"#),
             json!(["a.html"])
         );
-        assert_eq!(field_value(Some(&json!(["a"])), r#"[""]"#), json!([""]));
-        assert_eq!(
-            field_value(Some(&json!("a")), "my dir/x"),
-            json!("my dir/x")
-        );
+        assert_eq!(value_of(Some(&json!(["a"])), r#"[""]"#), json!([""]));
+        assert_eq!(value_of(Some(&json!("a")), "my dir/x"), json!("my dir/x"));
     }
 
     #[test]
