@@ -288,6 +288,11 @@ impl Spec {
                 Failure::config(format!("{e} (it looks like {found}: -y {y})"))
             }
         })?;
+        // First, as it is the reason a path may also be missing here.
+        let relative = relative_paths(registry, &app, &package);
+        if !relative.is_empty() {
+            return Err(Failure::config(relative.join(&format!("\n{tool}: "))));
+        }
         // A package of a tap that twistd would refuse would only fail when the unit starts. A
         // plugin this machine lacks may be installed where the package goes: not checked here.
         if let Err(errors) = registry.check_source(&app, Some((&text, format))) {
@@ -299,10 +304,6 @@ impl Spec {
             if !lines.is_empty() {
                 return Err(Failure::config(lines.join(&format!("\n{tool}: "))));
             }
-        }
-        let relative = relative_paths(registry, &app, &package);
-        if !relative.is_empty() {
-            return Err(Failure::config(relative.join(&format!("\n{tool}: "))));
         }
         // `user:` is the user and its login group, as twistd takes a uid alone.
         let owner = match (&app.uid, &app.gid) {
@@ -486,12 +487,19 @@ fn relative_paths(registry: &Registry, app: &Application, package: &str) -> Vec<
             } = endpoint
             {
                 paths.push(("the ssl: endpoint's privateKey", private_key.clone()));
-                paths.push(("the ssl: endpoint's certKey", cert_key.clone()));
+                // certKey defaults to privateKey: named only when it was given.
+                if cert_key != private_key {
+                    paths.push(("the ssl: endpoint's certKey", cert_key.clone()));
+                }
             }
         }
         paths.sort();
         paths.dedup();
-        for (option, path) in paths.iter().filter(|(_, p)| p.is_relative()) {
+        // An empty path is no path (the plugin's check says what it makes of it).
+        for (option, path) in paths
+            .iter()
+            .filter(|(_, p)| p.is_relative() && !p.as_os_str().is_empty())
+        {
             found.push(format!(
                 "service '{}': {option} {}: a relative path; the packaged service runs in \
                  /var/lib/{package}: give an absolute path",

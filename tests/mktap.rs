@@ -293,6 +293,11 @@ fn bad_input_writes_nothing() {
             78,
             &["--sni 'a.test=a.pem:a.key': certificate a.pem: No such file"],
         ),
+        (
+            &["web", "--path", "www", "--logfile", "www"],
+            78,
+            &["--logfile 'www': names no file"],
+        ),
         // A negative number is a bad value of its option, not an unknown flag.
         (
             &["web", "--path", "www", "--max-connections", "-1"],

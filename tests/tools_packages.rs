@@ -274,6 +274,18 @@ fn bad_inputs(program: &str) {
         "service 'web': --path www: a relative path; the packaged service runs in \
          /var/lib/taphost-rel: give an absolute path",
     );
+    // Said first: where a relative path is missing here, that is why too.
+    std::fs::create_dir(sb.join("gone")).expect("mkdir");
+    let out = sb.mktap(&["-o", "gone.tap", "web", "--path", "gone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_dir(sb.join("gone")).expect("rmdir");
+    refuse(
+        &sb,
+        program,
+        &["-t", "gone.tap", "-m", m],
+        78,
+        "service 'web': --path gone: a relative path",
+    );
     std::fs::copy(util::repo().join("configs/web.tas"), sb.join("ron.tas")).expect("copy");
     refuse(
         &sb,

@@ -363,6 +363,9 @@ impl Plugin for WebPlugin {
         // The log is opened at start; a directory it cannot be made in is told now, as
         // `nginx -t` tells it.
         if let Some(logfile) = &config.logfile {
+            if logfile.as_os_str().is_empty() || logfile.file_name().is_none() || logfile.is_dir() {
+                problems.push(format!("--logfile '{}': names no file", logfile.display()));
+            }
             let dir = match logfile.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => std::path::Path::new("."),
