@@ -860,11 +860,30 @@ fn relay_options_are_checked() {
     );
 }
 
+/// A next server that closes the connection after the whole message, without a word: the
+/// delivery is deferred, and the log says where it broke off and that the message may arrive
+/// twice (Postfix: "message may be sent more than once").
+#[test]
+fn a_connection_lost_after_the_message_is_deferred_with_a_warning() {
+    let broken = Script::start("broken_smtp.py", &["data"]);
+    let a = Sandbox::new();
+    let mut relay = relay_via(&a, &format!("127.0.0.1:{}", broken.port), &[], &[]);
+    submit(a.path(), relay.addr(0), "lost");
+    let deferred = relay.wait_for("relay deferred");
+    assert!(
+        deferred.contains(
+            "the next server closed the connection (after the end of the message: it may be sent more than once)"
+        ),
+        "{deferred}"
+    );
+    assert_eq!(count(&a.join("queue/new")), 1, "still queued");
+}
+
 /// `--relay-tls may` when the handshake fails: the delivery is made again in plain text on a
 /// new connection, as Postfix does; `verify` defers when STARTTLS is not offered at all.
 #[test]
 fn relay_tls_may_falls_back_to_plain_text_and_verify_does_not() {
-    let broken = Script::start("broken_tls.py", &[]);
+    let broken = Script::start("broken_smtp.py", &["tls"]);
     let a = Sandbox::new();
     let mut relay = relay_via(&a, &format!("127.0.0.1:{}", broken.port), &[], &[]);
     submit(a.path(), relay.addr(0), "fallback");

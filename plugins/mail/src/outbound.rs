@@ -516,8 +516,15 @@ impl Transaction<'_> {
         }
         let data = client.command("DATA").await?;
         let (verdict, command) = if data.class() == 3 {
-            client.write(&dot_stuffed(self.message)).await?;
-            (client.reply().await?, "end of DATA")
+            client
+                .write(&dot_stuffed(self.message))
+                .await
+                .map_err(|e| format!("{e} (while sending the message)"))?;
+            // Postfix's warning: the next server may have taken the message and not said so.
+            let reply = client.reply().await.map_err(|e| {
+                format!("{e} (after the end of the message: it may be sent more than once)")
+            })?;
+            (reply, "end of DATA")
         } else {
             (data, "DATA")
         };
@@ -632,9 +639,19 @@ impl Client {
         .map_err(|e| format!("connection to the next server: {e}"))
     }
 
+    /// Sends a command and reads its reply; a failure names the command, as Postfix's "while
+    /// sending RCPT TO" does (its arguments are left out: an address may be long).
     async fn command(&mut self, line: &str) -> Result<Reply, String> {
-        self.write(format!("{line}\r\n").as_bytes()).await?;
-        self.reply().await
+        let verb = match line.split_once(':') {
+            Some((verb, _)) if verb.len() <= 9 => verb,
+            _ => line.split(' ').next().unwrap_or(line),
+        };
+        async {
+            self.write(format!("{line}\r\n").as_bytes()).await?;
+            self.reply().await
+        }
+        .await
+        .map_err(|e| format!("{e} (while sending {verb})"))
     }
 
     /// EHLO, or HELO when EHLO is refused; the reply and whether it was EHLO's.
