@@ -678,6 +678,10 @@ fn dsn(hostname: &str, queued: &Queued, failed: &[(String, String, bool)]) -> Ve
                 one_line(reason)
             ));
         } else {
+            // As Postfix writes it: which server said no.
+            if let Some(remote) = remote_mta(reason) {
+                text.push_str(&format!("Remote-MTA: dns; {remote}\n"));
+            }
             text.push_str(&format!(
                 "Diagnostic-Code: smtp; {}\n",
                 one_line(smtp_reply(reason))
@@ -707,6 +711,21 @@ fn smtp_reply(reason: &str) -> &str {
             .map_or(reply, |(r, _)| r),
         None => reason,
     }
+}
+
+/// The server named in a reason `host NAME[ADDRESS]:PORT said: ...` (or `host HOST:PORT`, the
+/// smarthost), without its address and port.
+fn remote_mta(reason: &str) -> Option<&str> {
+    let (peer, _) = reason.strip_prefix("host ")?.split_once(" said: ")?;
+    let peer = match peer.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => peer,
+    };
+    let name = match peer.strip_prefix('[') {
+        Some(bracketed) => bracketed.strip_suffix(']')?,
+        None => peer.split('[').next()?,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 fn one_line(text: &str) -> String {
@@ -826,6 +845,7 @@ mod tests {
         .expect("ascii");
         assert!(report.contains(
             "Final-Recipient: rfc822; x@b.test\nAction: failed\nStatus: 5.1.1\n\
+             Remote-MTA: dns; mx.b.test\n\
              Diagnostic-Code: smtp; 550 5.1.1 <x@b.test>: user unknown\n"
         ));
         assert!(report.contains(
@@ -849,5 +869,20 @@ mod tests {
             .find_map(|l| l.strip_prefix("Message-ID: <"))
             .expect("a Message-ID");
         assert!(id.ends_with(&format!("@{hostname}>")), "{id}");
+    }
+
+    #[test]
+    fn remote_mtas_are_named_without_address_and_port() {
+        for (reason, name) in [
+            (
+                "host mx.b.test[192.0.2.1]:25 said: 550 no",
+                Some("mx.b.test"),
+            ),
+            ("host 127.0.0.1:2525 said: 550 no", Some("127.0.0.1")),
+            ("host [::1]:25 said: 550 no", Some("::1")),
+            ("cannot connect", None),
+        ] {
+            assert_eq!(remote_mta(reason), name, "{reason}");
+        }
     }
 }
