@@ -182,6 +182,8 @@ pub fn value_at<'a>(text: &'a str, format: Format, path: &str) -> Option<&'a str
 /// strings and characters too) are skipped whole, so a `//` or `*/` inside one is no comment.
 pub fn code_span(raw: &str) -> std::ops::Range<usize> {
     let b = raw.as_bytes();
+    // Steps whole characters, so the range always falls on character boundaries.
+    let width = |i: usize| raw[i..].chars().next().map_or(1, char::len_utf8);
     let (mut i, mut first, mut end) = (0, None, 0);
     while i < b.len() {
         let from = i;
@@ -218,7 +220,12 @@ pub fn code_span(raw: &str) -> std::ops::Range<usize> {
             quote @ (b'"' | b'\'') => {
                 i += 1;
                 while i < b.len() && b[i] != quote {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    if i < b.len() {
+                        i += width(i);
+                    }
                 }
                 i = (i + 1).min(b.len());
             }
@@ -233,11 +240,11 @@ pub fn code_span(raw: &str) -> std::ops::Range<usize> {
                 close.extend(std::iter::repeat_n(b'#', hashes));
                 i += 2 + hashes;
                 while i < b.len() && !b[i..].starts_with(&close) {
-                    i += 1;
+                    i += width(i);
                 }
                 i = (i + close.len()).min(b.len());
             }
-            _ => i += 1,
+            _ => i += width(i),
         }
         first.get_or_insert(from);
         end = i;
@@ -471,6 +478,7 @@ mod tests {
             ("r#\"a \"b\" // c\"# // d", "r#\"a \"b\" // c\"#"),
             ("(s: \"*/\", c: '\\'') /**/", "(s: \"*/\", c: '\\'')"),
             ("   ", ""),
+            ("(é: \"\\é\") // ü", "(é: \"\\é\")"),
         ] {
             assert_eq!(&raw[code_span(raw)], code, "{raw:?}");
         }
